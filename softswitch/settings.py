@@ -1,0 +1,214 @@
+"""The control daemon's options (softswitch.conf), declared once.
+
+etc/softswitch/softswitch.conf is rendered from this list (see
+`python -m softswitch.settings`), and a unit test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from softswitch.config import (
+    Option,
+    boolean,
+    choice,
+    endpoint,
+    integer,
+    ip_address,
+    listof,
+    load,
+    number,
+    optional,
+    render_defaults,
+)
+
+CONTROL_OPTIONS: list[Option] = [
+    # [sip]
+    Option(
+        "sip",
+        "listen",
+        listof(ip_address),
+        "127.0.0.1",
+        "Addresses to listen on for SIP, comma-separated (IPv4 and/or IPv6).",
+    ),
+    Option("sip", "port", integer(1, 65535), "5060", "SIP port (UDP and TCP)."),
+    Option(
+        "sip", "transports", listof(choice("udp", "tcp")), "udp, tcp", "SIP transports to serve."
+    ),
+    Option(
+        "sip",
+        "domain",
+        optional(str),
+        "",
+        "SIP domain of the users; empty means the first listen address.",
+    ),
+    Option(
+        "sip", "realm", optional(str), "", "Digest authentication realm; empty means the domain."
+    ),
+    Option("sip", "t1", number(0.01, 10), "0.5", "RFC 3261 timer T1 (RTT estimate), seconds."),
+    Option(
+        "sip",
+        "t2",
+        number(0.1, 60),
+        "4.0",
+        "RFC 3261 timer T2 (max non-INVITE retransmit interval), seconds.",
+    ),
+    Option(
+        "sip",
+        "t4",
+        number(0.1, 60),
+        "5.0",
+        "RFC 3261 timer T4 (max time a message stays in the network), seconds.",
+    ),
+    Option(
+        "sip",
+        "min_expires",
+        integer(1, 86400),
+        "60",
+        "Shortest registration accepted; shorter gets 423 Interval Too Brief.",
+    ),
+    Option(
+        "sip",
+        "max_expires",
+        integer(1, 604800),
+        "3600",
+        "Longest registration granted; longer requests are cut down to this.",
+    ),
+    Option(
+        "sip",
+        "default_expires",
+        integer(1, 604800),
+        "3600",
+        "Registration lifetime when the phone asks for none.",
+    ),
+    Option(
+        "sip",
+        "nonce_ttl",
+        integer(10, 86400),
+        "300",
+        "Seconds a digest nonce stays valid before the phone is told stale=true.",
+    ),
+    Option("sip", "user_agent", str, "softswitch", "Server / User-Agent header value."),
+    # [calls]
+    Option(
+        "calls",
+        "no_answer_timeout",
+        integer(1, 3600),
+        "60",
+        "Seconds a call may ring before the caller gets 480.",
+    ),
+    Option(
+        "calls",
+        "conference_prefix",
+        str,
+        "conf",
+        "Dialled user parts starting with this prefix join a conference room.",
+    ),
+    Option(
+        "calls",
+        "max_calls_per_user",
+        integer(0, 1000),
+        "4",
+        "Default concurrent-call limit for new users (0 = unlimited).",
+    ),
+    Option(
+        "calls",
+        "codecs",
+        listof(str),
+        "PCMU, PCMA, telephone-event",
+        "Codecs the switch offers and can transcode between, in preference order.",
+    ),
+    # [database]
+    Option(
+        "database",
+        "url",
+        str,
+        "sqlite:////var/lib/softswitch/softswitch.db",
+        "SQLAlchemy URL: sqlite:////path or mysql+pymysql://user:pw@host/db.",
+    ),
+    Option(
+        "database",
+        "sync_interval",
+        number(0.1, 3600),
+        "2",
+        "Seconds between polls of the database for changed users.",
+    ),
+    Option(
+        "database",
+        "write_queue_max",
+        integer(100, 10_000_000),
+        "100000",
+        "Writes (registrations, CDRs) held in memory while the database is down.",
+    ),
+    # [bearers]
+    Option(
+        "bearers",
+        "endpoints",
+        listof(endpoint),
+        "unix:/run/softswitch/bearer-0.sock, unix:/run/softswitch/bearer-1.sock",
+        "Bearer control endpoints: unix:/path (same host) or udp:host:port (HMAC).",
+    ),
+    Option(
+        "bearers",
+        "local",
+        endpoint,
+        "unix:/run/softswitch/control.sock",
+        "Control's own endpoint for the bearer protocol: unix:/path or udp:addr:port.",
+    ),
+    Option(
+        "bearers",
+        "key_file",
+        str,
+        "/etc/softswitch/control.key",
+        "Shared HMAC key for udp: endpoints (generated at install, mode 0640).",
+    ),
+    Option(
+        "bearers",
+        "heartbeat_interval",
+        number(0.1, 60),
+        "1.0",
+        "Seconds between heartbeats; three missed mark a bearer down.",
+    ),
+    # [admin]
+    Option(
+        "admin",
+        "socket",
+        str,
+        "/run/softswitch/admin.sock",
+        "UNIX socket softswitchctl uses for live state (calls, registrations).",
+    ),
+    # [recording]
+    Option(
+        "recording",
+        "dir",
+        str,
+        "/var/spool/softswitch/recordings",
+        "Directory the bearers write call recordings to.",
+    ),
+    # [log]
+    Option("log", "level", choice("debug", "info", "warning", "error"), "info", "Log level."),
+    Option(
+        "log",
+        "file",
+        optional(str),
+        "",
+        "Log file; empty logs to stderr (the journal under systemd).",
+    ),
+    Option("log", "sip_trace", boolean, "no", "Log every SIP message sent and received."),
+]
+
+HEADER = """\
+# /etc/softswitch/softswitch.conf: the control daemon (softswitch-control).
+# Every option is shown with its default. After editing:
+#     systemctl reload softswitch-control
+"""
+
+
+def load_control_config(path: str | Path, **kwargs: object) -> SimpleNamespace:
+    """softswitch.conf as attribute namespaces, with defaults filled in."""
+    return load(path, CONTROL_OPTIONS, **kwargs)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    print(render_defaults(CONTROL_OPTIONS, HEADER), end="")
