@@ -1,0 +1,135 @@
+"""Size limits, and splitting a TCP byte stream into SIP messages.
+
+RFC 3261 §18.3: on a stream transport, Content-Length is the only way to know
+where a message ends, so it is mandatory there, and a message whose length
+cannot be trusted (missing, negative, non-numeric, two different values —
+RFC 4475 §3.1.2.3, §3.3.9) leaves the stream unrecoverable: the framer raises
+and the caller closes the connection.
+
+Keep-alives (RFC 5626 §3.5.1): a client pings with a double CRLF and expects
+a single CRLF pong.  ``StreamFramer.feed`` returns each ping as the item
+``KEEPALIVE`` (``b"\\r\\n\\r\\n"``) in its output list, in stream order; the
+caller answers it with ``b"\\r\\n"``.  A lone CRLF between messages (a pong,
+or the §7.5 "CRLF before the start-line") is skipped silently.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import SipError
+
+__all__ = [
+    "KEEPALIVE",
+    "MAX_HEADERS",
+    "MAX_LINE_LENGTH",
+    "MAX_MESSAGE_SIZE",
+    "StreamFramer",
+]
+
+# The largest message accepted, start line to end of body.  65,535 is the
+# largest UDP payload, so no datagram is refused for size; a stream message
+# above it is refused with 513 Message Too Large (RFC 3261 §21.5.14: "the
+# message length exceeded its capabilities").  413 is *not* used: it is about
+# the body of a request the server would otherwise process (§21.4.11).
+MAX_MESSAGE_SIZE = 65535
+# At most this many header fields (after line unfolding).  RFC 4475's longest
+# message has 45; a real INVITE about 15.
+MAX_HEADERS = 256
+# At most this many characters in one header field, unfolded (and in the
+# start line).  RFC 4475 §3.1.1.7's long values are ~700 characters.
+MAX_LINE_LENGTH = 16384
+
+KEEPALIVE = b"\r\n\r\n"
+
+# Content-Length = ( "Content-Length" / "l" ) HCOLON 1*DIGIT
+_CONTENT_LENGTH_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.I)
+
+
+def content_length_of(head: bytes) -> int:
+    """The Content-Length of a header section, for framing; SipError if unusable.
+
+    All Content-Length fields must be present, numeric and equal: anything
+    else makes the stream unrecoverable (RFC 4475 §3.1.2.3, §3.3.9).
+    """
+    values = {m.group(1).strip(b" \t") for m in _CONTENT_LENGTH_RE.finditer(head)}
+    if not values:
+        raise SipError(400, "Missing Content-Length header")
+    if len(values) > 1:
+        raise SipError(400, "Multiple Content-Length headers")
+    (value,) = values
+    if not value.isdigit() or len(value.lstrip(b"0")) > 5:
+        raise SipError(400, "Bad Content-Length header")
+    return int(value)
+
+
+class StreamFramer:
+    """Cut a stream transport's bytes into whole SIP messages.
+
+    Feed it whatever ``recv`` returned; it returns the complete messages (and
+    ``KEEPALIVE`` pings) found so far and keeps the remainder.  The buffer
+    never holds more than ``MAX_MESSAGE_SIZE`` bytes of one message plus the
+    last chunk fed: a peer that sends more without completing a message gets
+    ``SipError(513)``.  After a ``SipError`` the framer is unusable (every
+    later ``feed`` raises it again): close the connection.  If good messages
+    preceded the bad bytes in the same chunk they are returned first and the
+    error is raised by the next ``feed`` call.
+    """
+
+    __slots__ = ("_buf", "_error", "_scan")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._scan = 0  # where to resume searching for the end of the headers
+        self._error: SipError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Append ``data``; return the messages and keep-alives now complete."""
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        try:
+            while buf:  # every round consumes bytes or returns
+                if buf[0] == 0x0D or buf[0] == 0x0A:
+                    if buf.startswith(KEEPALIVE):
+                        out.append(KEEPALIVE)
+                        del buf[:4]
+                    elif KEEPALIVE.startswith(bytes(buf[:4])) and len(buf) < 4:
+                        break  # maybe the start of a ping: wait for more
+                    elif buf.startswith(b"\r\n"):
+                        del buf[:2]
+                    else:
+                        del buf[:1]  # stray CR or LF before a start line
+                    self._scan = 0
+                    continue
+                end = buf.find(b"\r\n\r\n", self._scan)
+                if end < 0:
+                    if len(buf) > MAX_MESSAGE_SIZE:
+                        raise SipError(513, "Message Too Large")
+                    self._scan = max(0, len(buf) - 3)
+                    break
+                length = content_length_of(bytes(buf[:end]))
+                total = end + 4 + length
+                if total > MAX_MESSAGE_SIZE:
+                    raise SipError(513, "Message Too Large")
+                if len(buf) < total:
+                    self._scan = end  # headers known; wait for the body
+                    break
+                out.append(bytes(buf[:total]))
+                del buf[:total]
+                self._scan = 0
+        except SipError as e:
+            # Messages cut before the bad one are still delivered; the error
+            # is raised now if there are none, else by the next feed().
+            self._error = e
+            buf.clear()
+            if not out:
+                raise
+        return out

@@ -1,0 +1,796 @@
+"""SIP messages: ``parse(bytes)`` → ``Request``/``Response`` → ``bytes()``.
+
+Theory of operation.  ``parse`` splits the header section into ``[name,
+value]`` pairs in wire order, with folded lines joined (RFC 3261 §7.3.1) and
+known names, compact or not, turned into one canonical spelling (§7.3.3).  It
+then validates, eagerly, what every request needs before anything can be done
+with it (§8.2, §16.3): the start line, Via, From, To, Call-ID, CSeq,
+Max-Forwards, Contact and the framing given by Content-Length (§18.3).  Those
+parsed values are cached on the message; every other header stays a string
+until a property asks for it, and unknown headers stay opaque forever.
+
+Failures are ``SipError``: 400 for malformed input, 505 for another SIP
+version, 416 for a Request-URI scheme other than sip/sips/tel, 501 for an
+unknown method whose CSeq disagrees (RFC 4475 §3.1.2.18), 513 for a message
+above ``MAX_MESSAGE_SIZE``.  Any error in a *response* has ``drop=True``:
+responses are never answered (RFC 4475 §3.1.2.5, §3.1.2.19).
+
+Editing.  Change headers with ``set``/``add``/``prepend``/``remove``: they
+keep names canonical and drop the cached values of the header they touch.
+The parsed ``Via`` and ``Address`` objects handed out by the properties are
+live: set ``msg.via.received`` (RFC 3581) or ``msg.to.tag`` and the change is
+written back into ``headers`` before the message is read as text again
+(``get``, ``bytes()``, ``make_response``, any edit).  If you edit the
+``headers`` list in place instead, call ``invalidate()``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import SipError, reason_phrase
+from .framing import KEEPALIVE, MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE, StreamFramer
+from .grammar import TOKEN, parse_uint, split_commas
+from .headers import Address, Via, _delta_seconds, canonical_name, parse_address, parse_via
+from .uri import _SCHEME_RE, AbsoluteUri, SipUri, Uri, parse_uri
+
+__all__ = [
+    "KEEPALIVE",
+    "MAX_HEADERS",
+    "MAX_LINE_LENGTH",
+    "MAX_MESSAGE_SIZE",
+    "Address",
+    "Message",
+    "Request",
+    "Response",
+    "StreamFramer",
+    "Via",
+    "make_response",
+    "parse",
+]
+
+# Methods this stack knows (RFC 3261 and the extensions in common use).  An
+# unknown method with a CSeq mismatch gets 501 rather than 400 (RFC 4475
+# §3.1.2.18: "501 preferred").
+KNOWN_METHODS = frozenset(
+    [
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "REFER",
+        "MESSAGE",
+        "UPDATE",
+    ]
+)
+
+# Headers whose value is *not* a comma-separated list: ``get_all`` returns
+# their lines whole (credentials use commas between parameters, Date has one).
+_NO_SPLIT = frozenset(
+    [
+        "Authorization",
+        "Proxy-Authorization",
+        "WWW-Authenticate",
+        "Proxy-Authenticate",
+        "Authentication-Info",
+        "Date",
+        "Subject",
+        "User-Agent",
+        "Server",
+        "Call-ID",
+        "CSeq",
+        "From",
+        "To",
+        "Organization",
+        "Timestamp",
+        "Retry-After",
+        "Max-Forwards",
+        "Content-Length",
+        "Content-Type",
+        "Expires",
+        "Min-Expires",
+        "Priority",
+        "Reply-To",
+        "Refer-To",
+        "Referred-By",
+        "Replaces",
+        "Event",
+        "Session-Expires",
+        "Min-SE",
+        "Subscription-State",
+        "RAck",
+        "RSeq",
+        "MIME-Version",
+        "Identity",
+        "Identity-Info",
+        "Content-Disposition",
+        "SIP-ETag",
+        "SIP-If-Match",
+    ]
+)
+
+# Headers that must not appear twice (§7.3.1: only list headers may repeat).
+_SINGLE = frozenset(
+    ["From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"]
+)
+_EAGER_VIA, _EAGER_CONTACT, _EAGER_SINGLE = 1, 2, 3
+_EAGER = {"Via": _EAGER_VIA, "Contact": _EAGER_CONTACT}
+_EAGER.update(dict.fromkeys(_SINGLE, _EAGER_SINGLE))
+
+# Cached parsed values, by the header they come from.
+_CACHE_KEYS: dict[str, tuple[str, ...]] = {
+    "Via": ("vias",),
+    "From": ("from_",),
+    "To": ("to",),
+    "Call-ID": ("call_id",),
+    "CSeq": ("cseq",),
+    "Max-Forwards": ("max_forwards",),
+    "Contact": ("contacts", "contact_star"),
+    "Route": ("routes",),
+    "Record-Route": ("record_routes",),
+    "Expires": ("expires",),
+    "Content-Type": ("content_type",),
+}
+# The cached values that are mutable objects, and their header.
+_LIVE_HEADER = {
+    "vias": "Via",
+    "from_": "From",
+    "to": "To",
+    "contacts": "Contact",
+    "routes": "Route",
+    "record_routes": "Record-Route",
+}
+
+# SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT
+_VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
+# Status-Code = 3DIGIT (§25.1 extension-code); Reason-Phrase is any text.
+_STATUS_RE = re.compile(r"[1-6][0-9][0-9]")
+# callid = word [ "@" word ]
+# word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" /
+#        "~" / "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" /
+#        "?" / "{" / "}" )
+_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+_CALLID_RE = re.compile(rf"{_WORD}(?:@{_WORD})?")
+# CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
+_CSEQ_RE = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
+# Line folding (§7.3.1): a CRLF followed by whitespace is one SP.
+_FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
+
+_MISSING: Any = object()
+_CSEQ_MAX = 2**32 - 1  # §8.1.1.5: "MUST be expressible as a 32-bit unsigned integer"
+
+
+class Message:
+    """What requests and responses share: headers in wire order and a body."""
+
+    __slots__ = ("_cache", "_live", "body", "headers")
+
+    headers: list[list[str]]
+    body: bytes
+
+    def __init__(
+        self, headers: Iterable[tuple[str, str] | list[str]] | None = None, body: bytes = b""
+    ) -> None:
+        self.headers = []
+        self.body = body
+        self._cache: dict[str, Any] = {}
+        self._live: set[str] = set()
+        for name, value in headers or ():
+            self.add(name, value)
+
+    # -- raw headers -------------------------------------------------------
+
+    def get(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case, compact form accepted)."""
+        if self._live:
+            self._flush()
+        canon = canonical_name(name)
+        if canon is not None:
+            for n, v in self.headers:
+                if n == canon:
+                    return v
+            return None
+        low = name.lower()
+        for n, v in self.headers:
+            if n.lower() == low:
+                return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header ``name``; list headers split at their commas.
+
+        Commas inside quotes and ``<>`` do not split, and empty elements are
+        dropped.  Headers that are not lists (credentials, Date, Subject,
+        From, ...) are returned one line per element.
+        """
+        if self._live:
+            self._flush()
+        canon = canonical_name(name)
+        if canon is not None:
+            values = [v for n, v in self.headers if n == canon]
+        else:
+            low = name.lower()
+            values = [v for n, v in self.headers if n.lower() == low]
+        if canon in _NO_SPLIT:
+            return values
+        return [e for v in values for e in split_commas(v) if e]
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every ``name`` header with one, where the first one was."""
+        name = self._edit(name, value)
+        pos = None
+        kept = []
+        for _i, h in enumerate(self.headers):
+            if _same(h[0], name):
+                if pos is None:
+                    pos = len(kept)
+            else:
+                kept.append(h)
+        kept.insert(len(kept) if pos is None else pos, [name, value])
+        self.headers = kept
+
+    def add(self, name: str, value: str) -> None:
+        """Append a ``name`` header after all the others."""
+        name = self._edit(name, value)
+        self.headers.append([name, value])
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert a ``name`` header before the first one, or at the top (new Via)."""
+        name = self._edit(name, value)
+        headers = self.headers
+        for i, h in enumerate(headers):
+            if _same(h[0], name):
+                headers.insert(i, [name, value])
+                return
+        headers.insert(0, [name, value])
+
+    def remove(self, name: str) -> None:
+        """Remove every ``name`` header."""
+        name = self._edit(name, "")
+        self.headers = [h for h in self.headers if not _same(h[0], name)]
+
+    def invalidate(self) -> None:
+        """Forget every parsed value (call after editing ``headers`` in place)."""
+        self._cache.clear()
+        self._live.clear()
+
+    def _edit(self, name: str, value: str) -> str:
+        if "\r" in value or "\n" in value:
+            raise ValueError("header values cannot contain CR or LF")
+        if self._live:
+            self._flush()
+        canon = canonical_name(name)
+        if canon is None:
+            if not TOKEN.fullmatch(name):
+                raise ValueError(f"bad header name {name!r}")
+            canon = name
+        for key in _CACHE_KEYS.get(canon, ()):
+            self._cache.pop(key, None)
+            self._live.discard(key)
+        return canon
+
+    def _values(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n == name]
+
+    def _single(self, name: str) -> str | None:
+        value = None
+        for n, v in self.headers:
+            if n == name:
+                if value is not None:
+                    raise SipError(400, f"Multiple {name} headers")
+                value = v
+        return value
+
+    def _flush(self) -> None:
+        """Write back the live Via/Address objects that were changed."""
+        for key in list(self._live):
+            obj = self._cache.get(key)
+            name = _LIVE_HEADER[key]
+            if isinstance(obj, Address):
+                text = str(obj)
+                for h in self.headers:
+                    if h[0] == name:
+                        h[1] = text
+                        break
+                else:
+                    self.headers.append([name, text])
+                continue
+            if obj is None:
+                continue
+            old = [e for v in self._values(name) for e in split_commas(v)]
+            if key == "contacts" and not obj and old == ["*"]:
+                continue
+            new = [str(o) for o in obj]
+            if new == old:
+                continue
+            pos = next((i for i, h in enumerate(self.headers) if h[0] == name), None)
+            rest = [h for h in self.headers if h[0] != name]
+            if pos is None:
+                pos = 0 if name == "Via" else len(rest)
+            rest[pos:pos] = [[name, s] for s in new]
+            self.headers = rest
+
+    # -- parsed headers (cached) -------------------------------------------
+
+    @property
+    def vias(self) -> list[Via]:
+        """Every Via, top first (§20.42); comma-joined values split."""
+        v = self._cache.get("vias")
+        if v is None:
+            v = self._cache["vias"] = [
+                parse_via(e) for raw in self._values("Via") for e in split_commas(raw)
+            ]
+        self._live.add("vias")
+        return v
+
+    @property
+    def via(self) -> Via:
+        """The top Via: where responses go, and the transaction's branch."""
+        vias = self.vias
+        if not vias:
+            raise SipError(400, "Missing Via header")
+        return vias[0]
+
+    def _address(self, key: str, name: str) -> Address:
+        a = self._cache.get(key)
+        if a is None:
+            raw = self._single(name)
+            if raw is None:
+                raise SipError(400, f"Missing {name} header")
+            a = self._cache[key] = parse_address(raw, name)
+        self._live.add(key)
+        return a
+
+    @property
+    def from_(self) -> Address:
+        """The From header (§20.20)."""
+        return self._address("from_", "From")
+
+    @property
+    def to(self) -> Address:
+        """The To header (§20.39)."""
+        return self._address("to", "To")
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID (§20.8), validated against ``callid``."""
+        c = self._cache.get("call_id")
+        if c is None:
+            raw = self._single("Call-ID")
+            if raw is None:
+                raise SipError(400, "Missing Call-ID header")
+            if not _CALLID_RE.fullmatch(raw):
+                raise SipError(400, "Bad Call-ID header")
+            c = self._cache["call_id"] = raw
+        return c
+
+    def _cseq(self) -> tuple[int, str]:
+        c = self._cache.get("cseq")
+        if c is None:
+            raw = self._single("CSeq")
+            if raw is None:
+                raise SipError(400, "Missing CSeq header")
+            c = self._cache["cseq"] = _parse_cseq(raw)
+        return c
+
+    @property
+    def cseq(self) -> int:
+        """The CSeq sequence number (§20.16), 0..2**32-1."""
+        return self._cseq()[0]
+
+    @property
+    def cseq_method(self) -> str:
+        """The CSeq method (§20.16)."""
+        return self._cseq()[1]
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (§20.22), 0..255, or None if absent (treat as 70)."""
+        m = self._cache.get("max_forwards", _MISSING)
+        if m is _MISSING:
+            raw = self._single("Max-Forwards")
+            m = None
+            if raw is not None:
+                m = parse_uint(raw, 255)
+                if m is None:
+                    raise SipError(400, "Bad Max-Forwards header")
+            self._cache["max_forwards"] = m
+        return m
+
+    @property
+    def contact_star(self) -> bool:
+        """True for ``Contact: *`` (REGISTER removing all bindings, §10.2.2)."""
+        s = self._cache.get("contact_star")
+        if s is None:
+            s = self._cache["contact_star"] = [
+                e for v in self._values("Contact") for e in split_commas(v)
+            ] == ["*"]
+        return s
+
+    @property
+    def contacts(self) -> list[Address]:
+        """Every Contact (§20.10); empty for ``Contact: *``."""
+        c = self._cache.get("contacts")
+        if c is None:
+            c = self._cache["contacts"] = _parse_contacts(self._values("Contact"))
+        self._live.add("contacts")
+        return c
+
+    def _address_list(self, key: str, name: str) -> list[Address]:
+        a = self._cache.get(key)
+        if a is None:
+            a = self._cache[key] = [
+                parse_address(e, name) for v in self._values(name) for e in split_commas(v)
+            ]
+        self._live.add(key)
+        return a
+
+    @property
+    def routes(self) -> list[Address]:
+        """Every Route, in order (§20.34)."""
+        return self._address_list("routes", "Route")
+
+    @property
+    def record_routes(self) -> list[Address]:
+        """Every Record-Route, in order (§20.30)."""
+        return self._address_list("record_routes", "Record-Route")
+
+    @property
+    def expires(self) -> int | None:
+        """The Expires header (§20.19) in seconds, clamped to 2**32-1, or None."""
+        e = self._cache.get("expires", _MISSING)
+        if e is _MISSING:
+            raw = self._single("Expires")
+            e = self._cache["expires"] = None if raw is None else _delta_seconds(raw, "Expires")
+        return e
+
+    @property
+    def content_type(self) -> str | None:
+        """The media type of the body, lower-cased, without parameters ('application/sdp')."""
+        t = self._cache.get("content_type", _MISSING)
+        if t is _MISSING:
+            raw = self._single("Content-Type")
+            t = None if raw is None else raw.partition(";")[0].strip(" \t").lower()
+            self._cache["content_type"] = t
+        return t
+
+    # -- serialisation -------------------------------------------------------
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def __bytes__(self) -> bytes:
+        """The wire form: headers in order, Content-Length set to the body's length."""
+        if self._live:
+            self._flush()
+        body = self.body
+        lines = [self._start_line()]
+        length_done = False
+        for n, v in self.headers:
+            if n == "Content-Length":
+                if length_done:
+                    continue
+                length_done = True
+                v = str(len(body))
+            lines.append(f"{n}: {v}")
+        if not length_done:
+            lines.append(f"Content-Length: {len(body)}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+
+def _same(a: str, b: str) -> bool:
+    return a == b or a.lower() == b.lower()
+
+
+class Request(Message):
+    """A SIP request (§7.1): method, Request-URI and version, then headers and body."""
+
+    __slots__ = ("method", "uri", "version")
+
+    def __init__(
+        self,
+        method: str,
+        uri: Uri | str,
+        headers: Iterable[tuple[str, str] | list[str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri: Uri = parse_uri(uri, "Request-URI") if isinstance(uri, str) else uri
+        self.version = "SIP/2.0"
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri} SIP/2.0"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(Message):
+    """A SIP response (§7.2): status code and reason phrase, then headers and body."""
+
+    __slots__ = ("reason", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Iterable[tuple[str, str] | list[str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason_phrase(status) if reason is None else reason
+        self.version = "SIP/2.0"
+
+    def _start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+def _parse_cseq(raw: str) -> tuple[int, str]:
+    m = _CSEQ_RE.fullmatch(raw)
+    if m is None:
+        raise SipError(400, "Bad CSeq header")
+    number = parse_uint(m.group(1), _CSEQ_MAX)
+    if number is None:
+        raise SipError(400, "Bad CSeq header")
+    return number, m.group(2)
+
+
+def _parse_contacts(raws: list[str]) -> list[Address]:
+    elements = [e for v in raws for e in split_commas(v)]
+    if elements == ["*"]:
+        return []
+    if "*" in elements:
+        raise SipError(400, "Bad Contact header")
+    return [parse_address(e, "Contact") for e in elements]
+
+
+def make_response(
+    request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None
+) -> Response:
+    """Build a response to ``request`` per RFC 3261 §8.2.6.2.
+
+    Copies every Via (in order), From, To, Call-ID and CSeq; adds ``to_tag``
+    to the To header if it has no tag yet (§8.2.6.2: a tag already there is
+    kept, so in-dialog responses keep the dialog's tag).  A 100 Trying also
+    copies Timestamp (§8.2.6.1).  Other headers are the caller's to add.
+    """
+    if request._live:
+        request._flush()
+    headers: list[list[str]] = []
+    to_value = None
+    for n, v in request.headers:
+        if n == "Via" or n == "From" or n == "Call-ID" or n == "CSeq":
+            headers.append([n, v])
+        elif n == "To":
+            to_value = v
+            headers.append([n, v])
+        elif n == "Timestamp" and status == 100:
+            headers.append([n, v])
+    if to_tag is not None and to_value is not None and request.to.tag is None:
+        for h in headers:
+            if h[0] == "To":
+                h[1] = f"{to_value};tag={to_tag}"
+                break
+    response = Response.__new__(Response)
+    response.headers = headers
+    response.body = b""
+    response._cache = {}
+    response._live = set()
+    response.status = status
+    response.reason = reason_phrase(status) if reason is None else reason
+    response.version = "SIP/2.0"
+    return response
+
+
+def _split(data: bytes) -> tuple[str, int]:
+    """Find the header section; return it decoded (CRLF lines) and where the body starts."""
+    start = 0
+    if data[:1] in (b"\r", b"\n"):
+        start = len(data) - len(data.lstrip(b"\r\n"))  # §7.5: CRLFs before the start line
+    end = data.find(b"\r\n\r\n", start)
+    lf_end = data.find(b"\n\n", start, len(data) if end < 0 else end)
+    if lf_end >= 0:
+        # Bare-LF messages (as in the RFC 5118 archive): tolerated when the
+        # whole header section uses LF alone.
+        head = data[start:lf_end]
+        if b"\r" in head:
+            raise SipError(400, "Bad line terminator")
+        text = head.decode("utf-8", "surrogateescape").replace("\n", "\r\n")
+        return text, lf_end + 2
+    if end < 0:
+        if start == len(data):
+            raise SipError(400, "Empty message", drop=True)
+        raise SipError(400, "Missing end of header section")
+    return data[start:end].decode("utf-8", "surrogateescape"), end + 4
+
+
+def parse(data: bytes, *, stream: bool = False) -> Request | Response:
+    """Parse one SIP message; raise ``SipError`` for anything malformed.
+
+    ``stream=False`` (a UDP datagram, §18.3): Content-Length may be absent
+    (the body is the rest of the datagram), octets after the body are
+    ignored (RFC 4475 §3.1.1.8), a Content-Length beyond the data is 400.
+    ``stream=True`` (one message cut by ``StreamFramer``): Content-Length is
+    required and must match the data exactly.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipError(513, "Message Too Large")
+    if data.startswith(b"SIP/"):
+        try:
+            return _parse(data, stream, False)
+        except SipError as e:
+            e.drop = True
+            raise
+    return _parse(data, stream, True)
+
+
+def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
+    text, body_start = _split(data)
+    if "\r\n " in text or "\r\n\t" in text:
+        text = _FOLD_RE.sub(" ", text)
+    lines = text.split("\r\n")
+    n_crlf = len(lines) - 1
+    if text.count("\r") != n_crlf or text.count("\n") != n_crlf:
+        raise SipError(400, "Bad line terminator")
+    if n_crlf > MAX_HEADERS:
+        raise SipError(400, "Too many headers")
+    if max(map(len, lines)) > MAX_LINE_LENGTH:
+        raise SipError(400, "Header line too long")
+
+    msg: Request | Response
+    first = lines[0]
+    if is_request:
+        # Request-Line = Method SP Request-URI SP SIP-Version CRLF
+        parts = first.split(" ")
+        if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or not parts[1]:
+            raise SipError(400, "Bad Request-Line")
+        method, uri_text, version = parts
+        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
+            if _VERSION_RE.fullmatch(version):
+                raise SipError(505, "Version Not Supported")
+            raise SipError(400, "Bad Request-Line")
+        msg = Request.__new__(Request)
+        msg.method = method
+        msg.version = "SIP/2.0"
+    else:
+        # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+        # (Liberal: the SP before an empty Reason-Phrase may be missing.)
+        version, _, rest = first.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if version.upper() != "SIP/2.0" or not _STATUS_RE.fullmatch(code):
+            raise SipError(400, "Bad Status-Line")
+        msg = Response.__new__(Response)
+        msg.status = int(code)
+        msg.reason = reason
+        msg.version = "SIP/2.0"
+
+    headers: list[list[str]] = []
+    vias: list[str] = []
+    contacts: list[str] = []
+    single: dict[str, str] = {}
+    append = headers.append
+    eager = _EAGER
+    for i in range(1, len(lines)):
+        name, sep, value = lines[i].partition(":")
+        if not sep:
+            raise SipError(400, "Bad header line")
+        canon = canonical_name(name)
+        if canon is None:
+            name = name.rstrip(" \t")
+            canon = canonical_name(name)
+            if canon is None:
+                if not TOKEN.fullmatch(name):
+                    raise SipError(400, "Bad header name")
+                canon = name
+        value = value.strip(" \t")
+        append([canon, value])
+        kind = eager.get(canon)
+        if kind is not None:
+            if kind == _EAGER_VIA:
+                vias.append(value)
+            elif kind == _EAGER_CONTACT:
+                contacts.append(value)
+            elif canon in single:
+                if canon != "Content-Length" or single[canon] != value:
+                    raise SipError(400, f"Multiple {canon} headers")
+            else:
+                single[canon] = value
+    msg.headers = headers
+    msg.body = b""
+    cache: dict[str, Any] = {}
+    msg._cache = cache
+    msg._live = set()
+    try:
+        _frame(msg, data, body_start, single.get("Content-Length"), stream)
+        _validate(msg, cache, vias, contacts, single)
+        if is_request:
+            _validate_request(msg, uri_text, cache)  # type: ignore[arg-type]
+    except SipError as e:
+        if is_request:
+            e.request = msg
+        raise
+    return msg
+
+
+def _frame(msg: Message, data: bytes, start: int, length: str | None, stream: bool) -> None:
+    """Cut the body by Content-Length (§18.3, §20.14)."""
+    available = len(data) - start
+    if length is None:
+        if stream:
+            raise SipError(400, "Missing Content-Length header")
+        msg.body = data[start:]
+        return
+    n = parse_uint(length, MAX_MESSAGE_SIZE)
+    if n is None or n > available or (stream and n != available):
+        raise SipError(400, "Bad Content-Length header")
+    msg.body = data[start : start + n] if n != available or start else data
+
+
+def _validate(
+    msg: Message, cache: dict[str, Any], vias: list[str], contacts: list[str], single: dict
+) -> None:
+    """Eager checks common to requests and responses (§8.1.1, §8.2.6)."""
+    if not vias:
+        raise SipError(400, "Missing Via header")
+    cache["vias"] = [parse_via(e) for raw in vias for e in split_commas(raw)]
+    raw = single.get("From")
+    if raw is None:
+        raise SipError(400, "Missing From header")
+    cache["from_"] = parse_address(raw, "From")
+    raw = single.get("To")
+    if raw is None:
+        raise SipError(400, "Missing To header")
+    cache["to"] = parse_address(raw, "To")
+    raw = single.get("Call-ID")
+    if raw is None:
+        raise SipError(400, "Missing Call-ID header")
+    if not _CALLID_RE.fullmatch(raw):
+        raise SipError(400, "Bad Call-ID header")
+    cache["call_id"] = raw
+    raw = single.get("CSeq")
+    if raw is None:
+        raise SipError(400, "Missing CSeq header")
+    cache["cseq"] = _parse_cseq(raw)
+    raw = single.get("Max-Forwards")
+    if raw is None:
+        cache["max_forwards"] = None
+    else:
+        mf = parse_uint(raw, 255)
+        if mf is None:
+            raise SipError(400, "Bad Max-Forwards header")
+        cache["max_forwards"] = mf
+    if contacts:
+        cache["contacts"] = _parse_contacts(contacts)
+
+
+def _validate_request(msg: Request, uri_text: str, cache: dict[str, Any]) -> None:
+    """Request-URI (§8.2.1, §8.2.2.1, RFC 4475 §3.1.2.7/.11) and CSeq method (§8.2.3)."""
+    scheme = uri_text.partition(":")[0].lower()
+    msg.uri = AbsoluteUri(scheme, uri_text)  # until it is known to be better
+    if scheme not in ("sip", "sips", "tel"):
+        if _SCHEME_RE.fullmatch(scheme) and ":" in uri_text:
+            raise SipError(416, "Unsupported URI Scheme")
+        raise SipError(400, "Bad Request-URI")
+    uri = parse_uri(uri_text, "Request-URI")
+    if isinstance(uri, SipUri) and uri.headers:
+        raise SipError(400, "Bad Request-URI")
+    msg.uri = uri
+    if cache["cseq"][1] != msg.method:
+        if msg.method in KNOWN_METHODS:
+            raise SipError(400, "Bad CSeq header")
+        raise SipError(501, "Not Implemented")
