@@ -136,7 +136,8 @@ def filter_codecs(md: MediaDescription, keep: Sequence[Codec]) -> MediaDescripti
     rewritten if they differ from the Codec given (so a codec can be renumbered
     or added, e.g. PCMA offered for transcoding next to the caller's PCMU);
     rtpmap lines are added for codecs the section did not list.  A static type
-    that had no rtpmap and still means the same codec gets none.
+    the section listed without rtpmap, and that still means the same codec,
+    stays without one.
     """
     pts = [c.pt for c in keep]
     if len(set(pts)) != len(pts) or not all(0 <= pt <= 127 for pt in pts):
@@ -168,11 +169,14 @@ def filter_codecs(md: MediaDescription, keep: Sequence[Codec]) -> MediaDescripti
             if key != "rtcp-fb":
                 insert_at = len(attrs) + 1
         attrs.append((key, value))
+    listed = set(md.formats)
     added: list[tuple[str, str | None]] = []
     for codec in keep:
         static = STATIC_PAYLOAD_TYPES.get(codec.pt)
         if codec.pt not in has_rtpmap and (
-            static is None or not codec.same_format(Codec(codec.pt, *static))
+            str(codec.pt) not in listed
+            or static is None
+            or not codec.same_format(Codec(codec.pt, *static))
         ):
             added.append(("rtpmap", f"{codec.pt} {codec.encoding}"))
         if codec.fmtp is not None and codec.pt not in has_fmtp:
