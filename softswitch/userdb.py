@@ -1,0 +1,531 @@
+"""The user database: schema, the in-memory user directory, and its writers.
+
+Theory of operation
+-------------------
+The database (SQLite by default, MariaDB/MySQL for bigger sites) is the
+durable copy; the control daemon serves from memory (DESIGN.md principle 4).
+Its DB thread (softswitch/dbthread.py) loads every user and live registration
+at start and then polls for changes; the main thread keeps the users in a
+`UserDirectory` (a dict of frozen, slotted `User` objects) and never runs SQL.
+
+Change detection is part of the schema's contract, so it is written here next
+to the tables, and every writer (`softswitchctl`, or an operator with SQL)
+must keep it:
+
+- every INSERT or UPDATE of `users` sets ``updated_at`` to the current epoch
+  time; the DB thread polls ``updated_at >= last poll - OVERLAP`` (the
+  overlap covers transactions that commit a little after they stamped the row,
+  and small clock differences between hosts);
+- every DELETE of `users` inserts a tombstone into `deleted_users` in the same
+  transaction, so the daemon drops the user at its next poll;
+- as a safety net for rows deleted or inserted by hand without following the
+  rules above, the DB thread compares ``COUNT(*)`` with what it holds every
+  few polls and re-reads the id list when they differ.
+
+Users are keyed by (username, domain). SIP compares the user part of a URI
+case-sensitively and the host case-insensitively (RFC 3261 §19.1.4), so
+domains are stored lower-case and usernames as given (MariaDB tables use the
+binary collation so that "Alice" and "alice" are two users there as well).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection, Engine
+
+#: Bumped whenever a table changes; `create_schema` refuses a newer database.
+SCHEMA_VERSION = 1
+
+#: Seconds of re-read overlap for ``updated_at`` polling (see module doc).
+OVERLAP = 5.0
+
+MAX_USERNAME = 64
+MAX_DOMAIN = 128
+MAX_CONTACT = 512  # (64 + 128 + 512) * 4 bytes fits InnoDB's 3072-byte key limit
+
+_MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
+def _double() -> sa.types.TypeEngine[Any]:
+    # Plain FLOAT is single precision on MySQL: 1.7e9 would round to ~128 s.
+    double = mysql.DOUBLE(asdecimal=False)
+    return sa.Float(precision=53).with_variant(double, "mysql").with_variant(double, "mariadb")
+
+
+def _datetime_type() -> sa.types.TypeEngine[Any]:
+    # MySQL's DATETIME drops fractions unless asked; milliseconds matter for CDRs.
+    ms = mysql.DATETIME(fsp=3)
+    return sa.DateTime().with_variant(ms, "mysql").with_variant(ms, "mariadb")
+
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(MAX_USERNAME), nullable=False),
+    sa.Column("domain", sa.String(MAX_DOMAIN), nullable=False),
+    sa.Column("ha1_md5", sa.String(32), nullable=False),
+    sa.Column("ha1_sha256", sa.String(64), nullable=False),
+    sa.Column("display_name", sa.String(128), nullable=False, default=""),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("record_calls", sa.Boolean, nullable=False, default=False),
+    sa.Column("max_calls", sa.Integer, nullable=False, default=0),  # 0 = unlimited
+    sa.Column("updated_at", _double(), nullable=False, index=True),
+    sa.UniqueConstraint("username", "domain", name="uq_users_username_domain"),
+    **_MYSQL,
+)
+
+deleted_users = sa.Table(
+    "deleted_users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Integer, nullable=False),
+    sa.Column("username", sa.String(MAX_USERNAME), nullable=False),
+    sa.Column("domain", sa.String(MAX_DOMAIN), nullable=False),
+    sa.Column("deleted_at", _double(), nullable=False, index=True),
+    **_MYSQL,
+)
+
+registrations = sa.Table(
+    "registrations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("username", sa.String(MAX_USERNAME), nullable=False),
+    sa.Column("domain", sa.String(MAX_DOMAIN), nullable=False),
+    sa.Column("contact", sa.String(MAX_CONTACT), nullable=False),
+    sa.Column("expires_at", _double(), nullable=False, index=True),
+    sa.Column("source_transport", sa.String(8), nullable=False),  # udp / tcp / tls
+    sa.Column("source_host", sa.String(64), nullable=False),  # the NAT source address
+    sa.Column("source_port", sa.Integer, nullable=False),
+    sa.Column("path", sa.String(1024), nullable=True),  # RFC 3327 Path header value
+    sa.Column("received", sa.String(255), nullable=True),  # RFC 5626 / 3581 received info
+    sa.Column("call_id", sa.String(255), nullable=False),
+    sa.Column("cseq", sa.Integer, nullable=False),
+    sa.Column("user_agent", sa.String(255), nullable=True),
+    sa.Column("instance", sa.String(255), nullable=True),  # RFC 5626 +sip.instance
+    sa.Column("reg_id", sa.Integer, nullable=True),  # RFC 5626 reg-id
+    sa.UniqueConstraint("username", "domain", "contact", name="uq_registrations_aor_contact"),
+    **_MYSQL,
+)
+
+cdrs = sa.Table(
+    "cdrs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("call_id", sa.String(255), nullable=False, index=True),
+    sa.Column("caller", sa.String(255), nullable=False),
+    sa.Column("callee", sa.String(255), nullable=False),
+    sa.Column("start_time", _datetime_type(), nullable=False, index=True),  # UTC
+    sa.Column("answer_time", _datetime_type(), nullable=True),
+    sa.Column("end_time", _datetime_type(), nullable=True),
+    sa.Column("duration", _double(), nullable=False),  # seconds, answer to end
+    sa.Column("disposition", sa.String(16), nullable=False),
+    sa.Column("sip_code", sa.Integer, nullable=False),
+    sa.Column("bearer", sa.String(64), nullable=True),
+    sa.Column("recording", sa.String(512), nullable=True),
+    sa.Column("a_packets", sa.Integer, nullable=False, default=0),
+    sa.Column("a_lost", sa.Integer, nullable=False, default=0),
+    sa.Column("a_jitter_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("b_packets", sa.Integer, nullable=False, default=0),
+    sa.Column("b_lost", sa.Integer, nullable=False, default=0),
+    sa.Column("b_jitter_ms", sa.Float, nullable=False, default=0.0),
+    **_MYSQL,
+)
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),  # always 1
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", _double(), nullable=False),
+    **_MYSQL,
+)
+
+
+class SchemaError(Exception):
+    """The database cannot be used by this version of softswitch (one-line text)."""
+
+
+class UserError(Exception):
+    """A user-management request that cannot be done (exists, not found, bad name)."""
+
+
+def make_engine(url: str, *, timeout: float = 5.0) -> Engine:
+    """An engine for `url` with the settings the appliance relies on.
+
+    SQLite: WAL journal (readers never wait for the writer, so softswitchctl
+    can read while the daemon writes) and a busy timeout of `timeout` seconds.
+    MySQL/MariaDB: utf8mb4, connection checks before use (a restarted server
+    invalidates pooled connections), and socket timeouts so a dead server
+    cannot hang the DB thread forever.
+    """
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(url, future=True, connect_args={"timeout": timeout})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            cur.close()
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        connect_args = {
+            "connect_timeout": max(1, int(timeout)),
+            "read_timeout": max(30, int(timeout)),
+            "write_timeout": max(30, int(timeout)),
+        }
+        if "charset" not in parsed.query:
+            connect_args["charset"] = "utf8mb4"
+    return sa.create_engine(
+        url, future=True, pool_pre_ping=True, pool_recycle=3600, connect_args=connect_args
+    )
+
+
+def _stored_version(conn: Connection) -> int | None:
+    if not sa.inspect(conn).has_table("schema_version"):
+        return None
+    return conn.execute(sa.select(schema_version.c.version)).scalar()
+
+
+def create_schema(engine: Engine) -> int:
+    """Create whatever tables are missing and record the schema version.
+
+    Idempotent: safe to call from every softswitchctl run and every daemon
+    start. Refuses a database written by a newer softswitch (its tables may
+    mean something this code does not know) with a SchemaError. Returns the
+    version now recorded.
+    """
+    with engine.begin() as conn:
+        found = _stored_version(conn)
+        if found is not None and found > SCHEMA_VERSION:
+            raise SchemaError(
+                f"database schema version {found} is newer than this softswitch "
+                f"understands ({SCHEMA_VERSION}); upgrade softswitch"
+            )
+    metadata.create_all(engine, checkfirst=True)
+    with engine.begin() as conn:
+        found = _stored_version(conn)
+        now = time.time()
+        if found is None:
+            conn.execute(
+                sa.insert(schema_version).values(id=1, version=SCHEMA_VERSION, updated_at=now)
+            )
+        elif found < SCHEMA_VERSION:  # future migrations go here, oldest first
+            conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION, updated_at=now))
+    return SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """One SIP account as the main thread sees it. Never holds a password."""
+
+    id: int
+    username: str
+    domain: str
+    ha1_md5: str
+    ha1_sha256: str
+    display_name: str
+    enabled: bool
+    record_calls: bool
+    max_calls: int  # 0 = unlimited
+
+    def ha1(self, algorithm: str = "MD5") -> str | None:
+        """The stored HA1 for a digest algorithm ('MD5' or 'SHA-256'), else None."""
+        algo = algorithm.upper()
+        if algo == "MD5":
+            return self.ha1_md5
+        if algo == "SHA-256":
+            return self.ha1_sha256
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One registered contact of an address of record, as persisted.
+
+    `expires_at` is absolute epoch seconds so that a binding loaded after a
+    restart keeps its original lifetime. `source_*` is where the REGISTER
+    really came from (the NAT's public side), which is where requests to the
+    phone must go.
+    """
+
+    username: str
+    domain: str
+    contact: str
+    expires_at: float
+    source_transport: str
+    source_host: str
+    source_port: int
+    call_id: str
+    cseq: int
+    path: str | None = None
+    received: str | None = None
+    user_agent: str | None = None
+    instance: str | None = None
+    reg_id: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What makes a binding unique: (username, domain, contact)."""
+        return (self.username, self.domain, self.contact)
+
+
+_BINDING_LIMITS = {
+    "username": MAX_USERNAME,
+    "domain": MAX_DOMAIN,
+    "contact": MAX_CONTACT,
+    "source_transport": 8,
+    "source_host": 64,
+    "path": 1024,
+    "received": 255,
+    "call_id": 255,
+    "user_agent": 255,
+    "instance": 255,
+}
+
+
+def check_binding(binding: Binding) -> None:
+    """Raise ValueError if `binding` cannot be stored (a text column too long).
+
+    Checked when the registrar hands the binding over, not when the DB thread
+    writes it: a REGISTER whose contact cannot be persisted must be refused
+    then, instead of failing a batch later where nobody can answer for it.
+    """
+    for name, limit in _BINDING_LIMITS.items():
+        value = getattr(binding, name)
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{name} is longer than {limit} characters")
+
+
+def user_from_row(m: Any) -> User:
+    """A `User` from a users row mapping (domain interned: a few distinct values)."""
+    return User(
+        m["id"],
+        m["username"],
+        sys.intern(m["domain"]),
+        m["ha1_md5"],
+        m["ha1_sha256"],
+        m["display_name"],
+        bool(m["enabled"]),
+        bool(m["record_calls"]),
+        m["max_calls"],
+    )
+
+
+def binding_from_row(m: Any) -> Binding:
+    """A `Binding` from a registrations row mapping; repeated texts interned."""
+    ua = m["user_agent"]
+    return Binding(
+        username=m["username"],
+        domain=sys.intern(m["domain"]),
+        contact=m["contact"],
+        expires_at=m["expires_at"],
+        source_transport=sys.intern(m["source_transport"]),
+        source_host=m["source_host"],
+        source_port=m["source_port"],
+        call_id=m["call_id"],
+        cseq=m["cseq"],
+        path=m["path"],
+        received=m["received"],
+        user_agent=sys.intern(ua) if ua is not None else None,
+        instance=m["instance"],
+        reg_id=m["reg_id"],
+    )
+
+
+def binding_row(b: Binding) -> dict[str, Any]:
+    """The registrations row for a binding."""
+    return {
+        "username": b.username,
+        "domain": b.domain,
+        "contact": b.contact,
+        "expires_at": float(b.expires_at),
+        "source_transport": b.source_transport,
+        "source_host": b.source_host,
+        "source_port": int(b.source_port),
+        "path": b.path,
+        "received": b.received,
+        "call_id": b.call_id,
+        "cseq": int(b.cseq),
+        "user_agent": b.user_agent,
+        "instance": b.instance,
+        "reg_id": b.reg_id,
+    }
+
+
+UserKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """A user the database no longer has. `id` guards against a re-added namesake."""
+
+    username: str
+    domain: str
+    id: int
+
+
+class UserDirectory:
+    """Every user in memory, keyed by (username, lower-case domain).
+
+    Owned by the main thread; filled from the DB thread's `Loaded` snapshot
+    and kept current with its `UsersChanged` messages. Lookups are one dict
+    access: this is on the path of every REGISTER and INVITE.
+    """
+
+    __slots__ = ("_users",)
+
+    def __init__(self) -> None:
+        self._users: dict[UserKey, User] = {}
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def lookup(self, username: str, domain: str) -> User | None:
+        """The user, or None. The domain is compared case-insensitively."""
+        return self._users.get((username, domain.lower()))
+
+    def load(self, users: dict[UserKey, User]) -> None:
+        """Replace everything with a snapshot (takes ownership of the dict)."""
+        self._users = users
+
+    def apply(self, changed: Iterable[User], deleted: Iterable[Deleted]) -> None:
+        """Apply one poll's changes: deletions first, then inserts/updates.
+
+        That order makes "deleted then re-added within one poll" end with the
+        user present. A deletion only removes the user if the id matches, so a
+        late tombstone cannot remove a namesake added since.
+        """
+        users = self._users
+        for d in deleted:
+            key = (d.username, d.domain)
+            current = users.get(key)
+            if current is not None and current.id == d.id:
+                del users[key]
+        for u in changed:
+            users[(u.username, u.domain)] = u
+
+    def __iter__(self) -> Any:
+        return iter(self._users.values())
+
+
+# ---------------------------------------------------------------------------
+# Writers used by softswitchctl. They keep the change-detection contract above.
+
+# RFC 3261 §25.1 user = 1*( unreserved / escaped / user-unreserved ); escapes
+# are left out so that one account has exactly one spelling.
+_USERNAME = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/]+")
+_DOMAIN = re.compile(r"[A-Za-z0-9.\-:\[\]]+")
+
+
+def check_name(username: str, domain: str) -> tuple[str, str]:
+    """Validate and normalise (username, domain); raise UserError if unusable."""
+    if len(username) > MAX_USERNAME or not _USERNAME.fullmatch(username):
+        raise UserError(
+            f"invalid username {username!r}: 1-{MAX_USERNAME} characters of "
+            "letters, digits and -_.!~*'()&=+$,;?/"
+        )
+    if len(domain) > MAX_DOMAIN or not _DOMAIN.fullmatch(domain):
+        raise UserError(f"invalid domain {domain!r}")
+    return username, domain.lower()
+
+
+def find_user(conn: Connection, username: str, domain: str) -> Any:
+    """The users row for (username, domain); UserError if there is none."""
+    username, domain = check_name(username, domain)
+    row = conn.execute(
+        sa.select(users).where(users.c.username == username, users.c.domain == domain)
+    ).first()
+    if row is None:
+        raise UserError(f"no such user: {username}@{domain}")
+    return row
+
+
+def add_user(
+    conn: Connection,
+    username: str,
+    domain: str,
+    ha1s: tuple[str, str],
+    *,
+    display_name: str = "",
+    record_calls: bool = False,
+    max_calls: int = 0,
+    enabled: bool = True,
+) -> int:
+    """Insert a user (HA1 for MD5 and SHA-256, never the password); return its id."""
+    username, domain = check_name(username, domain)
+    exists = conn.execute(
+        sa.select(users.c.id).where(users.c.username == username, users.c.domain == domain)
+    ).first()
+    if exists is not None:
+        raise UserError(f"user exists: {username}@{domain}")
+    result = conn.execute(
+        sa.insert(users).values(
+            username=username,
+            domain=domain,
+            ha1_md5=ha1s[0],
+            ha1_sha256=ha1s[1],
+            display_name=display_name,
+            enabled=enabled,
+            record_calls=record_calls,
+            max_calls=max_calls,
+            updated_at=time.time(),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def delete_user(conn: Connection, username: str, domain: str) -> None:
+    """Delete a user, its registrations, and leave the tombstone the daemon polls."""
+    username, domain = check_name(username, domain)
+    row = find_user(conn, username, domain)
+    conn.execute(sa.delete(users).where(users.c.id == row.id))
+    conn.execute(
+        sa.delete(registrations).where(
+            registrations.c.username == username, registrations.c.domain == domain
+        )
+    )
+    conn.execute(
+        sa.insert(deleted_users).values(
+            user_id=row.id, username=username, domain=domain, deleted_at=time.time()
+        )
+    )
+
+
+def update_user(conn: Connection, username: str, domain: str, **values: Any) -> None:
+    """Change columns of a user (ha1_md5, ha1_sha256, enabled, record_calls, ...)."""
+    username, domain = check_name(username, domain)
+    row = find_user(conn, username, domain)
+    allowed = {"ha1_md5", "ha1_sha256", "display_name", "enabled", "record_calls", "max_calls"}
+    unknown = set(values) - allowed
+    if unknown:
+        raise ValueError(f"not a user setting: {', '.join(sorted(unknown))}")
+    conn.execute(
+        sa.update(users).where(users.c.id == row.id).values(updated_at=time.time(), **values)
+    )
+
+
+def list_users(conn: Connection) -> list[Any]:
+    """Every user row, ordered by domain then username."""
+    return list(conn.execute(sa.select(users).order_by(users.c.domain, users.c.username)))
+
+
+def recent_cdrs(conn: Connection, limit: int) -> list[Any]:
+    """The `limit` most recent CDR rows, newest first."""
+    query = sa.select(cdrs).order_by(cdrs.c.start_time.desc(), cdrs.c.id.desc()).limit(limit)
+    return list(conn.execute(query))
