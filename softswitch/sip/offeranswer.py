@@ -37,6 +37,7 @@ parsed, but nothing in it is acceptable).  Bad arguments from our own code
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -51,6 +52,7 @@ from softswitch.sip.sdp import (
     SessionDescription,
     Timing,
     parse_rtpmap,
+    payload_type_of,
 )
 
 __all__ = [
@@ -151,7 +153,7 @@ def filter_codecs(md: MediaDescription, keep: Sequence[Codec]) -> MediaDescripti
     insert_at = None
     for key, value in md.attributes:
         if key in ("rtpmap", "fmtp", "rtcp-fb"):
-            pt = _pt_of(value)
+            pt = payload_type_of(value)
             if pt is not None and pt not in wanted:
                 continue  # a format we no longer offer
             if pt is not None and key == "rtpmap":
@@ -184,11 +186,6 @@ def filter_codecs(md: MediaDescription, keep: Sequence[Codec]) -> MediaDescripti
     at = insert_at if insert_at is not None else 0
     out.attributes = attrs[:at] + added + attrs[at:]
     return out
-
-
-def _pt_of(value: str | None) -> int | None:
-    text = (value or "").partition(" ")[0]
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 3 else None
 
 
 # ---------------------------------------------------------------------------
@@ -267,6 +264,7 @@ def _without_origin(sd: SessionDescription) -> str:
 # Answers (RFC 3264 §6).
 
 
+@functools.lru_cache(maxsize=256)  # a handful of bearer addresses, parsed once each
 def _addrtype(address: str) -> str:
     """IP4 or IP6 for an IP literal (RFC 4566 §5.7); ValueError otherwise."""
     return "IP6" if ipaddress.ip_address(address).version == 6 else "IP4"

@@ -66,6 +66,8 @@ __all__ = [
     "SdpError",
     "SessionDescription",
     "Timing",
+    "parse_rtpmap",
+    "payload_type_of",
 ]
 
 MAX_SDP_BYTES = 65_535
@@ -237,12 +239,15 @@ class Codec:
         )
 
 
+_PT_NUMBER = {str(pt): pt for pt in range(128)}  # RTP payload type text -> number
+
+
 def parse_rtpmap(value: str) -> tuple[int, str, int, int] | None:
     """``<pt> <name>/<rate>[/<channels>]`` -> (pt, name, rate, channels), or None if malformed."""
     pt_text, _, encoding = value.partition(" ")
-    pt = _digits(pt_text, 3)
+    pt = _PT_NUMBER.get(pt_text)
     parts = encoding.strip().split("/")
-    if pt is None or pt > 127 or len(parts) not in (2, 3) or not parts[0]:
+    if pt is None or len(parts) not in (2, 3) or not parts[0]:
         return None
     rate = _digits(parts[1], 10)
     channels = _digits(parts[2], 3) if len(parts) == 3 else 1
@@ -251,11 +256,11 @@ def parse_rtpmap(value: str) -> tuple[int, str, int, int] | None:
     return pt, parts[0], rate, channels
 
 
-def _leading_pt(value: str | None) -> int | None:
+def payload_type_of(value: str | None) -> int | None:
     """The payload type an rtpmap/fmtp/rtcp-fb value starts with, or None ('*', junk)."""
     if value is None:
         return None
-    return _digits(value.partition(" ")[0], 3)
+    return _PT_NUMBER.get(value.partition(" ")[0])
 
 
 # ---------------------------------------------------------------------------
@@ -376,12 +381,12 @@ class MediaDescription:
                 if parsed is not None and parsed[0] not in rtpmap:
                     rtpmap[parsed[0]] = parsed[1:]
             elif key == "fmtp" and value is not None:
-                pt = _leading_pt(value)
+                pt = payload_type_of(value)
                 if pt is not None and pt not in fmtp:
                     fmtp[pt] = value.partition(" ")[2].strip()
         result = []
         for text in self.formats:
-            pt = _digits(text, 3)
+            pt = _PT_NUMBER.get(text)
             if pt is None:
                 continue
             known = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
@@ -514,113 +519,129 @@ class SessionDescription:
             data = bytes(data)
         if len(data) > MAX_SDP_BYTES:
             raise SdpError(400, f"Bad SDP: body longer than {MAX_SDP_BYTES} bytes")
-        return _Parser(data.decode("utf-8", "surrogateescape")).run()
+        return _parse(data.decode("utf-8", "surrogateescape"))
 
 
 # ---------------------------------------------------------------------------
-# The parser.
+# The parser.  Hot enough (two descriptions per call attempt) to check whole
+# lines with C-level string methods before splitting them.
 
 
-class _Parser:
+def _split_lines(text: str) -> list[str]:
+    """Lines without their CRLF or bare LF; 400 for NUL or a CR that ends no line."""
+    if "\x00" in text:  # RFC 4566 §9: text excludes NUL, CR and LF
+        lineno = text.count("\n", 0, text.index("\x00")) + 1
+        raise _bad(lineno, "CR or NUL inside a line", text.split("\n")[lineno - 1].rstrip("\r"))
+    crlf = text.count("\r\n")
+    if text.count("\r") != crlf:
+        lines = text.split("\n", MAX_LINES + 1)
+        for lineno, line in enumerate(lines, 1):
+            if "\r" in line[:-1]:
+                raise _bad(lineno, "CR or NUL inside a line", line[:-1])
+        raise _bad(len(lines), "CR or NUL inside a line", lines[-1])  # CR at the very end
+    if crlf:
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n", MAX_LINES + 1)
+    if len(lines) > MAX_LINES + 1:  # + 1: the empty string after the last line end
+        raise SdpError(400, f"Bad SDP: more than {MAX_LINES} lines")
+    while lines and not lines[-1]:  # trailing blank lines: harmless
+        lines.pop()
+    return lines
+
+
+def _parse(text: str) -> SessionDescription:
     """One pass over the lines; the current m= section, if any, collects what follows."""
-
-    __slots__ = ("attrs", "extra", "media", "origin", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.media: list[MediaDescription] = []
-        self.attrs: list[tuple[str, str | None]] = []
-        self.extra: list[tuple[str, str]] = []
-        self.origin: Origin | None = None
-
-    def run(self) -> SessionDescription:
-        lines = self.text.split("\n", MAX_LINES + 1)
-        if len(lines) > MAX_LINES + 1:  # + 1: the empty string after the last CRLF
-            raise SdpError(400, f"Bad SDP: more than {MAX_LINES} lines")
-        while lines and lines[-1] in ("", "\r"):  # trailing blank lines: harmless
-            lines.pop()
-        first = lines[0].rstrip("\r") if lines else ""
-        if first != "v=0":  # RFC 4566 §5.1: the body starts with v=0
-            raise _bad(1, "expected v=0", first)
-        name: str | None = None
-        connection: Connection | None = None
-        bandwidths: list[Bandwidth] = []
-        timing: list[Timing] = []
-        md: MediaDescription | None = None
-        for lineno in range(2, len(lines) + 1):
-            line = lines[lineno - 1]
-            if line.endswith("\r"):
-                line = line[:-1]
-            if not line:
-                continue  # stray blank line: skip rather than refuse
-            if len(line) > MAX_LINE_LENGTH:
-                raise _bad(lineno, "line too long", line)
-            kind = line[0]
-            if len(line) < 2 or line[1] != "=" or not ("a" <= kind <= "z"):
-                raise _bad(lineno, "not <type>=<value>", line)
-            value = line[2:]
-            if "\r" in value or "\x00" in value:  # RFC 4566 §9 text excludes CR, NUL
-                raise _bad(lineno, "CR or NUL inside a line", line)
-            if kind == "a":
-                key, colon, rest = value.partition(":")
-                target = md.attributes if md is not None else self.attrs
-                target.append((key, rest if colon else None))
-            elif kind == "m":
-                if len(self.media) >= MAX_MEDIA:
-                    raise _bad(lineno, f"more than {MAX_MEDIA} m= lines", line)
-                md = _parse_media(lineno, line, value)
-                self.media.append(md)
-            elif kind == "c":
-                conn = _parse_connection(lineno, line, value)
-                if md is not None:
-                    md.connections.append(conn)
-                elif connection is not None:
-                    raise _bad(lineno, "second session-level c= line", line)
-                else:
-                    connection = conn
-            elif kind == "b":
-                bw = _parse_bandwidth(lineno, line, value)
-                (md.bandwidths if md is not None else bandwidths).append(bw)
-            elif md is not None:
-                if kind not in "ik" and kind in "vosuepztr":
-                    raise _bad(lineno, f"{kind}= line inside a media section", line)
-                md.extra_lines.append((kind, value))
-            elif kind == "o":
-                if self.origin is not None:
-                    raise _bad(lineno, "second o= line", line)
-                self.origin = _parse_origin(lineno, line, value)
-            elif kind == "s":
-                if name is not None:
-                    raise _bad(lineno, "second s= line", line)
-                name = value
-            elif kind == "t":
-                timing.append(_parse_timing(lineno, line, value))
-            elif kind == "r":
-                if not timing:
-                    raise _bad(lineno, "r= line without t=", line)
-                last = timing[-1]
-                timing[-1] = Timing(last.start, last.stop, (*last.repeats, value))
-            elif kind == "v":
-                raise _bad(lineno, "second v= line", line)
+    lines = _split_lines(text)
+    if not lines or lines[0] != "v=0":  # RFC 4566 §5.1: the body starts with v=0
+        raise _bad(1, "expected v=0", lines[0] if lines else "")
+    if max(map(len, lines)) > MAX_LINE_LENGTH:
+        lineno = next(n for n, line in enumerate(lines, 1) if len(line) > MAX_LINE_LENGTH)
+        raise _bad(lineno, "line too long", lines[lineno - 1])
+    origin: Origin | None = None
+    name: str | None = None
+    connection: Connection | None = None
+    bandwidths: list[Bandwidth] = []
+    timing: list[Timing] = []
+    attributes: list[tuple[str, str | None]] = []
+    extra: list[tuple[str, str]] = []
+    media: list[MediaDescription] = []
+    md: MediaDescription | None = None
+    target = attributes  # where a= lines go: the session's, then each m= section's
+    for lineno in range(2, len(lines) + 1):
+        line = lines[lineno - 1]
+        if not line:
+            continue  # stray blank line: skip rather than refuse
+        kind = line[:2]
+        if kind == "a=":
+            key, colon, rest = line[2:].partition(":")
+            target.append((key, rest if colon else None))
+            continue
+        if len(kind) < 2 or kind[1] != "=" or not ("a" <= kind[0] <= "z"):
+            raise _bad(lineno, "not <type>=<value>", line)
+        kind = kind[0]
+        value = line[2:]
+        if kind == "m":
+            if len(media) >= MAX_MEDIA:
+                raise _bad(lineno, f"more than {MAX_MEDIA} m= lines", line)
+            md = _parse_media(lineno, line, value)
+            media.append(md)
+            target = md.attributes
+        elif kind == "c":
+            conn = _parse_connection(lineno, line, value)
+            if md is not None:
+                md.connections.append(conn)
+            elif connection is not None:
+                raise _bad(lineno, "second session-level c= line", line)
             else:
-                self.extra.append((kind, value))
-        if self.origin is None:
-            raise SdpError(400, "Bad SDP: no o= line")  # RFC 4566 §5.2, RFC 3264 §5
-        return SessionDescription(
-            origin=self.origin,
-            name=name,
-            connection=connection,
-            bandwidths=bandwidths,
-            timing=timing,
-            attributes=self.attrs,
-            media=self.media,
-            extra_lines=self.extra,
-        )
+                connection = conn
+        elif kind == "b":
+            bw = _parse_bandwidth(lineno, line, value)
+            (md.bandwidths if md is not None else bandwidths).append(bw)
+        elif md is not None:
+            if kind in "vosuepztr":
+                raise _bad(lineno, f"{kind}= line inside a media section", line)
+            md.extra_lines.append((kind, value))
+        elif kind == "o":
+            if origin is not None:
+                raise _bad(lineno, "second o= line", line)
+            origin = _parse_origin(lineno, line, value)
+        elif kind == "s":
+            if name is not None:
+                raise _bad(lineno, "second s= line", line)
+            name = value
+        elif kind == "t":
+            timing.append(_parse_timing(lineno, line, value))
+        elif kind == "r":
+            if not timing:
+                raise _bad(lineno, "r= line without t=", line)
+            last = timing[-1]
+            timing[-1] = Timing(last.start, last.stop, (*last.repeats, value))
+        elif kind == "v":
+            raise _bad(lineno, "second v= line", line)
+        else:
+            extra.append((kind, value))
+    if origin is None:
+        raise SdpError(400, "Bad SDP: no o= line")  # RFC 4566 §5.2, RFC 3264 §5
+    return SessionDescription(
+        origin=origin,
+        name=name,
+        connection=connection,
+        bandwidths=bandwidths,
+        timing=timing,
+        attributes=attributes,
+        media=media,
+        extra_lines=extra,
+    )
+
+
+def _fields(value: str) -> list[str]:
+    """Space-separated fields of an o/c/m/t line; [] unless printable ASCII (RFC 4566 §9)."""
+    return value.split() if value.isascii() and value.isprintable() else []
 
 
 def _parse_origin(lineno: int, line: str, value: str) -> Origin:
-    parts = value.split()
-    if len(parts) != 6 or not all(_token_ok(p) for p in parts):
+    parts = _fields(value)
+    if len(parts) != 6:
         raise _bad(lineno, "o= needs 6 fields", line)
     version = _digits(parts[2])
     if _digits(parts[1]) is None or version is None:
@@ -629,8 +650,8 @@ def _parse_origin(lineno: int, line: str, value: str) -> Origin:
 
 
 def _parse_connection(lineno: int, line: str, value: str) -> Connection:
-    parts = value.split()
-    if len(parts) != 3 or not all(_token_ok(p) for p in parts):
+    parts = _fields(value)
+    if len(parts) != 3:
         raise _bad(lineno, "c= needs <nettype> <addrtype> <address>", line)
     return Connection(parts[0], parts[1], parts[2])
 
@@ -638,14 +659,13 @@ def _parse_connection(lineno: int, line: str, value: str) -> Connection:
 def _parse_bandwidth(lineno: int, line: str, value: str) -> Bandwidth:
     bwtype, colon, amount = value.partition(":")
     number = _digits(amount, 20)
-    if not colon or not bwtype or not _token_ok(bwtype) or " " in bwtype or number is None:
+    if not colon or len(_fields(bwtype)) != 1 or " " in bwtype or number is None:
         raise _bad(lineno, "b= needs <bwtype>:<bandwidth>", line)
     return Bandwidth(bwtype, number)
 
 
 def _parse_timing(lineno: int, line: str, value: str) -> Timing:
-    parts = value.split()
-    numbers = [_digits(p, 20) for p in parts]
+    numbers = [_digits(p, 20) for p in _fields(value)]
     if len(numbers) != 2 or numbers[0] is None or numbers[1] is None:
         raise _bad(lineno, "t= needs <start> <stop>", line)
     return Timing(numbers[0], numbers[1])
@@ -653,8 +673,8 @@ def _parse_timing(lineno: int, line: str, value: str) -> Timing:
 
 def _parse_media(lineno: int, line: str, value: str) -> MediaDescription:
     """m=<media> <port>[/<count>] <proto> <fmt> ... (RFC 4566 §5.14)."""
-    parts = value.split()
-    if len(parts) < 3 or not all(_token_ok(p) for p in parts):
+    parts = _fields(value)
+    if len(parts) < 3:
         raise _bad(lineno, "m= needs <media> <port> <proto> <fmt>...", line)
     if len(parts) - 3 > MAX_FORMATS:
         raise _bad(lineno, f"more than {MAX_FORMATS} formats", line)
@@ -664,11 +684,9 @@ def _parse_media(lineno: int, line: str, value: str) -> MediaDescription:
     if port is None or port > 65535 or (slash and (count is None or not 0 < count <= 65535)):
         raise _bad(lineno, "bad m= port", line)
     formats = parts[3:]
-    if _is_rtp(parts[2]):  # RTP payload types are 7 bits (RFC 3550 §5.1)
-        for fmt in formats:
-            pt = _digits(fmt, 3)
-            if pt is None or pt > 127:
-                raise _bad(lineno, "RTP format is not a payload type 0-127", line)
+    # RTP payload types are 7 bits (RFC 3550 §5.1), written without leading zeros.
+    if _is_rtp(parts[2]) and not _PT_NUMBER.keys() >= set(formats):
+        raise _bad(lineno, "RTP format is not a payload type 0-127", line)
     return MediaDescription(
         media=parts[0], port=port, proto=parts[2], formats=formats, port_count=count
     )
