@@ -14,7 +14,7 @@ same millisecond different, which matters because replay detection is per nonce.
 
 The only state is the nonce-count table (RFC 7616 §3.4: the server MUST check
 that nc increases): nonce -> highest nc accepted. It is bounded (100,000
-nonces by default, about 16 MB at the bound); entries leave when their nonce
+nonces by default, about 14 MB at the bound); entries leave when their nonce
 expires or, when full, oldest first. An evicted nonce that is still live
 cannot be checked any more, so every nonce issued no later than the newest
 evicted one and not in the table is answered STALE_NONCE: the phone retries at
@@ -53,6 +53,7 @@ import os
 import re
 import struct
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -166,19 +167,23 @@ _TOKEN_RE = re.compile(_TOKEN)
 # quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)  -- here: tab and printable ASCII only
 # Every repetition is possessive (*+, Python 3.11) and each run of whitespace has
 # exactly one owner, so a hostile value cannot make the engine backtrack.
-_QDTEXT = r'[^"\\\x00-\x08\x0a-\x1f\x7f]*+'
-_QUOTED = rf'"({_QDTEXT}(?:\\[\t\x20-\x7e]{_QDTEXT})*+)"'
-_PARAM = rf"({_TOKEN})[ \t]*+=[ \t]*+(?:{_QUOTED}|({_TOKEN}))[ \t]*+"
-_PARAM_RE = re.compile(_PARAM)
+
+
+def _auth_param(group: str) -> str:
+    """auth-param with name, quoted value and token value each opened by ``group``."""
+    qdtext = r'[^"\\\x00-\x08\x0a-\x1f\x7f]*+'
+    quoted = rf'"{group}{qdtext}(?:\\[\t\x20-\x7e]{qdtext})*+)"'
+    return rf"{group}{_TOKEN})[ \t]*+=[ \t]*+(?:{quoted}|{group}{_TOKEN}))[ \t]*+"
+
+
+_PARAM_RE = re.compile(_auth_param("("))
 # credentials = ("Digest" LWS digest-response) / other-response
 # digest-response = dig-resp *(COMMA dig-resp); COMMA = SWS "," SWS
 # One fullmatch checks the whole list, then findall picks the same params out of
 # it: two calls into the regex engine instead of a Python loop per directive.
 # Empty list elements (",,", a trailing ",") are accepted, as RFC 7230 §7 asks.
-_PARAM_NC = _PARAM.replace("(", "(?:").replace("(?:?:", "(?:")
-_DIGEST_RE = re.compile(
-    rf"[ \t]*+(?i:digest)[ \t]++((?:{_PARAM_NC})(?:,[ \t,]*+(?:{_PARAM_NC}))*+)[ \t,]*+"
-)
+_P = _auth_param("(?:")
+_DIGEST_RE = re.compile(rf"[ \t]*+(?i:digest)[ \t]++[ \t,]*+({_P}(?:,[ \t,]*+{_P})*+)[ \t,]*+")
 _ESCAPE_RE = re.compile(r"\\(.)")
 _CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NC_RE = re.compile(r"[0-9a-fA-F]{8}")  # nc-value = 8LHEX
@@ -393,8 +398,9 @@ class AuthFailure(Enum):
 
     Suggested: STALE_NONCE -> 401 with a stale=true challenge; MALFORMED -> 400;
     WRONG_REALM, BAD_NONCE, UNSUPPORTED_ALGORITHM -> 401 with a fresh challenge;
-    UNKNOWN_USER, BAD_RESPONSE -> 401 (403 after repeated failures); REPLAY,
-    URI_MISMATCH, USERHASH_UNSUPPORTED -> 403 or a fresh 401.
+    UNKNOWN_USER, BAD_RESPONSE -> 401 (403 after repeated failures), both
+    answered alike so that usernames cannot be probed; REPLAY, URI_MISMATCH,
+    USERHASH_UNSUPPORTED -> 403 or a fresh 401.
     """
 
     MALFORMED = "malformed"
@@ -478,13 +484,23 @@ class DigestServer:
         self.max_nonces = max_nonces
         self.clock_skew = clock_skew
         self.allow_rfc2069 = allow_rfc2069
-        self._secret = secret
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
         self._realm_bytes = realm.encode("utf-8")
         self._rand = rand
         self._opaque = _b64(hmac.digest(secret, b"opaque\x00" + self._realm_bytes, "sha256")[:12])
-        # nonce -> highest nc accepted; insertion order is first-use order.
+        self._templates = [self._template(a, False) for a in self.algorithms]
+        self._stale_templates = [self._template(a, True) for a in self.algorithms]
+        # nonce -> highest nc accepted (the only state; see the module docstring).
         self._nc: dict[str, int] = {}
+        self._order: deque[str] = deque()  # the same keys, in first-use order
         self._evicted_upto = -1.0  # issue time of the newest live nonce evicted
+
+    def _mac(self, head: bytes) -> bytes:
+        """HMAC-SHA256(secret, issued_ms || salt || realm)[:16]; copying a keyed
+        HMAC object saves a third of hmac.digest's cost."""
+        mac = self._keyed.copy()
+        mac.update(head + self._realm_bytes)
+        return mac.digest()[:16]
 
     @property
     def tracked_nonces(self) -> int:
@@ -494,36 +510,42 @@ class DigestServer:
     def make_nonce(self, now: float) -> str:
         """A fresh stateless nonce issued at ``now``."""
         head = _NONCE_HEAD.pack(int(now * 1000)) + self._rand(8)
-        mac = hmac.digest(self._secret, head + self._realm_bytes, "sha256")[:16]
-        return _b64(head + mac)
+        return _b64(head + self._mac(head))
 
     def challenge(self, now: float, *, stale: bool = False) -> list[str]:
         """One challenge value per algorithm, most preferred first (RFC 8760 §2.3).
 
         The same nonce serves every algorithm: the client answers only one.
+        Only the nonce changes between calls, so the values are spliced from
+        templates made once by Challenge.__str__ (a 401 per REGISTER makes this hot).
         """
         nonce = self.make_nonce(now)
-        return [
-            str(
-                Challenge(
-                    realm=self.realm,
-                    nonce=nonce,
-                    algorithm=a,
-                    qop=("auth",),
-                    opaque=self._opaque,
-                    stale=stale,
-                )
+        templates = self._stale_templates if stale else self._templates
+        return [head + nonce + tail for head, tail in templates]
+
+    def _template(self, algorithm: str, stale: bool) -> tuple[str, str]:
+        # The realm before it is quoted with every '"' escaped, so the first
+        # 'nonce="marker"' in the text is the nonce directive itself.
+        marker = "nonce-goes-here"
+        text = str(
+            Challenge(
+                realm=self.realm,
+                nonce=marker,
+                algorithm=algorithm,
+                qop=("auth",),
+                opaque=self._opaque,
+                stale=stale,
             )
-            for a in self.algorithms
-        ]
+        )
+        head, _, tail = text.partition(f'nonce="{marker}"')
+        return head + 'nonce="', '"' + tail
 
     def _nonce_time(self, nonce: str) -> float | None:
         """Issue time if the nonce is ours (MAC matches, canonical encoding), else None."""
         if not _NONCE_RE.fullmatch(nonce):
             return None
         raw = _unb64(nonce)
-        mac = hmac.digest(self._secret, raw[:16] + self._realm_bytes, "sha256")[:16]
-        if not hmac.compare_digest(mac, raw[16:]) or _b64(raw) != nonce:
+        if not hmac.compare_digest(self._mac(raw[:16]), raw[16:]) or _b64(raw) != nonce:
             return None
         return _NONCE_HEAD.unpack(raw[:8])[0] / 1000.0
 
@@ -604,6 +626,7 @@ class DigestServer:
             if issued <= self._evicted_upto:  # its count may have been evicted
                 return AuthFailure.STALE_NONCE
             self._expire(now)
+            self._order.append(nonce)
         elif nc <= last:
             return AuthFailure.REPLAY
         table[nonce] = nc
@@ -612,18 +635,18 @@ class DigestServer:
     def _expire(self, now: float) -> None:
         """Drop expired nonces from the front, then the oldest while over the bound.
 
-        Each call removes at most a few expired entries beyond what the bound
-        forces, so the cost per request stays constant.
+        A deque keeps first-use order (popping the front of a dict is O(n) once
+        deletions pile up). Each call drops at most four expired entries beyond
+        what the bound forces, so the cost per request stays constant.
         """
-        table = self._nc
+        table, order = self._nc, self._order
         horizon = now - self.nonce_ttl
         for _ in range(4):
-            oldest = next(iter(table), None)
-            if oldest is None or _issued(oldest) >= horizon:
+            if not order or _issued(order[0]) >= horizon:
                 break
-            del table[oldest]
-        while len(table) >= self.max_nonces:  # bounded: at most len(table) rounds
-            oldest = next(iter(table))
+            del table[order.popleft()]
+        while len(table) >= self.max_nonces:  # bounded: the table shrinks every round
+            oldest = order.popleft()
             del table[oldest]
             issued = _issued(oldest)
             if issued >= horizon:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -40,7 +41,7 @@ def lookup(username: str) -> dict[str, str] | None:
     return USERS.get(username)
 
 
-def counter_rand() -> object:
+def counter_rand() -> Callable[[int], bytes]:
     """Deterministic salts that still differ from one nonce to the next."""
     counter = itertools.count(1)
     return lambda n: next(counter).to_bytes(n, "big")
@@ -197,6 +198,21 @@ def test_challenge_with_stale_flag_says_stale_true() -> None:
     values = server().challenge(T0, stale=True)
     assert all("stale=true" in v for v in values)
     assert all(parse_challenge(v).stale for v in values)
+
+
+def test_challenge_values_are_exactly_the_serialised_challenges() -> None:
+    # The server splices nonces into templates; they must equal Challenge.__str__,
+    # even for a realm that itself contains quotes and a nonce-like directive.
+    realm = 'odd "realm" nonce="nonce-goes-here", x\\y'
+    srv = DigestServer(SECRET, realm, rand=counter_rand())
+    for stale in (False, True):
+        for value in srv.challenge(T0, stale=stale):
+            parsed = parse_challenge(value)
+            assert parsed.realm == realm
+            assert value == str(parsed)
+    users = {"alice": {"SHA-256": ha1("alice", realm, "secret", "SHA-256")}}
+    value = register(srv.challenge(T0), algorithm="SHA-256")
+    assert srv.verify(value, "REGISTER", T0, users.get).ok
 
 
 def test_successive_challenges_carry_different_nonces_even_in_the_same_millisecond() -> None:
@@ -576,7 +592,7 @@ def test_client_refuses_to_put_control_characters_in_a_header() -> None:
 
 def test_digest_client_reuses_the_nonce_with_rising_nc_until_stale() -> None:
     srv = server(nonce_ttl=60.0)
-    phone = DigestClient("alice", password="secret", rand=counter_rand())  # type: ignore[arg-type]
+    phone = DigestClient("alice", password="secret", rand=counter_rand())
     assert phone.authorization("REGISTER", "sip:example.com") is None
     phone.challenged(srv.challenge(T0))
     for i in range(1, 4):
