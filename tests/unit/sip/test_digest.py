@@ -736,3 +736,44 @@ _tokens = st.from_regex(r"[A-Za-z0-9.!%*_+`'~-]{1,12}", fullmatch=True)
 )
 def test_any_credentials_serialise_and_parse_back_equal(creds: Credentials) -> None:
     assert parse_credentials(str(creds)) == creds
+
+
+_VALID_HEAD = 'Digest username="u", realm=r, nonce="n", uri="sip:r", response=0, '
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='ab=",\\ \t\r\n\x01é', max_size=60))
+def test_near_miss_grammar_raises_only_sip_error_and_round_trips(tail: str) -> None:
+    # Random text over the grammar's own punctuation after a valid head reaches the
+    # quoting, escaping, folding and empty-element rules far more often than free text.
+    try:
+        creds = parse_credentials(_VALID_HEAD + tail)
+    except SipError as err:
+        assert (err.status, err.reason) == (400, "Bad Authorization header")
+        return
+    assert parse_credentials(str(creds)) == creds
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_piece = st.tuples(
+    st.sampled_from(["x-a", "X-B", "opaque", "cnonce", "Qop", "nc", "algorithm", "userhash"]),
+    st.sampled_from(["=", " = ", "\t=\t", "=\r\n "]),
+    st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)
+    | st.text(alphabet='ab"\\ \té,=', max_size=8).map(_quoted),
+    st.sampled_from([", ", ",", " ,, ", ",\r\n\t", "\r\n ,", ""]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_piece, max_size=5, unique_by=lambda p: p[0].lower()))
+def test_well_formed_lists_with_odd_spacing_and_escapes_round_trip(pieces: list) -> None:
+    tail = "".join(name + eq + value + sep for name, eq, value, sep in pieces)
+    try:
+        creds = parse_credentials(_VALID_HEAD + tail)
+    except SipError as err:
+        assert (err.status, err.reason) == (400, "Bad Authorization header")
+        return
+    assert parse_credentials(str(creds)) == creds
