@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 
 from .errors import SipError
+from .grammar import TOKEN
+from .headers import canonical_name, exact_names
 
 __all__ = [
     "KEEPALIVE",
@@ -25,6 +27,8 @@ __all__ = [
     "MAX_LINE_LENGTH",
     "MAX_MESSAGE_SIZE",
     "StreamFramer",
+    "read_head",
+    "read_headers",
 ]
 
 # The largest message accepted, start line to end of body.  65,535 is the
@@ -41,6 +45,95 @@ MAX_HEADERS = 256
 MAX_LINE_LENGTH = 16384
 
 KEEPALIVE = b"\r\n\r\n"
+
+# Line folding (§7.3.1): "a CRLF followed by whitespace is one SP".
+# LWS = [*WSP CRLF] 1*WSP
+_FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
+
+
+def read_head(data: bytes) -> tuple[list[str], int]:
+    """Split off the header section: its unfolded lines and where the body starts.
+
+    generic-message = start-line *message-header CRLF [ message-body ]
+
+    CRLFs before the start line are skipped (§7.5).  Lines end in CRLF; a
+    bare CR or LF inside the header section is refused, because it would
+    survive into a header value and break (or inject into) what we send.
+    Exception, for robustness: a header section written entirely with bare
+    LF, as in the RFC 5118 archive, is accepted.  The text is decoded as
+    UTF-8 with surrogate escapes, so any octets survive a round trip.
+    """
+    start = 0
+    if data.startswith((b"\r", b"\n")):
+        start = len(data) - len(data.lstrip(b"\r\n"))
+    end = data.find(b"\r\n\r\n", start)
+    lf_end = data.find(b"\n\n", start, len(data) if end < 0 else end)
+    if lf_end >= 0:
+        head = data[start:lf_end]
+        if b"\r" in head:
+            raise SipError(400, "Bad line terminator")
+        text = head.decode("utf-8", "surrogateescape").replace("\n", "\r\n")
+        body_start = lf_end + 2
+    elif end >= 0:
+        head = data[start:end]
+        n = head.count(b"\n")
+        if head.count(b"\r") != n:
+            raise SipError(400, "Bad line terminator")
+        text = head.decode("utf-8", "surrogateescape")
+        body_start = end + 4
+        if "\r\n " not in text and "\r\n\t" not in text:  # no folding: the common case
+            lines = text.split("\r\n")
+            if len(lines) != n + 1:  # a bare CR and a bare LF made up the count
+                raise SipError(400, "Bad line terminator")
+            if len(lines) > MAX_HEADERS + 1:
+                raise SipError(400, "Too many headers")
+            if len(text) > MAX_LINE_LENGTH and max(map(len, lines)) > MAX_LINE_LENGTH:
+                raise SipError(400, "Header line too long")
+            return lines, body_start
+        if head.count(b"\r\n") != n:
+            raise SipError(400, "Bad line terminator")
+    elif start == len(data):
+        raise SipError(400, "Empty message", drop=True)
+    else:
+        raise SipError(400, "Missing end of header section")
+    if "\r\n " in text or "\r\n\t" in text:
+        text = _FOLD_RE.sub(" ", text)
+    lines = text.split("\r\n")
+    if len(lines) > MAX_HEADERS + 1:
+        raise SipError(400, "Too many headers")
+    if len(text) > MAX_LINE_LENGTH and max(map(len, lines)) > MAX_LINE_LENGTH:
+        raise SipError(400, "Header line too long")
+    return lines, body_start
+
+
+def read_headers(lines: list[str]) -> list[list[str]]:
+    """``[name, value]`` pairs from header lines (every line but the first).
+
+    message-header = field-name HCOLON field-value CRLF
+    HCOLON = *( SP / HTAB ) ":" SWS
+
+    Known names become canonical (compact forms expanded, §7.3.3); unknown
+    names must be tokens and are kept as written.  Values are stripped of the
+    surrounding whitespace and otherwise untouched.
+    """
+    headers: list[list[str]] = []
+    append = headers.append
+    exact = exact_names().get
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        canon = exact(name)
+        if canon is None or not sep:
+            if not sep:
+                raise SipError(400, "Bad header line")
+            name = name.rstrip(" \t")
+            canon = canonical_name(name)
+            if canon is None:
+                if not TOKEN.fullmatch(name):
+                    raise SipError(400, "Bad header name")
+                canon = name
+        append([canon, value.strip(" \t")])
+    return headers
+
 
 # Content-Length = ( "Content-Length" / "l" ) HCOLON 1*DIGIT
 _CONTENT_LENGTH_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.I)

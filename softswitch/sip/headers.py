@@ -16,8 +16,16 @@ from __future__ import annotations
 import re
 
 from .errors import SipError
-from .grammar import QUOTED_RE, TOKEN_CHARS, parse_params, parse_uint, quote_display, unquote_pairs
-from .uri import SipUri, Uri, parse_uri
+from .grammar import (
+    QUOTED_RE,
+    TOKEN_CHARS,
+    parse_params,
+    parse_uint,
+    quote_display,
+    unquote_pairs,
+    words,
+)
+from .uri import SIP_URI_BODY, SipUri, Uri, parse_uri, sip_uri_from_groups
 
 __all__ = [
     "COMPACT_FORMS",
@@ -52,80 +60,19 @@ COMPACT_FORMS: dict[str, str] = {
     "y": "Identity",  # RFC 4474
 }
 
-_KNOWN = [
-    "Accept",
-    "Accept-Encoding",
-    "Accept-Language",
-    "Alert-Info",
-    "Allow",
-    "Authentication-Info",
-    "Authorization",
-    "Call-ID",
-    "Call-Info",
-    "Contact",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Content-Length",
-    "Content-Type",
-    "CSeq",
-    "Date",
-    "Error-Info",
-    "Expires",
-    "From",
-    "In-Reply-To",
-    "Max-Forwards",
-    "MIME-Version",
-    "Min-Expires",
-    "Organization",
-    "Priority",
-    "Proxy-Authenticate",
-    "Proxy-Authorization",
-    "Proxy-Require",
-    "Record-Route",
-    "Reply-To",
-    "Require",
-    "Retry-After",
-    "Route",
-    "Server",
-    "Subject",
-    "Supported",
-    "Timestamp",
-    "To",
-    "Unsupported",
-    "User-Agent",
-    "Via",
-    "Warning",
-    "WWW-Authenticate",
-    "RAck",
-    "RSeq",
-    "Event",
-    "Allow-Events",
-    "Subscription-State",
-    "Refer-To",
-    "Referred-By",
-    "Replaces",
-    "Session-Expires",
-    "Min-SE",
-    "Path",
-    "Service-Route",
-    "Reason",
-    "Privacy",
-    "P-Asserted-Identity",
-    "P-Preferred-Identity",
-    "Identity",
-    "Identity-Info",
-    "Accept-Contact",
-    "Reject-Contact",
-    "Request-Disposition",
-    "Security-Client",
-    "Security-Server",
-    "Security-Verify",
-    "SIP-ETag",
-    "SIP-If-Match",
-    "Flow-Timer",
-    "History-Info",
-]
+_KNOWN = words(
+    "Accept Accept-Encoding Accept-Language Alert-Info Allow Authentication-Info "
+    "Authorization Call-ID Call-Info Contact Content-Disposition Content-Encoding "
+    "Content-Language Content-Length Content-Type CSeq Date Error-Info Expires From "
+    "In-Reply-To Max-Forwards MIME-Version Min-Expires Organization Priority "
+    "Proxy-Authenticate Proxy-Authorization Proxy-Require Record-Route Reply-To Require "
+    "Retry-After Route Server Subject Supported Timestamp To Unsupported User-Agent Via "
+    "Warning WWW-Authenticate RAck RSeq Event Allow-Events Subscription-State Refer-To "
+    "Referred-By Replaces Session-Expires Min-SE Path Service-Route Reason Privacy "
+    "P-Asserted-Identity P-Preferred-Identity Identity Identity-Info Accept-Contact "
+    "Reject-Contact Request-Disposition Security-Client Security-Server Security-Verify "
+    "SIP-ETag SIP-If-Match Flow-Timer History-Info"
+)
 
 # Every spelling lower-cased → canonical name; the exact canonical and compact
 # spellings are also keys so that the common case is one dict lookup.
@@ -141,6 +88,11 @@ for _short, _long in COMPACT_FORMS.items():
     _CANON_EXACT[_short.upper()] = _long
 
 _TOKEN_RE = re.compile(rf"[{TOKEN_CHARS}]+")
+
+
+def exact_names() -> dict[str, str]:
+    """The exact-spelling table: canonical and compact names → canonical (hot path)."""
+    return _CANON_EXACT
 
 
 def canonical_name(name: str) -> str | None:
@@ -173,7 +125,7 @@ class Via:
     ``params`` keys lower-case with None for valueless ones (``;rport``).
     """
 
-    __slots__ = ("_src", "host", "params", "port", "transport")
+    __slots__ = ("host", "params", "port", "transport")
 
     def __init__(
         self,
@@ -186,7 +138,6 @@ class Via:
         self.host = host
         self.port = port
         self.params = {} if params is None else params
-        self._src: str | None = None
 
     @property
     def branch(self) -> str | None:
@@ -281,9 +232,7 @@ def parse_via(text: str) -> Via:
         port_num = int(port)
         if port_num > 65535:
             raise SipError(400, "Bad Via header")
-    via = Via(transport.upper(), host, port_num, parse_params(text[m.end() :], "Via"))
-    via._src = text
-    return via
+    return Via(transport.upper(), host, port_num, parse_params(text[m.end() :], "Via"))
 
 
 class Address:
@@ -296,7 +245,7 @@ class Address:
     ``str()`` always writes the name-addr form, which is never ambiguous.
     """
 
-    __slots__ = ("_src", "display", "params", "uri")
+    __slots__ = ("display", "params", "uri")
 
     def __init__(
         self,
@@ -307,7 +256,6 @@ class Address:
         self.uri = uri
         self.display = display
         self.params = {} if params is None else params
-        self._src: str | None = None
 
     @property
     def tag(self) -> str | None:
@@ -352,6 +300,14 @@ class Address:
         return f"Address({str(self)!r})"
 
 
+# The common name-addr shapes in one regex, SIP-URI groups included:
+# [ "quoted display" / token display ] "<" SIP-URI ">" (then parameters).
+# Anything else (escapes in the display name, other schemes, addr-spec)
+# takes the general path below.
+_FAST_NAME_ADDR_RE = re.compile(
+    rf'(?:"([^"\\\r\n]*)"[ \t]*|([{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*)[ \t]*)?'
+    rf"<([Ss][Ii][Pp][Ss]?):{SIP_URI_BODY}>"
+)
 _DISPLAY_TOKENS_RE = re.compile(rf"[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*")
 
 
@@ -371,6 +327,16 @@ def parse_address(text: str, what: str) -> Address:
     (Liberal: no LWS needed between a token display name and "<",
     RFC 4475 §3.1.1.6.)  ``what`` names the header for error reasons.
     """
+    m = _FAST_NAME_ADDR_RE.match(text)
+    if m is not None:
+        g = m.groups()
+        end = m.end()
+        uri = sip_uri_from_groups(g[2].lower(), g[3:], text[m.start(3) : end], f"{what} header")
+        return Address(
+            uri,
+            g[1] if g[0] is None else g[0],
+            parse_params(text[end:], what) if end < len(text) else {},
+        )
     display: str | None = None
     if text.startswith("<"):
         lt = 0
@@ -410,9 +376,7 @@ def parse_address(text: str, what: str) -> Address:
         if "?" in uri_text or "," in uri_text:
             raise SipError(400, f"Bad {what} header")
         uri = parse_uri(uri_text, f"{what} header")
-    addr = Address(uri, display, parse_params(rest, what) if rest else {})
-    addr._src = text
-    return addr
+    return Address(uri, display, parse_params(rest, what) if rest else {})
 
 
 def is_sip(uri: Uri) -> bool:

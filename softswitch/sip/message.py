@@ -31,8 +31,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from .errors import SipError, reason_phrase
-from .framing import KEEPALIVE, MAX_HEADERS, MAX_LINE_LENGTH, MAX_MESSAGE_SIZE, StreamFramer
-from .grammar import TOKEN, parse_uint, split_commas
+from .framing import (
+    KEEPALIVE,
+    MAX_HEADERS,
+    MAX_LINE_LENGTH,
+    MAX_MESSAGE_SIZE,
+    StreamFramer,
+    read_head,
+    read_headers,
+)
+from .grammar import TOKEN, parse_uint, split_commas, words
 from .headers import Address, Via, _delta_seconds, canonical_name, parse_address, parse_via
 from .uri import _SCHEME_RE, AbsoluteUri, SipUri, Uri, parse_uri
 
@@ -55,76 +63,27 @@ __all__ = [
 # unknown method with a CSeq mismatch gets 501 rather than 400 (RFC 4475
 # §3.1.2.18: "501 preferred").
 KNOWN_METHODS = frozenset(
-    [
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "PRACK",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "PUBLISH",
-        "INFO",
-        "REFER",
-        "MESSAGE",
-        "UPDATE",
-    ]
+    words(
+        "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO "
+        "REFER MESSAGE UPDATE "
+    )
 )
 
 # Headers whose value is *not* a comma-separated list: ``get_all`` returns
 # their lines whole (credentials use commas between parameters, Date has one).
 _NO_SPLIT = frozenset(
-    [
-        "Authorization",
-        "Proxy-Authorization",
-        "WWW-Authenticate",
-        "Proxy-Authenticate",
-        "Authentication-Info",
-        "Date",
-        "Subject",
-        "User-Agent",
-        "Server",
-        "Call-ID",
-        "CSeq",
-        "From",
-        "To",
-        "Organization",
-        "Timestamp",
-        "Retry-After",
-        "Max-Forwards",
-        "Content-Length",
-        "Content-Type",
-        "Expires",
-        "Min-Expires",
-        "Priority",
-        "Reply-To",
-        "Refer-To",
-        "Referred-By",
-        "Replaces",
-        "Event",
-        "Session-Expires",
-        "Min-SE",
-        "Subscription-State",
-        "RAck",
-        "RSeq",
-        "MIME-Version",
-        "Identity",
-        "Identity-Info",
-        "Content-Disposition",
-        "SIP-ETag",
-        "SIP-If-Match",
-    ]
+    words(
+        "Authorization Proxy-Authorization WWW-Authenticate Proxy-Authenticate "
+        "Authentication-Info Date Subject User-Agent Server Call-ID CSeq From To "
+        "Organization Timestamp Retry-After Max-Forwards Content-Length Content-Type "
+        "Expires Min-Expires Priority Reply-To Refer-To Referred-By Replaces Event "
+        "Session-Expires Min-SE Subscription-State RAck RSeq MIME-Version Identity "
+        "Identity-Info Content-Disposition SIP-ETag SIP-If-Match "
+    )
 )
 
 # Headers that must not appear twice (§7.3.1: only list headers may repeat).
-_SINGLE = frozenset(
-    ["From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"]
-)
-_EAGER_VIA, _EAGER_CONTACT, _EAGER_SINGLE = 1, 2, 3
-_EAGER = {"Via": _EAGER_VIA, "Contact": _EAGER_CONTACT}
-_EAGER.update(dict.fromkeys(_SINGLE, _EAGER_SINGLE))
+_SINGLE = frozenset(words("From To Call-ID CSeq Max-Forwards Content-Length Content-Type "))
 
 # Cached parsed values, by the header they come from.
 _CACHE_KEYS: dict[str, tuple[str, ...]] = {
@@ -162,8 +121,6 @@ _WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
 _CALLID_RE = re.compile(rf"{_WORD}(?:@{_WORD})?")
 # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
 _CSEQ_RE = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
-# Line folding (§7.3.1): a CRLF followed by whitespace is one SP.
-_FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
 
 _MISSING: Any = object()
 _CSEQ_MAX = 2**32 - 1  # §8.1.1.5: "MUST be expressible as a 32-bit unsigned integer"
@@ -597,28 +554,6 @@ def make_response(
     return response
 
 
-def _split(data: bytes) -> tuple[str, int]:
-    """Find the header section; return it decoded (CRLF lines) and where the body starts."""
-    start = 0
-    if data[:1] in (b"\r", b"\n"):
-        start = len(data) - len(data.lstrip(b"\r\n"))  # §7.5: CRLFs before the start line
-    end = data.find(b"\r\n\r\n", start)
-    lf_end = data.find(b"\n\n", start, len(data) if end < 0 else end)
-    if lf_end >= 0:
-        # Bare-LF messages (as in the RFC 5118 archive): tolerated when the
-        # whole header section uses LF alone.
-        head = data[start:lf_end]
-        if b"\r" in head:
-            raise SipError(400, "Bad line terminator")
-        text = head.decode("utf-8", "surrogateescape").replace("\n", "\r\n")
-        return text, lf_end + 2
-    if end < 0:
-        if start == len(data):
-            raise SipError(400, "Empty message", drop=True)
-        raise SipError(400, "Missing end of header section")
-    return data[start:end].decode("utf-8", "surrogateescape"), end + 4
-
-
 def parse(data: bytes, *, stream: bool = False) -> Request | Response:
     """Parse one SIP message; raise ``SipError`` for anything malformed.
 
@@ -640,24 +575,14 @@ def parse(data: bytes, *, stream: bool = False) -> Request | Response:
 
 
 def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
-    text, body_start = _split(data)
-    if "\r\n " in text or "\r\n\t" in text:
-        text = _FOLD_RE.sub(" ", text)
-    lines = text.split("\r\n")
-    n_crlf = len(lines) - 1
-    if text.count("\r") != n_crlf or text.count("\n") != n_crlf:
-        raise SipError(400, "Bad line terminator")
-    if n_crlf > MAX_HEADERS:
-        raise SipError(400, "Too many headers")
-    if max(map(len, lines)) > MAX_LINE_LENGTH:
-        raise SipError(400, "Header line too long")
-
+    lines, body_start = read_head(data)
     msg: Request | Response
     first = lines[0]
+    uri_text = ""
     if is_request:
         # Request-Line = Method SP Request-URI SP SIP-Version CRLF
         parts = first.split(" ")
-        if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or not parts[1]:
+        if len(parts) != 3 or not parts[1] or not TOKEN.fullmatch(parts[0]):
             raise SipError(400, "Bad Request-Line")
         method, uri_text, version = parts
         if version != "SIP/2.0" and version.upper() != "SIP/2.0":
@@ -666,9 +591,10 @@ def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
             raise SipError(400, "Bad Request-Line")
         msg = Request.__new__(Request)
         msg.method = method
-        msg.version = "SIP/2.0"
+        msg.uri = AbsoluteUri("", uri_text)  # replaced once validated
     else:
         # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+        # Status-Code = 3DIGIT (extension-code); 100..699 (§21)
         # (Liberal: the SP before an empty Reason-Phrase may be missing.)
         version, _, rest = first.partition(" ")
         code, _, reason = rest.partition(" ")
@@ -677,47 +603,15 @@ def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
         msg = Response.__new__(Response)
         msg.status = int(code)
         msg.reason = reason
-        msg.version = "SIP/2.0"
-
-    headers: list[list[str]] = []
-    vias: list[str] = []
-    contacts: list[str] = []
-    single: dict[str, str] = {}
-    append = headers.append
-    eager = _EAGER
-    for i in range(1, len(lines)):
-        name, sep, value = lines[i].partition(":")
-        if not sep:
-            raise SipError(400, "Bad header line")
-        canon = canonical_name(name)
-        if canon is None:
-            name = name.rstrip(" \t")
-            canon = canonical_name(name)
-            if canon is None:
-                if not TOKEN.fullmatch(name):
-                    raise SipError(400, "Bad header name")
-                canon = name
-        value = value.strip(" \t")
-        append([canon, value])
-        kind = eager.get(canon)
-        if kind is not None:
-            if kind == _EAGER_VIA:
-                vias.append(value)
-            elif kind == _EAGER_CONTACT:
-                contacts.append(value)
-            elif canon in single:
-                if canon != "Content-Length" or single[canon] != value:
-                    raise SipError(400, f"Multiple {canon} headers")
-            else:
-                single[canon] = value
+    msg.version = "SIP/2.0"
+    headers = read_headers(lines)
     msg.headers = headers
     msg.body = b""
     cache: dict[str, Any] = {}
     msg._cache = cache
     msg._live = set()
     try:
-        _frame(msg, data, body_start, single.get("Content-Length"), stream)
-        _validate(msg, cache, vias, contacts, single)
+        _validate(msg, data, body_start, stream, headers, cache)
         if is_request:
             _validate_request(msg, uri_text, cache)  # type: ignore[arg-type]
     except SipError as e:
@@ -727,46 +621,74 @@ def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
     return msg
 
 
-def _frame(msg: Message, data: bytes, start: int, length: str | None, stream: bool) -> None:
-    """Cut the body by Content-Length (§18.3, §20.14)."""
-    available = len(data) - start
+def _validate(
+    msg: Message,
+    data: bytes,
+    body_start: int,
+    stream: bool,
+    headers: list[list[str]],
+    cache: dict[str, Any],
+) -> None:
+    """Eager checks common to requests and responses (§8.1.1, §8.2.6, §18.3)."""
+    last = dict(headers)  # each name's last value
+    if len(last) == len(headers):  # no name repeats: the common case
+        first = last
+        via = last.get("Via")
+        vias = [] if via is None else [via]
+        contact = last.get("Contact")
+        contacts = [] if contact is None else [contact]
+    else:
+        first = {}
+        vias = []
+        contacts = []
+        for n, v in headers:
+            if n == "Via":
+                vias.append(v)
+            elif n == "Contact":
+                contacts.append(v)
+            elif n in _SINGLE:
+                if n in first and (n != "Content-Length" or first[n] != v):
+                    raise SipError(400, f"Multiple {n} headers")
+                first[n] = v
+
+    # Framing (§18.3, §20.14).
+    length = first.get("Content-Length")
+    available = len(data) - body_start
     if length is None:
         if stream:
             raise SipError(400, "Missing Content-Length header")
-        msg.body = data[start:]
-        return
-    n = parse_uint(length, MAX_MESSAGE_SIZE)
-    if n is None or n > available or (stream and n != available):
-        raise SipError(400, "Bad Content-Length header")
-    msg.body = data[start : start + n] if n != available or start else data
+        msg.body = data[body_start:]
+    else:
+        n = parse_uint(length, MAX_MESSAGE_SIZE)
+        if n is None or n > available or (stream and n != available):
+            raise SipError(400, "Bad Content-Length header")
+        msg.body = data[body_start : body_start + n]
 
-
-def _validate(
-    msg: Message, cache: dict[str, Any], vias: list[str], contacts: list[str], single: dict
-) -> None:
-    """Eager checks common to requests and responses (§8.1.1, §8.2.6)."""
     if not vias:
         raise SipError(400, "Missing Via header")
-    cache["vias"] = [parse_via(e) for raw in vias for e in split_commas(raw)]
-    raw = single.get("From")
+    if len(vias) == 1 and "," not in vias[0]:
+        cache["vias"] = [parse_via(vias[0])]
+    else:
+        cache["vias"] = [parse_via(e) for raw in vias for e in split_commas(raw)]
+    raw = first.get("From")
     if raw is None:
         raise SipError(400, "Missing From header")
     cache["from_"] = parse_address(raw, "From")
-    raw = single.get("To")
+    raw = first.get("To")
     if raw is None:
         raise SipError(400, "Missing To header")
     cache["to"] = parse_address(raw, "To")
-    raw = single.get("Call-ID")
+    raw = first.get("Call-ID")
     if raw is None:
         raise SipError(400, "Missing Call-ID header")
     if not _CALLID_RE.fullmatch(raw):
         raise SipError(400, "Bad Call-ID header")
     cache["call_id"] = raw
-    raw = single.get("CSeq")
+    raw = first.get("CSeq")
     if raw is None:
         raise SipError(400, "Missing CSeq header")
     cache["cseq"] = _parse_cseq(raw)
-    raw = single.get("Max-Forwards")
+    raw = first.get("Max-Forwards")
     if raw is None:
         cache["max_forwards"] = None
     else:
@@ -775,15 +697,18 @@ def _validate(
             raise SipError(400, "Bad Max-Forwards header")
         cache["max_forwards"] = mf
     if contacts:
-        cache["contacts"] = _parse_contacts(contacts)
+        if len(contacts) == 1 and "," not in contacts[0] and contacts[0] != "*":
+            cache["contacts"] = [parse_address(contacts[0], "Contact")]
+        else:
+            cache["contacts"] = _parse_contacts(contacts)
 
 
 def _validate_request(msg: Request, uri_text: str, cache: dict[str, Any]) -> None:
     """Request-URI (§8.2.1, §8.2.2.1, RFC 4475 §3.1.2.7/.11) and CSeq method (§8.2.3)."""
     scheme = uri_text.partition(":")[0].lower()
-    msg.uri = AbsoluteUri(scheme, uri_text)  # until it is known to be better
-    if scheme not in ("sip", "sips", "tel"):
+    if scheme != "sip" and scheme != "sips" and scheme != "tel":
         if _SCHEME_RE.fullmatch(scheme) and ":" in uri_text:
+            msg.uri = AbsoluteUri(scheme, uri_text)
             raise SipError(416, "Unsupported URI Scheme")
         raise SipError(400, "Bad Request-URI")
     uri = parse_uri(uri_text, "Request-URI")
