@@ -1,0 +1,423 @@
+"""The DB thread's behaviour, written once and run against SQLite and MariaDB.
+
+A subclass provides the fixture ``db``: an object with ``url`` and with
+``down()`` / ``up()``, which make the database unusable and usable again (a
+write lock held by another process for SQLite; stopping and restarting
+mariadbd on the same datadir for MariaDB).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+import sqlalchemy as sa
+
+from softswitch import ctl
+from softswitch.cdr import Cdr, Disposition, from_row
+from softswitch.dbthread import DbFatal, DbStatus, DbThread, Loaded, UsersChanged
+from softswitch.sip.digest import ha1
+from softswitch.userdb import (
+    Binding,
+    UserDirectory,
+    add_user,
+    binding_row,
+    cdrs,
+    create_schema,
+    make_engine,
+    registrations,
+    schema_version,
+    users,
+)
+
+DOMAIN = "example.com"
+#: Expiry of test bindings: fixed so that two calls of binding(n) are equal.
+EXPIRES = float(round(time.time()) + 7200)
+
+
+class Db(Protocol):
+    url: str
+
+    def down(self) -> None: ...
+    def up(self) -> None: ...
+
+
+def next_message(thread: DbThread, kind: type, timeout: float = 10.0) -> Any:
+    """The next result of type `kind`, skipping others; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    skipped = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            message = thread.results.get(timeout=remaining)
+        except queue.Empty:
+            break
+        if isinstance(message, kind):
+            return message
+        skipped.append(message)
+    raise AssertionError(f"no {kind.__name__} within {timeout} s; got {skipped!r}")
+
+
+def next_status(thread: DbThread, ok: bool, timeout: float = 20.0) -> DbStatus:
+    """The next DbStatus saying the database is `ok` (or not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = next_message(thread, DbStatus, max(0.01, deadline - time.monotonic()))
+        if status.ok is ok:
+            return status
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll `check` until it returns something true; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = check()
+    assert value, f"condition still false after {timeout} s: {value!r}"
+    return value
+
+
+def count(engine: sa.engine.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+
+
+def binding(n: int, **overrides: Any) -> Binding:
+    values: dict[str, Any] = {
+        "username": f"user{n}",
+        "domain": DOMAIN,
+        "contact": f"sip:user{n}@192.0.2.{n % 250 + 1}:5062;transport=udp",
+        "expires_at": EXPIRES,
+        "source_transport": "udp",
+        "source_host": "198.51.100.7",
+        "source_port": 40000 + n,
+        "call_id": f"reg-{n}@phone",
+        "cseq": 1,
+        "path": "<sip:edge.example.com;lr>",
+        "received": "sip:198.51.100.7:40001",
+        "user_agent": "Yealink SIP-T46S 66.86.0.15",
+        "instance": "<urn:uuid:00000000-0000-1000-8000-000000000001>",
+        "reg_id": 1,
+    }
+    values.update(overrides)
+    return Binding(**values)
+
+
+def a_cdr(n: int, **overrides: Any) -> Cdr:
+    start = 1_700_000_000.0 + n
+    values: dict[str, Any] = {
+        "call_id": f"call-{n}@example.com",
+        "caller": "sip:alice@example.com",
+        "callee": "sip:bob@example.com",
+        "start": start,
+        "answer": start + 2.5,
+        "end": start + 62.75,
+        "disposition": Disposition.ANSWERED,
+        "sip_code": 200,
+        "bearer": "bearer-0",
+        "recording": None,
+        "a_packets": 3000,
+        "a_lost": 3,
+        "a_jitter_ms": 1.25,
+        "b_packets": 2990,
+        "b_lost": 0,
+        "b_jitter_ms": 0.5,
+    }
+    values.update(overrides)
+    return Cdr(**values)
+
+
+def write_config(directory: Path, url: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "softswitch.conf").write_text(
+        f"[sip]\ndomain = {DOMAIN}\n\n[database]\nurl = {url}\n\n"
+        f"[admin]\nsocket = {directory / 'admin.sock'}\n"
+    )
+    return directory
+
+
+def run_ctl(config: Path, *argv: str) -> None:
+    assert ctl.main(["--config-dir", str(config), *argv]) == 0
+
+
+class DbThreadCases:
+    """Subclasses add the ``db`` fixture."""
+
+    @pytest.fixture
+    def engine(self, db: Db) -> Iterator[sa.engine.Engine]:
+        engine = make_engine(db.url)
+        create_schema(engine)
+        yield engine
+        engine.dispose()
+
+    @pytest.fixture
+    def start(self, db: Db) -> Iterator[Callable[..., DbThread]]:
+        threads: list[DbThread] = []
+
+        def start(**options: Any) -> DbThread:
+            settings: dict[str, Any] = {
+                "sync_interval": 0.1,
+                "batch_interval": 0.05,
+                "retry_initial": 0.05,
+                "retry_max": 0.3,
+                "timeout": 0.3,
+                "reconcile_every": 1000,
+            }
+            settings.update(options)
+            thread = DbThread(db.url, lambda: None, **settings)
+            thread.start()
+            threads.append(thread)
+            return thread
+
+        yield start
+        for thread in threads:
+            thread.stop(5)
+
+    # -- loading ------------------------------------------------------------
+
+    def test_loaded_snapshot_has_every_user_and_only_live_registrations(self, engine, start):
+        with engine.begin() as conn:
+            add_user(conn, "alice", DOMAIN, ("1" * 32, "2" * 64), display_name="Alice")
+            add_user(conn, "bob", DOMAIN, ("3" * 32, "4" * 64), record_calls=True, max_calls=2)
+            conn.execute(sa.insert(registrations), [binding_row(binding(1))])
+            expired = binding(2, expires_at=time.time() - 10)
+            conn.execute(sa.insert(registrations), [binding_row(expired)])
+        loaded = next_message(start(), Loaded)
+        assert set(loaded.users) == {("alice", DOMAIN), ("bob", DOMAIN)}
+        alice = loaded.users[("alice", DOMAIN)]
+        assert (alice.ha1_md5, alice.ha1_sha256, alice.display_name) == (
+            "1" * 32,
+            "2" * 64,
+            "Alice",
+        )
+        bob = loaded.users[("bob", DOMAIN)]
+        assert (bob.record_calls, bob.max_calls, bob.enabled) == (True, 2, True)
+        assert loaded.registrations == [binding(1)]
+
+    def test_database_down_at_start_reports_status_then_loads_when_it_returns(self, db, start):
+        db.down()
+        thread = start()
+        status = next_message(thread, DbStatus)
+        assert status.ok is False and status.error
+        db.up()
+        assert next_message(thread, Loaded).users == {}
+
+    def test_database_with_a_newer_schema_is_fatal(self, engine, start):
+        with engine.begin() as conn:
+            conn.execute(sa.update(schema_version).values(version=99))
+        fatal = next_message(start(), DbFatal)
+        assert "newer" in fatal.error and "99" in fatal.error
+
+    # -- user changes -----------------------------------------------------------
+
+    def test_user_added_by_softswitchctl_arrives_within_sync_interval(self, db, start, tmp_path):
+        config = write_config(tmp_path / "etc", db.url)
+        thread = start(sync_interval=0.5)
+        directory = UserDirectory()
+        directory.load(next_message(thread, Loaded).users)
+        run_ctl(config, "user", "add", "carol", "--password", "s3cret", "--display", "Carol")
+        added = time.monotonic()
+        changed = next_message(thread, UsersChanged, timeout=5)
+        waited = time.monotonic() - added
+        assert waited < 0.5 + 0.5, f"UsersChanged {waited:.2f} s after the add"
+        directory.apply(changed.users, changed.deleted)
+        carol = directory.lookup("carol", "EXAMPLE.com")
+        assert carol is not None and carol.display_name == "Carol"
+        assert carol.ha1("MD5") == ha1("carol", DOMAIN, "s3cret", "MD5")
+        assert carol.ha1("SHA-256") == ha1("carol", DOMAIN, "s3cret", "SHA-256")
+
+        run_ctl(config, "user", "set", "carol", "--disable", "--max-calls", "1")
+        changed = next_message(thread, UsersChanged, timeout=5)
+        directory.apply(changed.users, changed.deleted)
+        assert (
+            directory.lookup("carol", DOMAIN).enabled,
+            directory.lookup("carol", DOMAIN).max_calls,
+        ) == (
+            False,
+            1,
+        )
+        run_ctl(config, "user", "passwd", "carol", "--password", "n3w")
+        changed = next_message(thread, UsersChanged, timeout=5)
+        directory.apply(changed.users, changed.deleted)
+        assert directory.lookup("carol", DOMAIN).ha1_md5 == ha1("carol", DOMAIN, "n3w")
+
+    def test_user_deleted_by_softswitchctl_is_removed(self, db, engine, start, tmp_path):
+        config = write_config(tmp_path / "etc", db.url)
+        run_ctl(config, "user", "add", "dave", "--password", "pw")
+        thread = start()
+        directory = UserDirectory()
+        directory.load(next_message(thread, Loaded).users)
+        assert directory.lookup("dave", DOMAIN) is not None
+        run_ctl(config, "user", "del", "dave")
+        changed = next_message(thread, UsersChanged)
+        assert [(d.username, d.domain) for d in changed.deleted] == [("dave", DOMAIN)]
+        directory.apply(changed.users, changed.deleted)
+        assert directory.lookup("dave", DOMAIN) is None and len(directory) == 0
+
+    def test_user_deleted_and_added_again_between_two_polls_ends_present(
+        self, db, engine, start, tmp_path
+    ):
+        config = write_config(tmp_path / "etc", db.url)
+        run_ctl(config, "user", "add", "erin", "--password", "old")
+        thread = start(sync_interval=1.0)
+        directory = UserDirectory()
+        directory.load(next_message(thread, Loaded).users)
+        run_ctl(config, "user", "del", "erin")
+        run_ctl(config, "user", "add", "erin", "--password", "new")
+        deadline = time.monotonic() + 4  # a late tombstone must not remove the new erin
+        while time.monotonic() < deadline:
+            try:
+                changed = thread.results.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(changed, UsersChanged):
+                directory.apply(changed.users, changed.deleted)
+        erin = directory.lookup("erin", DOMAIN)
+        assert erin is not None and erin.ha1_md5 == ha1("erin", DOMAIN, "new")
+
+    def test_user_deleted_with_plain_sql_is_found_by_the_count_check(self, engine, start):
+        with engine.begin() as conn:
+            add_user(conn, "frank", DOMAIN, ("5" * 32, "6" * 64))
+            add_user(conn, "grace", DOMAIN, ("7" * 32, "8" * 64))
+        thread = start(reconcile_every=2)
+        next_message(thread, Loaded)
+        with engine.begin() as conn:  # no tombstone, no updated_at: an operator's shortcut
+            conn.execute(sa.delete(users).where(users.c.username == "frank"))
+        changed = next_message(thread, UsersChanged)
+        assert [d.username for d in changed.deleted] == ["frank"] and changed.users == ()
+
+    # -- registrations --------------------------------------------------------------
+
+    def test_bindings_are_saved_and_loaded_again_after_a_restart(self, engine, start):
+        thread = start()
+        next_message(thread, Loaded)
+        for n in range(3):
+            thread.save_binding(binding(n))
+        thread.delete_binding("user1", DOMAIN, binding(1).contact)
+        for cseq in range(2, 52):  # re-REGISTERs coalesce: the last one wins
+            thread.save_binding(binding(2, cseq=cseq))
+        assert thread.stop(5) is True
+        assert count(engine, registrations) == 2
+        again = next_message(start(), Loaded)
+        assert sorted(again.registrations, key=lambda b: b.username) == [
+            binding(0),
+            binding(2, cseq=51),
+        ]
+
+    def test_a_binding_that_cannot_be_stored_is_refused_to_the_caller(self, start):
+        thread = start()
+        with pytest.raises(ValueError, match="contact is longer than 512"):
+            thread.save_binding(binding(1, contact="sip:" + "x" * 600 + "@example.com"))
+
+    # -- CDRs --------------------------------------------------------------------------
+
+    def test_cdrs_wait_for_a_full_batch_or_a_flush(self, engine, start):
+        thread = start(batch_max=100, batch_interval=60)
+        next_message(thread, Loaded)
+        for n in range(99):
+            thread.write_cdr(a_cdr(n))
+        time.sleep(0.5)
+        assert count(engine, cdrs) == 0  # 99 < batch_max and the deadline is a minute away
+        thread.write_cdr(a_cdr(99))
+        eventually(lambda: count(engine, cdrs) == 100)
+        for n in range(100, 130):
+            thread.write_cdr(a_cdr(n))
+        time.sleep(0.3)
+        assert count(engine, cdrs) == 100
+        thread.flush()
+        eventually(lambda: count(engine, cdrs) == 130)
+
+    def test_cdrs_are_written_after_batch_interval(self, engine, start):
+        thread = start(batch_max=100, batch_interval=0.5)
+        next_message(thread, Loaded)
+        thread.write_cdr(a_cdr(1))
+        written = time.monotonic()
+        eventually(lambda: count(engine, cdrs) == 1)
+        assert 0.4 < time.monotonic() - written < 3
+
+    def test_cdr_columns_round_trip(self, engine, start):
+        thread = start()
+        next_message(thread, Loaded)
+        sent = [
+            a_cdr(1),
+            a_cdr(2, answer=None, disposition=Disposition.BUSY, sip_code=486, recording="/r/2.wav"),
+            a_cdr(3, end=None, answer=None, disposition=Disposition.CANCELLED, sip_code=487),
+        ]
+        for c in sent:
+            thread.write_cdr(c)
+        thread.flush()
+        eventually(lambda: count(engine, cdrs) == 3)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(cdrs).order_by(cdrs.c.id)).all()
+        assert [from_row(r) for r in rows] == sent
+        assert [r.duration for r in rows] == [60.25, 0.0, 0.0]
+
+    def test_a_cdr_the_database_refuses_is_dropped_and_counted_not_blocking(self, engine, start):
+        thread = start()
+        next_message(thread, Loaded)
+        thread.write_cdr(a_cdr(1))
+        thread.write_cdr(a_cdr(2, disposition="no-such-disposition"))
+        thread.write_cdr(a_cdr(3))
+        thread.flush()
+        eventually(lambda: count(engine, cdrs) == 2)
+        eventually(lambda: thread.dropped == 1)
+
+    def test_stop_writes_every_pending_cdr(self, engine, start):
+        thread = start(batch_max=1000, batch_interval=60)
+        next_message(thread, Loaded)
+        for n in range(37):
+            thread.write_cdr(a_cdr(n))
+        assert thread.stop(10) is True
+        assert count(engine, cdrs) == 37
+
+    # -- outages -------------------------------------------------------------------------
+
+    def test_outage_queues_writes_and_delivers_them_when_the_database_returns(
+        self, db, engine, start
+    ):
+        thread = start(batch_max=10)
+        next_message(thread, Loaded)
+        db.down()
+        for n in range(50):
+            thread.write_cdr(a_cdr(n))
+        thread.save_binding(binding(7))
+        down = next_message(thread, DbStatus)
+        assert down.ok is False and down.error
+        for n in range(50, 80):  # calls go on while the database is away
+            thread.write_cdr(a_cdr(n))
+        db.up()
+        assert next_status(thread, ok=True).dropped == 0
+        eventually(lambda: count(engine, cdrs) == 80)
+        assert count(engine, registrations) == 1
+        with engine.connect() as conn:
+            ids = conn.execute(sa.select(cdrs.c.call_id)).scalars().all()
+        assert sorted(ids) == sorted(f"call-{n}@example.com" for n in range(80))
+
+    def test_overflow_during_an_outage_is_dropped_and_counted(self, db, engine, start):
+        thread = start(write_queue_max=100, batch_max=10)
+        next_message(thread, Loaded)
+        db.down()
+        thread.write_cdr(a_cdr(0))
+        thread.flush()
+        assert next_message(thread, DbStatus).ok is False
+        for n in range(1, 150):
+            thread.write_cdr(a_cdr(n))
+        eventually(lambda: thread.dropped == 50)
+        db.up()
+        up = next_status(thread, ok=True)
+        assert up.dropped == 50
+        eventually(lambda: count(engine, cdrs) == 100)
+
+    def test_stop_during_an_outage_says_writes_were_lost(self, db, start):
+        thread = start()
+        next_message(thread, Loaded)
+        db.down()
+        thread.write_cdr(a_cdr(1))
+        try:
+            assert thread.stop(1.5) is False
+        finally:
+            db.up()
