@@ -508,7 +508,9 @@ class DigestServer:
         return len(self._nc)
 
     def make_nonce(self, now: float) -> str:
-        """A fresh stateless nonce issued at ``now``."""
+        """A fresh stateless nonce issued at ``now`` (wall-clock seconds, >= 0)."""
+        if not 0 <= now < 2**53 / 1000:
+            raise ValueError(f"now must be wall-clock seconds, got {now!r}")
         head = _NONCE_HEAD.pack(int(now * 1000)) + self._rand(8)
         return _b64(head + self._mac(head))
 

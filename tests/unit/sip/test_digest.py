@@ -540,6 +540,8 @@ def test_server_rejects_weak_configuration() -> None:
         DigestServer(SECRET, REALM, algorithms=("MD5-sess",))
     with pytest.raises(ValueError):
         DigestServer(SECRET, REALM, max_nonces=0)
+    with pytest.raises(ValueError):
+        server().challenge(-1.0)  # not wall-clock time: a bug upstream
 
 
 # --- client ------------------------------------------------------------------------
