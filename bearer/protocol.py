@@ -974,7 +974,8 @@ class ErrorReply(Message):
     Wire: code u8, text str8 (cut to 255 bytes)."""
 
     REPLY = True
-    request_type: MsgType
+    request_type: int
+    """The refused request's type: a MsgType, or the raw byte of an unknown one."""
     code: ErrorCode
     text: str = ""
 
@@ -1064,6 +1065,7 @@ def _mac(key: bytes) -> _Mac:
     return m
 
 
+_MSG_TYPES: dict[int, MsgType] = {int(t): t for t in MsgType}
 _F_REPLY, _F_ERROR, _F_TAGGED = int(Flags.REPLY), int(Flags.ERROR), int(Flags.TAGGED)
 
 
@@ -1144,7 +1146,8 @@ def decode(datagram: bytes, key: bytes | None = None) -> Packet:
             if not flags & _F_REPLY:
                 raise ValueError("ERROR flag without REPLY")
             code = ErrorCode(r.unpack(_U8)[0])
-            msg: Message = ErrorReply(MsgType(h.msg_type), code, r.str8())
+            t = h.msg_type
+            msg: Message = ErrorReply(_MSG_TYPES.get(t, t), code, r.str8())
         else:
             if flags & _F_REPLY:
                 cls = _REPLIES.get(h.msg_type)
