@@ -222,7 +222,10 @@ class Mixer:
             cid, frame_bytes = _L16, 2 * FRAME_SAMPLES
         else:
             raw = data
-            cid, frame_bytes = _CODEC_ID.get(codec, -1), FRAME_SAMPLES
+            cid = _CODEC_ID.get(codec, -1)
+            if cid < 0:  # SDP names are case-insensitive (RFC 4566 §6); rare path
+                cid = _CODEC_ID.get(codec.upper(), -1)
+            frame_bytes = FRAME_SAMPLES
             if cid < 0 or cid == _L16:
                 return False
         nframes = len(raw) // frame_bytes
@@ -290,7 +293,12 @@ class Mixer:
         self._dirty = False
 
     def tick_array(self) -> tuple[list[Hashable], npt.NDArray[np.uint8]]:
-        """Advance every participant by one frame; (participant ids, (N, 160) payload codes)."""
+        """Advance every participant by one frame; (participant ids, (N, 160) payload codes).
+
+        Row i of the array is the payload for participant ``ids[i]``.  The ids
+        list is the SAME object from tick to tick until someone joins or
+        leaves, so callers may cache per-row state and check ``ids is cached``.
+        """
         if self._dirty:
             self._rebuild()
         idx = self._order

@@ -314,6 +314,8 @@ class Recording:
         after silence suppression.
         """
         cid = _CODEC_ID.get(codec, -1)
+        if cid < 0:  # SDP names are case-insensitive (RFC 4566 §6); rare path
+            cid = _CODEC_ID.get(codec.upper(), -1)
         nframes = len(payload) // FRAME
         if cid < 0 or nframes == 0 or self._closed:
             return False

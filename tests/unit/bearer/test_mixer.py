@@ -269,6 +269,22 @@ class TestMembership:
         with pytest.raises(ValueError, match="cannot be mixed"):
             mixer.join("r", "b", "L16")
 
+    def test_codec_names_are_case_insensitive(self) -> None:
+        mixer = Mixer(prefill=1)
+        mixer.join("r", "a", "pcma")
+        mixer.join("r", "b", "pcmu")
+        payload = alaw_encode(np.full(N, 3000, np.int16)).tobytes()
+        assert mixer.push("a", 0, 0, payload, "pcma")
+        assert frame_value(mixer.tick()["b"])[0] == exact(int(alaw_decode(payload)[0]))
+
+    def test_ids_list_is_stable_until_membership_changes(self) -> None:
+        mixer = Mixer()
+        mixer.join("r", "a")
+        ids, _ = mixer.tick_array()
+        assert mixer.tick_array()[0] is ids
+        mixer.join("r", "b")
+        assert mixer.tick_array()[0] is not ids
+
     def test_empty_mixer_ticks_to_nothing(self) -> None:
         assert Mixer().tick() == {}
 

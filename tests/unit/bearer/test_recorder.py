@@ -212,6 +212,12 @@ def test_unwritable_path_reports_zero_seconds(tmp_path: Path, writer: RecorderWr
     assert writer.errors == 1
 
 
+def test_codec_names_are_case_insensitive(tmp_path: Path, writer: RecorderWriter) -> None:
+    rec = Recording(str(tmp_path / "case.wav"), writer)
+    assert rec.push(0, 0, 0, b"\xd5" * N, "pcma")
+    rec.close()
+
+
 def test_bad_packets_are_not_recorded(tmp_path: Path, writer: RecorderWriter) -> None:
     rec = Recording(str(tmp_path / "bad.wav"), writer)
     assert not rec.push(0, 0, 0, b"\xff" * 80, "PCMU")
