@@ -980,7 +980,8 @@ class ErrorReply(Message):
     text: str = ""
 
     def pack_body(self) -> bytes:
-        b = self.text.encode("utf-8")[:255]
+        # Cut at 255 bytes without splitting a UTF-8 sequence, so it still decodes.
+        b = self.text.encode("utf-8")[:255].decode("utf-8", "ignore").encode("utf-8")
         return bytes((self.code, len(b))) + b
 
 

@@ -193,6 +193,12 @@ def test_unknown_leg_extensions_are_kept_verbatim() -> None:
     assert packet.message == Update(1, 0, spec)
 
 
+def test_long_error_text_is_cut_on_a_character_boundary() -> None:
+    data = encode(ErrorReply(MsgType.RECORD, ErrorCode.INTERNAL, "disk full: " + "é" * 200), 1, 1)
+    msg = decode(data).message
+    assert isinstance(msg, ErrorReply) and msg.text == "disk full: " + "é" * 122
+
+
 def test_unknown_error_request_type_is_kept_as_a_number() -> None:
     data = encode(ErrorReply(200, ErrorCode.BAD_REQUEST, "type 200"), 1, 1)
     assert decode(data).message == ErrorReply(200, ErrorCode.BAD_REQUEST, "type 200")
