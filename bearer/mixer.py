@@ -240,6 +240,7 @@ class Mixer:
         if self._rebase[slot]:
             play = key
             self._rebase[slot] = False
+            self._keys[slot] = _NO_KEY  # stale frames must not match new keys
         elif self._playing[slot]:
             if key < play:
                 if play - key <= RESYNC_FRAMES:
@@ -269,6 +270,7 @@ class Mixer:
         part.overflow += 1
         self._playing[part.slot] = False
         self._wait[part.slot] = 0
+        self._keys[part.slot] = _NO_KEY  # a backward jump could meet old keys again
         return key
 
     # ------------------------------------------------------------------ tick
