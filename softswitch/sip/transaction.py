@@ -781,9 +781,12 @@ class TransactionLayer:
         except SipError as err:
             self.stats.malformed += 1
             if isinstance(message, Request) and message.method != "ACK" and not err.drop:
+                # A response needs the request's Via to be routed back (§8.2.6.2);
+                # without one there is no answer to give, only the counter.
                 try:
-                    reply = make_response(message, err.status, err.reason)
-                    self._outgoing.append((bytes(reply), peer))
+                    if message.vias:
+                        reply = make_response(message, err.status, err.reason)
+                        self._outgoing.append((bytes(reply), peer))
                 except SipError:
                     pass
             return []
@@ -949,7 +952,8 @@ class TransactionLayer:
         # Cancelled timers would otherwise sit in the heap until their
         # deadline (up to 64*T1): compact once they are most of it.
         if self._stale > 256 and 2 * self._stale > len(self._heap):
-            self._heap = [e for e in self._heap if e[2]._timers.get(e[3]) == e[1]]
+            # In place: handle_timer may be iterating over this very list.
+            self._heap[:] = [e for e in self._heap if e[2]._timers.get(e[3]) == e[1]]
             heapq.heapify(self._heap)
             self._stale = 0
 
