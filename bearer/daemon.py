@@ -1,0 +1,493 @@
+"""softswitch-bearer: one media bearer process (one per core, systemd template unit).
+
+Theory of operation
+-------------------
+The daemon is the I/O edge around three sans-I/O or self-contained parts:
+
+* ``bearer.relay.Relay`` owns the epoll loop, the RTP/RTCP sockets and the
+  20 ms tick; the daemon registers its control socket and the signal
+  wake-up fd with it as readers, and a few timers;
+* ``bearer.protoclient.EventSender`` is the protocol's bearer end: it decodes
+  and authenticates control datagrams, answers retransmitted requests from
+  its reply cache (a retransmitted ALLOCATE gets the identical reply and
+  allocates nothing twice), retransmits our events until acked and runs the
+  heartbeats.  The daemon maps each new request to one Relay call;
+* ``bearer.recorder.RecorderWriter`` is the only thread that touches
+  recordings on disk.
+
+Control talks over a UNIX datagram socket (one host) or UDP with every
+datagram HMAC-tagged (two hosts); a bearer configured for UDP without a
+usable key file refuses to start.  Events and heartbeats go to the address of
+the most recent authentic control request.  Malformed or unauthenticated
+datagrams are counted by reason and dropped, never a traceback.
+
+Signals are only *noted*: ``signal.set_wakeup_fd`` writes the signal number
+to a socketpair the loop reads (the Python-level handlers do nothing), so
+all the work happens on the loop: SIGTERM/SIGINT stop gracefully (no more
+control requests, recordings drained to valid WAV files, socket file
+removed, exit 0); SIGHUP reopens the log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from bearer.protoclient import EventSender, RequestReceived
+from bearer.protocol import (
+    MAX_DATAGRAM,
+    Allocate,
+    Allocated,
+    AllocFlags,
+    Delete,
+    Deleted,
+    ErrorCode,
+    ErrorReply,
+    Event,
+    Join,
+    Joined,
+    KeyFileError,
+    Leave,
+    Left,
+    Message,
+    MsgType,
+    Packet,
+    ProtocolError,
+    Record,
+    RecordingDone,
+    RecordReply,
+    Stats,
+    StatsReply,
+    Update,
+    Updated,
+    load_key,
+)
+from bearer.recorder import RecorderWriter, Recording
+from bearer.relay import Relay, RelayError, raise_fd_limit
+from bearer.session import Session
+from bearer.settings import load_bearer_config
+from softswitch.config import ConfigError, resolve_config_dir
+from softswitch.logsetup import LogSetup
+from softswitch.sdnotify import Notifier
+
+__all__ = ["BearerDaemon", "main"]
+
+log = logging.getLogger("bearer.daemon")
+
+STATUS_PERIOD = 5.0
+"""Seconds between STATUS= updates to systemd."""
+LOAD_PERIOD = 1.0
+"""Seconds between load measurements (heartbeat contents)."""
+MAX_CONTROL_BATCH = 64
+"""Control datagrams read per wake-up, so RTP is never starved by a flood."""
+MAX_UNSENT_EVENTS = 1000
+"""Events kept while no control peer is known yet; older ones are dropped."""
+FDS_PER_SESSION = 6  # 2 legs x (RTP, RTCP, catcher)
+
+
+class StartupError(Exception):
+    """Startup is impossible; the text is the one line to print."""
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64] or "call"
+
+
+class BearerDaemon:
+    """One bearer instance: control socket, relay, recordings, systemd integration."""
+
+    def __init__(self, cfg: SimpleNamespace, notifier: Notifier | None = None) -> None:
+        b = cfg.bearer
+        self.cfg = cfg
+        self.instance = b.instance
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.epoch = time.time_ns()
+        self.drops: Counter[str] = Counter()
+        self.started = time.monotonic()
+        kind, address, port = b.control
+        self.key: bytes | None = None
+        if kind == "udp":
+            try:
+                self.key = load_key(b.key_file)
+            except KeyFileError as e:
+                raise StartupError(f"{e} (required for control = udp:{address}:{port})") from None
+        self.control_path: str | None = None
+        self.control = self._open_control(kind, address, port)
+        self.recordings_dir = Path(b.recordings_dir)
+        try:
+            self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            log.warning("recordings directory %s: %s", self.recordings_dir, e.strerror)
+        raise_fd_limit(b.max_sessions * FDS_PER_SESSION + 64)
+        self.writer = RecorderWriter()
+        self.relay = Relay(
+            b.media_address,
+            b.port_first,
+            b.port_last,
+            max_sessions=b.max_sessions,
+            media_timeout=b.media_timeout,
+            on_event=self._event,
+            recorder=self._start_recording,
+        )
+        now = time.monotonic()
+        self.proto = EventSender(self.key, self.epoch, now, heartbeat_interval=b.heartbeat_interval)
+        self.proto.set_load(0, b.max_sessions, 0, 0)
+        self.peer: Any = None
+        self._unsent: collections.deque[Event] = collections.deque(maxlen=MAX_UNSENT_EVENTS)
+        self._sig_r, self._sig_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sig_r.setblocking(False)
+        self._sig_w.setblocking(False)
+        self._stopping = False
+        self._reopen_logs: Any = None
+        self._cpu = (now, self._cpu_seconds())
+        self._pkts = (now, 0)
+        self.cpu_percent = 0.0
+        self.pps = 0.0
+
+    # ------------------------------------------------------------------ sockets
+
+    def _open_control(self, kind: str, address: str, port: int) -> socket.socket:
+        if kind == "unix":
+            path = Path(address)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StartupError(f"{path.parent}: cannot create: {e.strerror}") from None
+            self._remove_stale(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind(str(path))
+                os.chmod(path, 0o660)
+            except OSError as e:
+                sock.close()
+                raise StartupError(
+                    f"{path}: cannot bind the control socket: {e.strerror}"
+                ) from None
+            self.control_path = str(path)
+        else:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind((address, port))
+            except OSError as e:
+                sock.close()
+                raise StartupError(f"udp:{address}:{port}: cannot bind: {e.strerror}") from None
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        except OSError:
+            pass
+        return sock
+
+    @staticmethod
+    def _remove_stale(path: Path) -> None:
+        """Remove a socket file left by a dead bearer; refuse if one is alive on it."""
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartupError(f"{path}: exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.connect(str(path))
+        except OSError as e:
+            if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise StartupError(f"{path}: {e.strerror}") from None
+            path.unlink(missing_ok=True)
+            return
+        finally:
+            probe.close()
+        raise StartupError(f"{path}: another bearer is serving this socket")
+
+    # ------------------------------------------------------------------ control
+
+    def _on_control(self) -> None:
+        """Read a bounded batch of control datagrams and answer each."""
+        sock = self.control
+        now = time.monotonic()
+        for _ in range(MAX_CONTROL_BATCH):
+            try:
+                data, peer = sock.recvfrom(MAX_DATAGRAM + 1)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self.drops[f"recv_{errno.errorcode.get(e.errno or 0, 'error')}"] += 1
+                break
+            if not peer:
+                self.drops["unaddressable"] += 1  # an unbound UNIX socket: no reply possible
+                continue
+            try:
+                events = self.proto.receive(data, peer, now)
+            except ProtocolError as e:
+                self.drops[e.reason.value] += 1
+                continue
+            self._set_peer(peer, now)
+            for ev in events:
+                if isinstance(ev, RequestReceived):
+                    reply = self._handle(ev.packet)
+                    self.proto.reply(ev.peer, ev.packet, reply, now)
+        self._flush()
+
+    def _set_peer(self, peer: Any, now: float) -> None:
+        """Events and heartbeats follow the most recent authentic control peer."""
+        if peer == self.peer:
+            return
+        if self.peer is not None:
+            self.proto.remove_peer(self.peer)
+        self.peer = peer
+        self.proto.add_peer(peer, now)
+        while self._unsent:
+            self.proto.send_event(self._unsent.popleft(), peer, now)
+
+    def _handle(self, packet: Packet) -> Message:
+        """One new (not retransmitted) request -> its reply."""
+        msg = packet.message
+        relay = self.relay
+        try:
+            if type(msg) is Allocate:
+                ports = relay.allocate(msg.session_id, msg.call_ref, msg.legs, msg.flags)
+                if msg.flags & AllocFlags.RECORD:
+                    relay.record(msg.session_id, True, "")
+                addr = self.cfg.bearer.advertised_address
+                return Allocated(msg.session_id, addr, tuple(ports))
+            if type(msg) is Update:
+                relay.update(msg.session_id, msg.leg, msg.spec)
+                return Updated(msg.session_id)
+            if type(msg) is Delete:
+                return Deleted(msg.session_id, relay.delete(msg.session_id))
+            if type(msg) is Record:
+                return RecordReply(
+                    msg.session_id, relay.record(msg.session_id, msg.start, msg.path)
+                )
+            if type(msg) is Join:
+                n = relay.join(msg.room_id, msg.session_id, msg.leg, msg.flags)
+                return Joined(msg.room_id, msg.session_id, n)
+            if type(msg) is Leave:
+                n = relay.leave(msg.room_id, msg.session_id, msg.leg)
+                return Left(msg.room_id, msg.session_id, n)
+            if type(msg) is Stats:
+                if msg.session_id:
+                    return StatsReply(msg.session_id, relay.session_counters(msg.session_id))
+                return StatsReply(0, self.counters())
+            return ErrorReply(MsgType(packet.msg_type), ErrorCode.BAD_REQUEST, "not a request")
+        except RelayError as e:
+            return ErrorReply(MsgType(packet.msg_type), e.code, e.text)
+        except Exception:  # a bug must cost one request, not every call on the bearer
+            log.exception("request %s failed", type(msg).__name__)
+            self.drops["internal_error"] += 1
+            return ErrorReply(MsgType(packet.msg_type), ErrorCode.INTERNAL, "internal error")
+
+    def counters(self) -> dict[str, int | float]:
+        """Whole-bearer STATS: the relay's counters plus the control channel's."""
+        out = self.relay.counters()
+        out["instance"] = self.instance
+        out["uptime_s"] = round(time.monotonic() - self.started, 1)
+        out["cpu_percent"] = round(self.cpu_percent, 1)
+        out["packets_per_second"] = round(self.pps)
+        out["recordings_dropped_chunks"] = self.writer.dropped
+        out["recordings_errors"] = self.writer.errors
+        for name, n in self.drops.items():
+            out[f"control_drop_{name}"] = n
+        for name, n in self.proto.counters.items():
+            out[f"control_{name}"] = n
+        return out
+
+    def _event(self, event: Event) -> None:
+        """An event for control: retransmitted by the EventSender until acked."""
+        if self.peer is None:
+            self._unsent.append(event)
+            return
+        self.proto.send_event(event, self.peer, time.monotonic())
+        self._flush()
+
+    def _flush(self) -> None:
+        for data, peer in self.proto.datagrams_to_send():
+            try:
+                self.control.sendto(data, peer)
+            except OSError as e:
+                self.drops[f"send_{errno.errorcode.get(e.errno or 0, 'error')}"] += 1
+
+    # ------------------------------------------------------------------ recordings
+
+    def _start_recording(self, s: Session, path: str) -> Recording:
+        """The relay's recorder factory: a Recording whose completion becomes an event."""
+        if not path:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = f"{stamp}-{s.id}-{_safe_name(s.call_ref)}.wav"
+        p = Path(path)
+        if not p.is_absolute():
+            p = self.recordings_dir / p
+        if ".." in p.parts:
+            raise ValueError(f"{path}: '..' is not allowed in a recording path")
+        sid = s.id
+
+        def done(file: str, seconds: float) -> None:
+            self._event(RecordingDone(sid, file, seconds))
+
+        return Recording(str(p), self.writer, done)
+
+    # ------------------------------------------------------------------ timers
+
+    @staticmethod
+    def _cpu_seconds() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def _timer(self, now: float) -> None:
+        """Every tick: protocol retransmissions and heartbeats, the watchdog, recordings."""
+        t = self.proto.get_timer()
+        if t is not None and now >= t:
+            self.proto.handle_timer(now)
+            self._flush()
+        self.notifier.watchdog(now)
+        self.writer.pump()
+
+    def _load(self, now: float) -> None:
+        then, cpu = self._cpu
+        cpu_now = self._cpu_seconds()
+        if now > then:
+            self.cpu_percent = 100.0 * (cpu_now - cpu) / (now - then)
+        self._cpu = (now, cpu_now)
+        then, pk = self._pkts
+        c = self.relay.counters()
+        pk_now = int(c["packets"]) + int(c["packets_generated"])
+        if now > then:
+            self.pps = (pk_now - pk) / (now - then)
+        self._pkts = (now, pk_now)
+        cap = self.relay.max_sessions
+        self.proto.set_load(len(self.relay.sessions), cap, int(self.cpu_percent), int(self.pps))
+
+    def _status(self, now: float) -> None:
+        self.notifier.status(
+            f"{len(self.relay.sessions)} calls, {self.pps:.0f} packets/s, "
+            f"{self.cpu_percent:.0f}% CPU, {len(self.relay.mixer.rooms)} rooms"
+        )
+
+    # ------------------------------------------------------------------ signals and life
+
+    def _on_signal(self) -> None:
+        try:
+            data = self._sig_r.recv(64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if not self._stopping:
+                    log.info("signal %s: stopping", signal.Signals(signum).name)
+                    self._stopping = True
+                    self.relay.stop()
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP: reopening logs")
+                if self._reopen_logs is not None:
+                    self._reopen_logs()
+
+    def serve(self, logs: LogSetup | None = None) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status."""
+        self._reopen_logs = logs.reopen if logs is not None else None
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: None)  # noted through the wake-up fd only
+        signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
+        relay = self.relay
+        relay.add_reader(self.control.fileno(), self._on_control)
+        relay.add_reader(self._sig_r.fileno(), self._on_signal)
+        relay.call_every(0.0, self._timer)
+        relay.call_every(LOAD_PERIOD, self._load)
+        relay.call_every(STATUS_PERIOD, self._status)
+        self.writer.start()
+        b = self.cfg.bearer
+        where = self.control_path or f"udp:{b.control[1]}:{b.control[2]}"
+        log.info(
+            "bearer %d serving control on %s, media %s ports %d-%d, CPU affinity %s",
+            self.instance,
+            where,
+            b.media_address,
+            b.port_first,
+            b.port_last,
+            sorted(os.sched_getaffinity(0)),
+        )
+        self.notifier.ready(f"serving on {where}")
+        try:
+            relay.run()
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Stop accepting, drain recordings to valid files, remove the socket file."""
+        self.notifier.stopping()
+        signal.set_wakeup_fd(-1)
+        self.relay.remove_reader(self.control.fileno())
+        self.control.close()
+        if self.control_path:
+            try:
+                os.unlink(self.control_path)
+            except OSError:
+                pass
+        n = len(self.relay.recordings)
+        self.relay.close()  # closes every recording: buffered audio goes to the writer
+        self.writer.stop(drain=True)
+        log.info("stopped (%d recordings closed)", n)
+        self.notifier.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="softswitch-bearer",
+        description="Media bearer of the softswitch: relays, mixes, transcodes and records RTP.",
+    )
+    p.add_argument(
+        "--instance", type=int, required=True, metavar="N", help="instance number (0 = core 0)"
+    )
+    p.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="directory holding bearer.conf (default: $SOFTSWITCH_CONFIG_DIR or /etc/softswitch)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of softswitch-bearer; returns the exit status (2: bad usage or config)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.instance < 0:
+        parser.error("--instance must be 0 or more")
+    config_dir = resolve_config_dir(args.config_dir)
+    try:
+        cfg = load_bearer_config(config_dir / "bearer.conf", args.instance)
+    except ConfigError as e:
+        print(f"softswitch-bearer: {e}", file=sys.stderr)
+        return 2
+    try:
+        logs = LogSetup(cfg.log.level, cfg.log.file).start()
+    except OSError as e:
+        print(f"softswitch-bearer: log file {cfg.log.file}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        daemon = BearerDaemon(cfg)
+    except StartupError as e:
+        logs.stop()
+        print(f"softswitch-bearer: {e}", file=sys.stderr)
+        return 2
+    try:
+        return daemon.serve(logs)
+    finally:
+        logs.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

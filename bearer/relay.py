@@ -1,0 +1,928 @@
+"""The bearer's media engine: one epoll loop for every socket and the 20 ms tick.
+
+Theory of operation
+-------------------
+One ``select.epoll`` serves every RTP and RTCP socket, the control socket and
+the signal wake-up fd; the 20 ms tick (conference mixing, recordings,
+housekeeping, timers) is the epoll timeout computed from the next tick
+deadline on ``time.monotonic`` (there is no timerfd in the stdlib).
+
+Each registered fd maps to ONE tuple of locals (its *entry*)::
+
+    (kind, recv, out, counters, dest, tev_pt, clock, remap, leg)
+
+rebuilt whenever something about the leg changes (latching, UPDATE, RECORD,
+JOIN), never per packet.  The hot loop does one dict lookup per event and
+unpacks the tuple; the common case, ``K_FAST`` (a latched plain call whose
+payload types agree), is inlined: ``recv_into`` a preallocated buffer, send a
+memoryview slice out of the *other* leg's socket, bump list counters and the
+RFC 3550 A.8 jitter estimate.  Everything else (latching, PT remapping,
+transcoding, DTMF, recording, conferences) goes through ``_deliver``.
+
+Symmetric RTP (DESIGN.md "Media"): a leg latches to the source of its first
+valid RTP packet (version 2, at least a header).  While a leg is latched
+*provisionally* (to an address control did not signal), a packet from the
+signalled address wins; after ``LATCH_GRACE`` seconds, or at once when the
+source is the signalled one, the latch is final: the RTP socket is
+``connect()``ed to the phone.  The kernel then delivers only that phone's
+packets to it, ``recv_into`` needs no address object and ``send`` no route
+lookup (measured: about a third less CPU per packet than recvfrom/sendto).
+So that RTP bleed is still *counted*, a second socket ("catcher") is bound to
+the same port with SO_REUSEPORT: the connected socket wins the kernel's
+lookup for the phone's address and port, the catcher gets everything else,
+which is counted and dropped (drop_bleed).  SO_REUSEPORT is used rather than
+SO_REUSEADDR because the kernel only lets sockets of the same user share a
+port that way.
+
+Per-leg counters are list slots (see bearer.session); loss (RFC 3550 A.3) and
+media timeouts are computed by a housekeeping pass that visits every session
+twice a second, spread over the ticks so no tick does all of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bearer import session as S
+from bearer.mixer import FRAME_SAMPLES, Mixer
+from bearer.ports import PortPool, PortsExhausted
+from bearer.protocol import (
+    AllocFlags,
+    Dtmf,
+    ErrorCode,
+    Event,
+    JoinFlags,
+    Latched,
+    LegSpec,
+    LegStats,
+    MediaTimeout,
+)
+from bearer.rtp import parse_header, parse_rtcp, payload_end
+from bearer.session import IDENTITY, Leg, Mode, Session, remap_table
+
+__all__ = ["LATCH_GRACE", "TICK", "Relay", "RelayError"]
+
+log = logging.getLogger("bearer.relay")
+
+TICK = 0.020
+"""The mixing/recording tick: one 20 ms G.711 frame (RFC 3551 §4.5)."""
+LATCH_GRACE = 1.0
+"""Seconds a provisional latch waits for packets from the signalled address."""
+HOUSEKEEP_PERIOD = 0.5
+"""Every session's loss/timeout accounting runs this often."""
+MAX_EVENTS = 1024
+"""epoll events per wake-up; more simply wait for the next poll."""
+_BIND_ATTEMPTS = 16
+
+# Entry kinds.  K_FAST is tested first in the hot loop.
+K_FAST = 0  # final latch, connected out, no remapping: inlined
+K_PATH = 1  # final latch, anything else: _deliver
+K_LATCH = 2  # not yet final: recvfrom + source policy
+K_CATCH = 3  # the catcher socket of a final leg: bleed counting
+K_RTCP = 4
+K_READER = 5  # a callback (control socket, signal fd)
+
+_SEQ_TS = struct.Struct("!2xHI")
+_CONF_HDR = np.dtype([("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])
+
+
+class RelayError(Exception):
+    """A refused request, with the protocol error code control gets."""
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class Relay:
+    """Every session of one bearer process and the loop that moves their packets.
+
+    ``on_event`` receives the bearer's events (protocol Event messages) for
+    control; the daemon retransmits them until acknowledged.
+    ``recorder`` (optional) is a callable ``(session, path) -> Recording``
+    (bearer.recorder: ``push(leg, seq, ts, payload, codec)``, ``tick()``,
+    ``close()``); recordings are ticked from the loop.
+    """
+
+    def __init__(
+        self,
+        media_address: str,
+        port_first: int,
+        port_last: int,
+        *,
+        max_sessions: int = 1000,
+        media_timeout: float = 30.0,
+        on_event: Callable[[Event], None] = lambda event: None,
+        recorder: Callable[[Session, str], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.media_address = media_address
+        self.family = socket.AF_INET6 if ":" in media_address else socket.AF_INET
+        self.ports = PortPool(port_first, port_last)
+        self.max_sessions = max_sessions
+        self.media_timeout = media_timeout
+        self.on_event = on_event
+        self.recorder = recorder
+        self.clock = clock
+        self.sessions: dict[int, Session] = {}
+        self.mixer = Mixer(capacity=64)
+        self._ep = select.epoll()
+        self._fdmap: dict[int, tuple[Any, ...]] = {}
+        self._buf = bytearray(2048)
+        self._mv = memoryview(self._buf)
+        self._running = False
+        self._next_tick = 0.0
+        self._timers: list[list[Any]] = []  # [due, interval, fn]
+        self._provisional: set[Leg] = set()
+        self._hk: list[Session] = []
+        self._hk_pos = 0
+        self._hk_due = 0.0
+        self.totals = [0] * S.NCOUNTERS  # counters of deleted sessions
+        self.totals[S.JITTER] = 0.0
+        self.totals[S.TRANSIT] = 0.0
+        self.recordings: set[Session] = set()
+        self._conf = _ConferenceOut(self)
+        self.loop_iterations = 0
+        self.ticks = 0
+        self.late_ticks = 0
+
+    # ------------------------------------------------------------------ registration
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable (control socket, signal fd)."""
+        self._fdmap[fd] = (K_READER, callback, None, None, None, -1, 0.0, None, None)
+        self._ep.register(fd, select.EPOLLIN)
+
+    def remove_reader(self, fd: int) -> None:
+        self._fdmap.pop(fd, None)
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def call_every(self, interval: float, fn: Callable[[float], None]) -> None:
+        """Run ``fn(now)`` every ``interval`` seconds from the tick (20 ms resolution)."""
+        self._timers.append([self.clock() + interval, interval, fn])
+
+    # ------------------------------------------------------------------ sessions
+
+    def allocate(
+        self, session_id: int, call_ref: str, specs: tuple[LegSpec, ...], flags: AllocFlags
+    ) -> list[int]:
+        """Create a session with one port pair per leg; returns the RTP ports.
+
+        Idempotence is the reply cache's job (a retransmitted request never
+        reaches here); an ALLOCATE for an existing id is a control bug and
+        is refused rather than silently leaking the old session's ports.
+        """
+        if session_id in self.sessions:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} exists")
+        if len(self.sessions) >= self.max_sessions:
+            raise RelayError(ErrorCode.NO_CAPACITY, f"{self.max_sessions} sessions in use")
+        if not 1 <= len(specs) <= 2:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"{len(specs)} legs")
+        now = self.clock()
+        s = Session(session_id, call_ref, flags, now)
+        try:
+            for i, spec in enumerate(specs):
+                s.legs.append(self._open_leg(s, i, spec))
+        except PortsExhausted as e:
+            self._close_legs(s)
+            raise RelayError(ErrorCode.NO_PORTS, str(e)) from None
+        self.sessions[session_id] = s
+        self._hk.append(s)
+        s.update_answered(now)
+        self._wire(s)
+        return [leg.port for leg in s.legs]
+
+    def update(self, session_id: int, leg_index: int, spec: LegSpec) -> None:
+        """Replace one leg's description (the SDP answer, a re-INVITE)."""
+        s = self._session(session_id)
+        if leg_index >= len(s.legs):
+            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} has no leg {leg_index}")
+        leg = s.legs[leg_index]
+        old = leg.remote
+        leg.set_spec(spec)
+        moved = leg.remote is not None and leg.remote != old and leg.remote != leg.latched
+        if leg.latched is not None and moved:
+            # The phone moved (re-INVITE to a new address): latch afresh.
+            self._unlatch(leg)
+        now = self.clock()
+        s.update_answered(now)
+        if leg.latched is not None and not leg.final and leg.latched == leg.remote:
+            self._finalize(leg, now)
+        self._wire(s)
+        if s.room is not None:
+            self._conf.update(s)
+
+    def delete(self, session_id: int) -> tuple[LegStats, ...]:
+        """End a session, release its ports; returns its final per-leg counters."""
+        s = self._session(session_id)
+        if s.room is not None:
+            self.leave(s.room, session_id, 0)
+        if s.recording is not None:
+            self.record(session_id, False, "")
+        for leg in s.legs:
+            leg.housekeep(self.clock())
+        stats = s.leg_stats()
+        self._close_legs(s)
+        del self.sessions[session_id]
+        totals = self.totals
+        for leg in s.legs:
+            for i in range(S.NCOUNTERS):
+                if i not in (S.SEQ, S.TRANSIT, S.JITTER):
+                    totals[i] += leg.c[i]
+        return stats
+
+    def record(self, session_id: int, start: bool, path: str) -> bool:
+        """Start/stop recording; returns whether the session is now recorded."""
+        s = self._session(session_id)
+        if start and s.recording is None:
+            if self.recorder is None:
+                raise RelayError(ErrorCode.INTERNAL, "recording is not available")
+            try:
+                s.recording = self.recorder(s, path)
+            except (OSError, ValueError) as e:
+                raise RelayError(ErrorCode.BAD_REQUEST, f"cannot record: {e}") from None
+            self.recordings.add(s)
+        elif not start and s.recording is not None:
+            rec, s.recording = s.recording, None
+            self.recordings.discard(s)
+            rec.close()
+        self._wire(s)
+        return s.recording is not None
+
+    def join(self, room: str, session_id: int, leg_index: int, flags: JoinFlags) -> int:
+        """Put a one-leg session into a room; returns the room's participant count."""
+        s = self._session(session_id)
+        if leg_index >= len(s.legs):
+            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} has no leg {leg_index}")
+        if s.room is not None and s.room != room:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} is in room {s.room}")
+        leg = s.legs[leg_index]
+        sel = leg.spec.selected
+        if s.room is None:
+            try:
+                self.mixer.join(room, (session_id, leg_index), sel.name if sel else "PCMU")
+            except ValueError as e:
+                raise RelayError(ErrorCode.BAD_REQUEST, str(e)) from None
+            s.room = room
+        s.room_flags = int(flags)
+        self._wire(s)
+        self._conf.update(s)
+        return self.mixer.rooms.get(room, 0)
+
+    def leave(self, room: str, session_id: int, leg_index: int) -> int:
+        """Take a session out of its room; returns the room's remaining participants."""
+        s = self._session(session_id)
+        if s.room != room:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} is not in {room!r}")
+        self.mixer.leave((session_id, leg_index))
+        s.room = None
+        self._conf.update(s)
+        self._wire(s)
+        return self.mixer.rooms.get(room, 0)
+
+    def set_mode(self, session_id: int, mode: Mode) -> None:
+        """Move a session between user-space relaying and kernel forwarding.
+
+        Only RELAY exists today; the hook is here so that the move stays a
+        bearer-internal matter (DESIGN.md, "In-kernel forwarding").
+        """
+        s = self._session(session_id)
+        if mode is not Mode.RELAY:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"mode {mode.value} is not available")
+        s.mode = mode
+        self._wire(s)
+
+    def session_counters(self, session_id: int) -> dict[str, int | float]:
+        """STATS for one session."""
+        s = self._session(session_id)
+        now = self.clock()
+        for leg in s.legs:
+            leg.housekeep(now)
+        return s.counters()
+
+    def counters(self) -> dict[str, int | float]:
+        """STATS for the whole bearer: live sessions plus everything deleted."""
+        sums = list(self.totals)
+        for s in self.sessions.values():
+            for leg in s.legs:
+                c = leg.c
+                for i in range(S.NCOUNTERS):
+                    if i not in (S.SEQ, S.TRANSIT, S.JITTER):
+                        sums[i] += c[i]
+        out: dict[str, int | float] = {
+            "sessions": len(self.sessions),
+            "capacity": self.max_sessions,
+            "ports_free": len(self.ports),
+            "rooms": len(self.mixer.rooms),
+            "recordings": len(self.recordings),
+            "packets": sums[S.PKTS],
+            "bytes": sums[S.BYTES],
+            "packets_generated": sums[S.OUT_PKTS],
+            "ticks": self.ticks,
+            "late_ticks": self.late_ticks,
+        }
+        for name, slot in S.DROP_REASONS.items():
+            out[f"drop_{name}"] = sums[slot]
+        return out
+
+    def _session(self, session_id: int) -> Session:
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise RelayError(ErrorCode.UNKNOWN_SESSION, f"no session {session_id}")
+        return s
+
+    # ------------------------------------------------------------------ sockets
+
+    def _socket(self, port: int, reuse: bool) -> socket.socket:
+        sock = socket.socket(
+            self.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        )
+        try:
+            if reuse:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.media_address, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _open_leg(self, s: Session, index: int, spec: LegSpec) -> Leg:
+        """Bind an RTP/RTCP pair from the pool (skipping ports held by others)."""
+        for _ in range(_BIND_ATTEMPTS):
+            port = self.ports.take()
+            try:
+                rtp = self._socket(port, True)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    self.ports.release(port)
+                    raise RelayError(ErrorCode.INTERNAL, f"bind {port}: {e.strerror}") from None
+                self.ports.busy(port)
+                continue
+            try:
+                rtcp = self._socket(port + 1, False)
+            except OSError:
+                rtp.close()
+                self.ports.busy(port)
+                continue
+            leg = Leg(s, index, port, spec)
+            leg.rtp, leg.rtcp = rtp, rtcp
+            self._ep.register(rtp.fileno(), select.EPOLLIN)
+            self._ep.register(rtcp.fileno(), select.EPOLLIN)
+            return leg
+        raise PortsExhausted(f"{_BIND_ATTEMPTS} ports in a row were held by other processes")
+
+    def _close_legs(self, s: Session) -> None:
+        for leg in s.legs:
+            self._provisional.discard(leg)
+            for sock in (leg.rtp, leg.rtcp, leg.catcher):
+                if sock is not None:
+                    self._fdmap.pop(sock.fileno(), None)
+                    try:
+                        self._ep.unregister(sock.fileno())
+                    except OSError:
+                        pass
+                    sock.close()
+            leg.rtp = leg.rtcp = leg.catcher = None
+            if leg.port:
+                self.ports.release(leg.port)
+                leg.port = 0
+
+    # ------------------------------------------------------------------ wiring
+
+    def _wire(self, s: Session) -> None:
+        """Rebuild the hot-path entries of a session's sockets after any change."""
+        fdmap = self._fdmap
+        for leg in s.legs:
+            if leg.rtp is None:
+                continue
+            fdmap[leg.rtp.fileno()] = self._entry(s, leg)
+            fdmap[leg.rtcp.fileno()] = (K_RTCP, None, None, leg.c, None, -1, 0.0, None, leg)
+            if leg.catcher is not None:
+                fdmap[leg.catcher.fileno()] = (K_CATCH, None, None, leg.c, None, -1, 0.0, None, leg)
+
+    def _entry(self, s: Session, leg: Leg) -> tuple[Any, ...]:
+        other = s.other(leg)
+        out: Any = None
+        dest: Any = S.NO_PEER
+        if not leg.sends or s.mode is not Mode.RELAY:
+            dest = S.INACTIVE
+        elif other is not None and other.rtp is not None:
+            if not other.receives:
+                dest = S.INACTIVE
+            elif other.final:
+                out, dest = other.rtp.send, None
+            elif other.destination is not None:
+                out, dest = other.rtp.sendto, other.destination
+        if other is not None:
+            remap = remap_table(leg.spec, other.spec)
+        else:
+            remap = (
+                IDENTITY,
+                None,
+                leg.spec.selected_pt if leg.spec.selected_pt is not None else -1,
+                True,
+            )
+        tev = leg.spec.dtmf_pt if leg.spec.dtmf_pt is not None else -1
+        assert leg.rtp is not None
+        if not leg.final:
+            kind, recv = K_LATCH, leg.rtp.recvfrom_into
+        else:
+            recv = leg.rtp.recv_into
+            plain = (
+                out is not None
+                and dest is None
+                and remap[0] == IDENTITY
+                and remap[1] is None
+                and remap[3]
+                and s.recording is None
+                and s.room is None
+            )
+            kind = K_FAST if plain else K_PATH
+        return (kind, recv, out, leg.c, dest, tev, float(leg.clock), remap, leg)
+
+    # ------------------------------------------------------------------ latching
+
+    def _latch(self, leg: Leg, addr: tuple[str, int], now: float) -> None:
+        """Latch provisionally to ``addr`` (symmetric RTP)."""
+        leg.latched = addr
+        leg.latched_at = now
+        self._provisional.add(leg)
+        s = leg.session
+        s.update_answered(now)
+        self._wire(s)
+
+    def _finalize(self, leg: Leg, now: float) -> None:
+        """Make a latch final: catcher bound, RTP socket connected to the phone."""
+        self._provisional.discard(leg)
+        if leg.final or leg.latched is None or leg.rtp is None:
+            return
+        try:
+            catcher = self._socket(leg.port, True)
+        except OSError as e:
+            log.warning(
+                "leg %s/%d: no catcher socket (%s); staying unconnected",
+                leg.session.id,
+                leg.index,
+                e,
+            )
+            return
+        try:
+            leg.rtp.connect(leg.latched)
+        except OSError as e:
+            catcher.close()
+            log.warning(
+                "leg %s/%d: connect %s failed: %s", leg.session.id, leg.index, leg.latched, e
+            )
+            return
+        leg.catcher = catcher
+        self._ep.register(catcher.fileno(), select.EPOLLIN)
+        leg.final = True
+        s = leg.session
+        self._wire(s)
+        if s.room is not None:
+            self._conf.update(s)
+        # Packets queued before connect() may come from anywhere: sort them now.
+        entry = self._fdmap[leg.rtp.fileno()]
+        for _ in range(64):
+            try:
+                n, src = leg.rtp.recvfrom_into(self._buf)
+            except OSError:
+                break
+            self._sourced(entry, leg, n, src, now)
+        self.on_event(Latched(s.id, leg.index, leg.latched[0], leg.latched[1]))
+
+    def _unlatch(self, leg: Leg) -> None:
+        """Forget the latch: a fresh unconnected socket on the same port."""
+        self._provisional.discard(leg)
+        if leg.final and leg.rtp is not None:
+            fresh = self._socket(leg.port, True)
+            for sock in (leg.rtp, leg.catcher):
+                if sock is not None:
+                    self._fdmap.pop(sock.fileno(), None)
+                    self._ep.unregister(sock.fileno())
+                    sock.close()
+            leg.rtp, leg.catcher = fresh, None
+            self._ep.register(fresh.fileno(), select.EPOLLIN)
+        leg.final = False
+        leg.latched = None
+
+    def _sourced(
+        self, e: tuple[Any, ...], leg: Leg, n: int, src: tuple[str, int], now: float
+    ) -> None:
+        """A packet read with its source address: apply the latching policy, then deliver."""
+        buf = self._buf
+        if n < 12 or buf[0] & 0xC0 != 0x80:
+            leg.c[S.INVALID] += 1
+            return
+        latched = leg.latched
+        finalize = False
+        if latched is None or (src != latched and not leg.final and src == leg.remote):
+            self._latch(leg, src, now)
+            e = self._fdmap[leg.rtp.fileno()]  # type: ignore[union-attr]
+            finalize = src == leg.remote
+        elif src != latched:
+            leg.c[S.BLEED] += 1
+            return
+        self._deliver(e, n, now)
+        if finalize:
+            self._finalize(leg, now)
+
+    # ------------------------------------------------------------------ delivery
+
+    def _deliver(self, e: tuple[Any, ...], n: int, now: float) -> None:
+        """Everything a packet from a phone may need besides the plain relay."""
+        _kind, _recv, out, c, dest, tev, clk, remap, leg = e
+        buf = self._buf
+        if n < 12 or buf[0] & 0xC0 != 0x80:
+            c[S.INVALID] += 1
+            return
+        seq, ts = _SEQ_TS.unpack_from(buf)
+        if c[S.PKTS] == 0:
+            leg.h_seq = (seq - 1) & 0xFFFF
+        c[S.PKTS] += 1
+        c[S.BYTES] += n
+        c[S.SEQ] = seq
+        tr = now * clk - ts
+        d = tr - c[S.TRANSIT]
+        c[S.TRANSIT] = tr
+        if d < 0:
+            d = -d
+        if d < 1e6:  # not the first packet, a timestamp jump or a wrap (RFC 3550 A.8)
+            c[S.JITTER] += (d - c[S.JITTER]) * 0.0625
+        b1 = buf[1]
+        pt = b1 & 0x7F
+        xl, xcode, audio_pt, dtmf_ok = remap
+        s = leg.session
+        if pt == tev:
+            self._dtmf(leg, n, ts)
+            if not dtmf_ok:
+                c[S.UNSUPPORTED] += 1
+                c[S.DROP_BYTES] += n
+                return
+        elif pt == audio_pt and (
+            s.recording is not None or s.room is not None or xcode is not None
+        ):
+            try:
+                _pt, _seq, _ts, _ssrc, _m, hlen = parse_header(buf, n)
+                end = payload_end(buf, n)
+            except ValueError:
+                c[S.INVALID] += 1
+                return
+            if s.recording is not None:
+                sel = leg.spec.selected
+                s.recording.push(
+                    leg.index, seq, ts, self._mv[hlen:end], sel.name if sel else "PCMU"
+                )
+            if s.room is not None:
+                if not s.room_flags & JoinFlags.MUTED:
+                    self._conf.push(s, leg, seq, ts, self._mv[hlen:end])
+                return
+            if xcode is not None:
+                buf[hlen:end] = buf[hlen:end].translate(xcode)
+        elif s.room is not None:
+            return  # comfort noise and the like: the mixer makes its own
+        if out is None:
+            c[dest] += 1
+            c[S.DROP_BYTES] += n
+            return
+        buf[1] = xl[b1]
+        try:
+            if dest is None:
+                out(self._mv[:n])
+            else:
+                out(self._mv[:n], dest)
+        except OSError:
+            c[S.SEND_ERROR] += 1
+            c[S.DROP_BYTES] += n
+
+    def _dtmf(self, leg: Leg, n: int, ts: int) -> None:
+        """Feed an RFC 4733 telephone-event to the leg's detector; report digits once."""
+        buf = self._buf
+        try:
+            _pt, _seq, _ts, _ssrc, _m, hlen = parse_header(buf, n)
+            digits = leg.dtmf.feed(ts, bytes(buf[hlen:n]))
+        except ValueError:
+            return
+        for digit, ms in digits:
+            self.on_event(Dtmf(leg.session.id, leg.index, digit, int(ms)))
+
+    def _rtcp(self, leg: Leg, now: float) -> None:
+        """RTCP (RFC 3550 §6): parsed for stats, relayed to the other phone's RTCP port."""
+        assert leg.rtcp is not None
+        n, src = leg.rtcp.recvfrom_into(self._buf)
+        if leg.rtcp_remote is None:
+            if leg.latched is not None and src[0] != leg.latched[0]:
+                leg.c[S.BLEED] += 1
+                return
+            leg.rtcp_remote = src
+        elif src != leg.rtcp_remote:
+            leg.c[S.BLEED] += 1
+            return
+        data = bytes(self._buf[:n])
+        try:
+            packets = parse_rtcp(data)
+        except ValueError:
+            leg.c[S.RTCP_INVALID] += 1
+            return
+        other = leg.session.other(leg)
+        for p in packets:
+            reports = getattr(p, "reports", ())
+            lsr = getattr(p, "lsr", None)
+            if lsr is not None and other is not None:
+                other.sr_forwarded[lsr] = now
+                if len(other.sr_forwarded) > 8:
+                    del other.sr_forwarded[next(iter(other.sr_forwarded))]
+            for block in reports:
+                st = leg.rtcp_stats
+                st["rtcp_fraction_lost"] = round(block.fraction_lost / 256.0, 4)
+                st["rtcp_cumulative_lost"] = block.cumulative_lost
+                st["rtcp_jitter"] = block.jitter
+                sent = leg.sr_forwarded.get(block.lsr)
+                if block.lsr and sent is not None:
+                    st["rtcp_rtt_ms"] = round((now - sent - block.dlsr / 65536.0) * 1000.0, 3)
+        if other is not None and other.rtcp is not None and other.receives:
+            dest = other.rtcp_destination
+            if dest is not None:
+                try:
+                    other.rtcp.sendto(data, dest)
+                except OSError:
+                    leg.c[S.SEND_ERROR] += 1
+
+    def _catch(self, leg: Leg, now: float) -> None:
+        """A datagram on the catcher: from the phone (in the connect window) or bleed."""
+        assert leg.catcher is not None and leg.rtp is not None
+        n, src = leg.catcher.recvfrom_into(self._buf)
+        if n < 12 or self._buf[0] & 0xC0 != 0x80:
+            leg.c[S.INVALID] += 1
+        elif src == leg.latched:
+            self._deliver(self._fdmap[leg.rtp.fileno()], n, now)
+        else:
+            leg.c[S.BLEED] += 1
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Serve until ``stop()`` (or ``until()`` turns true, checked every tick)."""
+        self._running = True
+        clock = self.clock
+        poll = self._ep.poll
+        fdmap = self._fdmap
+        buf = self._buf
+        mv = self._mv
+        unpack = _SEQ_TS.unpack_from
+        FAST = K_FAST
+        PKTS, BYTES, SEQ, TRANSIT, JITTER = S.PKTS, S.BYTES, S.SEQ, S.TRANSIT, S.JITTER
+        SEND_ERROR, DROP_BYTES, INVALID = S.SEND_ERROR, S.DROP_BYTES, S.INVALID
+        self._next_tick = clock() + TICK
+        while self._running:
+            now = clock()
+            if now >= self._next_tick:
+                self._tick(now)
+                if until is not None and until():
+                    break
+                continue
+            events = poll(self._next_tick - now, MAX_EVENTS)
+            now = clock()
+            for fd, _ev in events:
+                try:
+                    kind, recv, out, c, _dest, tev, clk, _remap, leg = fdmap[fd]
+                    if kind == FAST:
+                        n = recv(buf)
+                        if n < 12 or buf[0] & 0xC0 != 0x80:
+                            c[INVALID] += 1
+                            continue
+                        if buf[1] & 0x7F == tev:
+                            seq, ts = unpack(buf)
+                            self._dtmf(leg, n, ts)
+                        try:
+                            out(mv[:n])
+                        except OSError:
+                            c[SEND_ERROR] += 1
+                            c[DROP_BYTES] += n
+                        c[PKTS] += 1
+                        c[BYTES] += n
+                        seq, ts = unpack(buf)
+                        c[SEQ] = seq
+                        tr = now * clk - ts
+                        d = tr - c[TRANSIT]
+                        c[TRANSIT] = tr
+                        if d < 0:
+                            d = -d
+                        if d < 1e6:
+                            c[JITTER] += (d - c[JITTER]) * 0.0625
+                    else:
+                        self._slow(kind, fd, now)
+                except KeyError:
+                    pass  # closed earlier in this batch
+                except OSError as e:
+                    self._socket_error(fd, e)
+
+    def _slow(self, kind: int, fd: int, now: float) -> None:
+        e = self._fdmap[fd]
+        leg = e[8]
+        if kind == K_PATH:
+            n = e[1](self._buf)
+            self._deliver(e, n, now)
+        elif kind == K_LATCH:
+            n, src = e[1](self._buf)
+            self._sourced(e, leg, n, src, now)
+        elif kind == K_CATCH:
+            self._catch(leg, now)
+        elif kind == K_RTCP:
+            self._rtcp(leg, now)
+        elif kind == K_READER:
+            e[1]()
+
+    def _socket_error(self, fd: int, exc: OSError) -> None:
+        """recv failed: ICMP port unreachable reported on a connected socket, usually."""
+        if isinstance(exc, BlockingIOError):
+            return
+        e = self._fdmap.get(fd)
+        if e is not None and e[3] is not None:
+            e[3][S.RECV_ERROR] += 1
+
+    def stop(self) -> None:
+        """Leave run() after the current batch of events."""
+        self._running = False
+
+    def close(self) -> None:
+        """Close every session's sockets and the epoll object."""
+        for s in list(self.sessions.values()):
+            if s.recording is not None:
+                rec, s.recording = s.recording, None
+                rec.close()
+            self._close_legs(s)
+        self.sessions.clear()
+        self._ep.close()
+
+    # ------------------------------------------------------------------ tick
+
+    def _tick(self, now: float) -> None:
+        self.ticks += 1
+        self._next_tick += TICK
+        if now - self._next_tick > TICK:  # fell behind by more than a tick: resync
+            self.late_ticks += 1
+            self._next_tick = now + TICK
+        if len(self.mixer):
+            self._conf.tick()
+        for s in list(self.recordings):
+            if s.recording is not None:
+                s.recording.tick()
+        for leg in list(self._provisional):
+            if now - leg.latched_at >= LATCH_GRACE:
+                self._finalize(leg, now)
+        self._housekeep(now)
+        for t in self._timers:
+            if now >= t[0]:
+                t[0] = max(t[0] + t[1], now)
+                t[2](now)
+
+    def _housekeep(self, now: float) -> None:
+        """Loss accounting and media timeouts, a slice of the sessions per tick."""
+        hk = self._hk
+        if self._hk_pos >= len(hk):
+            if now < self._hk_due:
+                return
+            self._hk_due = now + HOUSEKEEP_PERIOD
+            hk[:] = [s for s in self.sessions.values()]
+            self._hk_pos = 0
+        step = max(1, int(len(hk) * TICK / HOUSEKEEP_PERIOD) + 1)
+        end = min(self._hk_pos + step, len(hk))
+        timeout = self.media_timeout
+        for s in hk[self._hk_pos : end]:
+            if s.id not in self.sessions:
+                continue
+            for leg in s.legs:
+                leg.housekeep(now)
+            if s.answered and not s.timed_out:
+                quiet = [leg for leg in s.legs if now - max(leg.last_rx, s.answered) >= timeout]
+                if len(quiet) == len(s.legs):
+                    s.timed_out = True
+                    first = min(quiet, key=lambda leg: leg.last_rx)
+                    log.info("session %d (%s): no RTP for %.0f s", s.id, s.call_ref, timeout)
+                    self.on_event(MediaTimeout(s.id, first.index))
+        self._hk_pos = end
+
+
+class _ConferenceOut:
+    """The bearer's own RTP streams to conference participants.
+
+    Each participant gets its own SSRC, sequence numbers and timestamps
+    (RFC 3550 §5.1: a mixer is a new synchronisation source).  Headers for
+    all participants are built with one numpy structured-array pass per
+    tick; only the send is per participant.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.dest: dict[tuple[int, int], list[Any]] = {}  # pid -> [send, dest, counters, deaf]
+        self.pids: list[Any] | None = None
+        self.hdr = np.zeros(0, dtype=_CONF_HDR)
+        self.rows: dict[Any, int] = {}
+        self.senders: list[list[Any]] = []
+
+    def update(self, s: Session) -> None:
+        """Refresh where a participant's mix goes (after latching, UPDATE, JOIN/LEAVE)."""
+        for leg in s.legs:
+            pid = (s.id, leg.index)
+            if s.room is None or leg.rtp is None:
+                self.dest.pop(pid, None)
+                continue
+            d = self.dest.setdefault(pid, [None, None, leg.c, False, leg])
+            if not leg.receives or s.room_flags & JoinFlags.DEAF:
+                d[0], d[1] = None, None
+            elif leg.final:
+                d[0], d[1] = leg.rtp.send, None
+            elif leg.destination is not None:
+                d[0], d[1] = leg.rtp.sendto, leg.destination
+            else:
+                d[0], d[1] = None, None
+        self.pids = None  # realign at the next tick
+
+    def push(self, s: Session, leg: Leg, seq: int, ts: int, payload: memoryview) -> None:
+        sel = leg.spec.selected
+        self.relay.mixer.push((s.id, leg.index), seq, ts, payload, sel.name if sel else "PCMU")
+
+    def _realign(self, pids: list[Any]) -> None:
+        old_rows, old_hdr = self.rows, self.hdr
+        hdr = np.zeros(len(pids), dtype=_CONF_HDR)
+        hdr["b0"] = 0x80
+        for i, pid in enumerate(pids):
+            j = old_rows.get(pid)
+            if j is not None:
+                hdr[i] = old_hdr[j]
+            else:
+                d = self.dest.get(pid)
+                leg = d[4] if d is not None else None
+                pt = (
+                    leg.spec.selected_pt
+                    if leg is not None and leg.spec.selected_pt is not None
+                    else 0
+                )
+                hdr[i] = (
+                    0x80,
+                    pt,
+                    random.getrandbits(16),
+                    random.getrandbits(32),
+                    random.getrandbits(32),
+                )
+        self.hdr = hdr
+        self.rows = {pid: i for i, pid in enumerate(pids)}
+        self.senders = [self.dest.get(pid) or [None, None, None, True, None] for pid in pids]
+        self.pids = pids
+
+    def tick(self) -> None:
+        pids, enc = self.relay.mixer.tick_array()
+        if pids is not self.pids:
+            self._realign(pids)
+        n = len(pids)
+        hdr = self.hdr
+        hdr["seq"] += 1
+        hdr["ts"] += FRAME_SAMPLES
+        pkts = np.empty((n, 12 + FRAME_SAMPLES), dtype=np.uint8)
+        pkts[:, :12] = hdr.view(np.uint8).reshape(n, 12)
+        pkts[:, 12:] = enc
+        size = 12 + FRAME_SAMPLES
+        mv = memoryview(pkts.reshape(-1))
+        OUT_PKTS, OUT_BYTES, SEND_ERROR = S.OUT_PKTS, S.OUT_BYTES, S.SEND_ERROR
+        for i in range(n):
+            send, dest, c, _deaf, _leg = self.senders[i]
+            if send is None:
+                continue
+            try:
+                if dest is None:
+                    send(mv[i * size : (i + 1) * size])
+                else:
+                    send(mv[i * size : (i + 1) * size], dest)
+                c[OUT_PKTS] += 1
+                c[OUT_BYTES] += size
+            except OSError:
+                c[SEND_ERROR] += 1
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit towards ``wanted`` (6 fds per call); returns it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(max(soft, wanted), hard) if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if target != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+    return target
