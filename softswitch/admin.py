@@ -241,7 +241,10 @@ class AdminClient:
                 ) from None
             except PermissionError:
                 raise AdminError(f"permission denied on {self.path}") from None
-            sock.sendall(encode_request(cmd, args))
+            try:
+                sock.sendall(encode_request(cmd, args))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon refused mid-request; its answer may still be readable
             chunks: list[bytes] = []
             size = 0
             while True:

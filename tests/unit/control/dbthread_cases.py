@@ -233,13 +233,8 @@ class DbThreadCases:
         run_ctl(config, "user", "set", "carol", "--disable", "--max-calls", "1")
         changed = next_message(thread, UsersChanged, timeout=5)
         directory.apply(changed.users, changed.deleted)
-        assert (
-            directory.lookup("carol", DOMAIN).enabled,
-            directory.lookup("carol", DOMAIN).max_calls,
-        ) == (
-            False,
-            1,
-        )
+        carol = directory.lookup("carol", DOMAIN)
+        assert (carol.enabled, carol.max_calls) == (False, 1)
         run_ctl(config, "user", "passwd", "carol", "--password", "n3w")
         changed = next_message(thread, UsersChanged, timeout=5)
         directory.apply(changed.users, changed.deleted)
