@@ -30,6 +30,7 @@ from softswitch.userdb import (
     SchemaError,
     UserError,
     add_user,
+    check_name,
     create_schema,
     delete_user,
     find_user,
@@ -37,6 +38,7 @@ from softswitch.userdb import (
     make_engine,
     recent_cdrs,
     update_user,
+    users,
 )
 
 LIVE_COMMANDS = {
@@ -269,6 +271,17 @@ def cmd_user(ctx: Context, args: argparse.Namespace) -> None:
         return
     username, domain = ctx.split(args.name)
     if args.action == "add":
+        with ctx.engine.connect() as conn:  # refuse a bad or taken name before prompting
+            check_name(username, domain)
+            if (
+                conn.execute(
+                    sa.select(users.c.id).where(
+                        users.c.username == username, users.c.domain == domain
+                    )
+                ).first()
+                is not None
+            ):
+                raise UserError(f"user exists: {username}@{domain}")
         password = _password(args.password)
         max_calls = ctx.cfg.calls.max_calls_per_user if args.max_calls is None else args.max_calls
         with ctx.engine.begin() as conn:
