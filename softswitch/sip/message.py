@@ -248,7 +248,13 @@ class Message:
         return value
 
     def _flush(self) -> None:
-        """Write back the live Via/Address objects that were changed."""
+        """Write back the live Via/Address objects that were changed.
+
+        An object counts as changed when its text differs from what the
+        header's current text parses to, so merely reading ``msg.to`` never
+        reformats a header (a token display name stays unquoted, odd
+        whitespace stays), while any edit is written in canonical form.
+        """
         for key in list(self._live):
             obj = self._cache.get(key)
             name = _LIVE_HEADER[key]
@@ -256,7 +262,8 @@ class Message:
                 text = str(obj)
                 for h in self.headers:
                     if h[0] == name:
-                        h[1] = text
+                        if h[1] != text and not _same_text(h[1], text, name):
+                            h[1] = text
                         break
                 else:
                     self.headers.append([name, text])
@@ -267,7 +274,10 @@ class Message:
             if key == "contacts" and not obj and old == ["*"]:
                 continue
             new = [str(o) for o in obj]
-            if new == old:
+            if new == old or (
+                len(new) == len(old)
+                and all(_same_text(a, b, name) for a, b in zip(old, new, strict=True))
+            ):
                 continue
             pos = next((i for i, h in enumerate(self.headers) if h[0] == name), None)
             rest = [h for h in self.headers if h[0] != name]
@@ -445,6 +455,17 @@ class Message:
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
 
 
+def _same_text(raw: str, text: str, name: str) -> bool:
+    """Whether header text ``raw`` parses to an object that serialises as ``text``."""
+    if raw == text:
+        return True
+    try:
+        obj = parse_via(raw) if name == "Via" else parse_address(raw, name)
+    except SipError:
+        return False
+    return str(obj) == text
+
+
 def _same(a: str, b: str) -> bool:
     return a == b or a.lower() == b.lower()
 
@@ -521,28 +542,27 @@ def make_response(
 ) -> Response:
     """Build a response to ``request`` per RFC 3261 §8.2.6.2.
 
-    Copies every Via (in order), From, To, Call-ID and CSeq; adds ``to_tag``
+    Copies every Via (in order, on top), From, To, Call-ID and CSeq; adds ``to_tag``
     to the To header if it has no tag yet (§8.2.6.2: a tag already there is
     kept, so in-dialog responses keep the dialog's tag).  A 100 Trying also
     copies Timestamp (§8.2.6.1).  Other headers are the caller's to add.
     """
     if request._live:
         request._flush()
+    vias: list[list[str]] = []
     headers: list[list[str]] = []
-    to_value = None
     for n, v in request.headers:
-        if n == "Via" or n == "From" or n == "Call-ID" or n == "CSeq":
+        if n == "Via":
+            vias.append([n, v])
+        elif n == "From" or n == "Call-ID" or n == "CSeq":
             headers.append([n, v])
         elif n == "To":
-            to_value = v
+            if to_tag is not None and request.to.tag is None:
+                v = f"{v};tag={to_tag}"
             headers.append([n, v])
         elif n == "Timestamp" and status == 100:
             headers.append([n, v])
-    if to_tag is not None and to_value is not None and request.to.tag is None:
-        for h in headers:
-            if h[0] == "To":
-                h[1] = f"{to_value};tag={to_tag}"
-                break
+    headers[:0] = vias
     response = Response.__new__(Response)
     response.headers = headers
     response.body = b""
