@@ -1,0 +1,387 @@
+"""An RTP load generator that is not the bottleneck: batched syscalls, numpy bookkeeping.
+
+Theory of operation
+-------------------
+A relay benchmark is only as good as its generator: a Python loop doing one
+``sendto`` per packet would saturate before a good relay does, and the figure
+would measure the generator.  So:
+
+* **Sending** uses ``sendmmsg(2)`` through ctypes.  Every stream (one phone
+  sending to one bearer port) is a row of one numpy structured array that *is*
+  the packets' bytes (RTP header + payload), and a prebuilt ``mmsghdr`` array
+  points at each row and its destination ``sockaddr``.  Streams are spread
+  evenly over ``slots`` phases of the 20 ms packet interval (as real phones
+  are: they are not synchronised), sorted so each phase's rows are
+  contiguous; sending a phase is three numpy slice updates (sequence number,
+  timestamp, send stamp) and one syscall.
+* **Receiving** uses ``recvmmsg(2)`` with ``SO_TIMESTAMPNS``: the kernel
+  stamps every datagram when it is queued on our socket, so the measured
+  latency (kernel receive time minus the send stamp carried in the payload)
+  does not include the time the generator takes to get round to reading it.
+  Stamps are CLOCK_REALTIME on both ends (``time.time_ns()``), one clock.
+* Each payload carries the stream id (u32) and the send stamp (u64, ns);
+  what follows is filler.  The receiver vectorises over a batch: window
+  filter, latency histogram, per-stream counts.
+
+A measurement is valid only if the generator kept up: ``Result`` reports its
+own CPU use and its schedule lag, and ``saturated`` says when not to trust it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PACKET", "Generator", "Result", "cpu_seconds_of", "rss_kib_of"]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_sendmmsg = _libc.sendmmsg
+_sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+_sendmmsg.restype = ctypes.c_int
+_recvmmsg = _libc.recvmmsg
+_recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+_recvmmsg.restype = ctypes.c_int
+
+MSG_DONTWAIT = 0x40
+SO_TIMESTAMPNS = 35  # asm-generic/socket.h (SO_TIMESTAMPNS_OLD); SCM_TIMESTAMPNS is the same
+PAYLOAD = 160  # 20 ms of G.711
+PACKET = np.dtype(
+    [
+        ("b0", "u1"),
+        ("b1", "u1"),
+        ("seq", ">u2"),
+        ("ts", ">u4"),
+        ("ssrc", ">u4"),
+        ("sid", ">u4"),
+        ("stamp", ">u8"),
+        ("fill", "u1", (PAYLOAD - 12,)),
+    ]
+)
+"""One generated RTP packet: 12-byte header, then stream id, send stamp, filler."""
+assert PACKET.itemsize == 12 + PAYLOAD
+
+# struct mmsghdr on x86_64/aarch64 Linux: struct msghdr (56 bytes) + unsigned msg_len, padded.
+_MMSG = np.dtype(
+    {
+        "names": ["name", "namelen", "iov", "iovlen", "control", "controllen", "flags", "len"],
+        "formats": ["u8", "u4", "u8", "u8", "u8", "u8", "i4", "u4"],
+        "offsets": [0, 8, 16, 24, 32, 40, 48, 56],
+        "itemsize": 64,
+    }
+)
+_IOVEC = np.dtype([("base", "u8"), ("len", "u8")])
+_RECV_SIZE = 256
+_CMSG_SIZE = 64
+_RECV_BATCH = 512
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _sockaddr_in(host: str, port: int) -> bytes:
+    """struct sockaddr_in: family in host order, port and address in network order."""
+    return (
+        socket.AF_INET.to_bytes(2, "little")
+        + port.to_bytes(2, "big")
+        + socket.inet_aton(host)
+        + bytes(8)
+    )
+
+
+def cpu_seconds_of(pid: int | None = None) -> float:
+    """utime + stime of a process from /proc/PID/stat (ours when pid is None)."""
+    path = f"/proc/{pid}/stat" if pid else "/proc/self/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_kib_of(pid: int) -> int:
+    """Resident set size of a process in KiB (/proc/PID/status VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Result:
+    """What one measurement window saw."""
+
+    seconds: float
+    sent: int
+    received: int
+    latencies_ns: np.ndarray
+    gen_cpu_percent: float
+    max_lag_ms: float
+    send_shortfall: int
+    received_per_stream: np.ndarray
+    foreign: dict[str, Any] = field(default_factory=dict)
+    """For streams the generator did not send (a conference mix): count, timing."""
+
+    @property
+    def loss_percent(self) -> float:
+        return 100.0 * max(self.sent - self.received, 0) / self.sent if self.sent else 0.0
+
+    def latency_ms(self, q: float) -> float:
+        if len(self.latencies_ns) == 0:
+            return float("nan")
+        return float(np.percentile(self.latencies_ns, q)) / 1e6
+
+    @property
+    def saturated(self) -> bool:
+        """The generator could not keep its schedule: the figure is not the bearer's."""
+        return self.gen_cpu_percent > 90.0 or self.max_lag_ms > 5.0 or self.send_shortfall > 0
+
+
+class Generator:
+    """Streams of 50 packets/s (one per destination), sent from one UDP socket.
+
+    ``dests[i]`` receives stream i.  Packets coming back to the socket are
+    matched to their stream by the id in the payload, whoever relayed them.
+    """
+
+    def __init__(
+        self,
+        dests: list[tuple[str, int]],
+        *,
+        interval: float = 0.020,
+        slots: int = 40,
+        local: tuple[str, int] = ("127.0.0.1", 0),
+        pt: int = 0,
+    ) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.bind(local)
+        self.sock.setblocking(False)
+        self.addr: tuple[str, int] = self.sock.getsockname()
+        self.interval = interval
+        self.slots = slots
+        self.pt = pt
+        self._recv_setup()
+        self.set_streams(dests)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # ------------------------------------------------------------------ setup
+
+    def set_streams(self, dests: list[tuple[str, int]]) -> None:
+        """(Re)build the packet and message arrays for these destinations."""
+        n = len(dests)
+        self.n = n
+        order = sorted(range(n), key=lambda i: (i % self.slots, i))  # slot-major rows
+        self.bounds = [0]
+        for k in range(self.slots):
+            self.bounds.append(self.bounds[-1] + sum(1 for i in range(k, n, self.slots)))
+        pk = np.zeros(n, dtype=PACKET)
+        rng = np.random.default_rng(n)
+        pk["b0"] = 0x80
+        pk["b1"] = self.pt
+        pk["seq"] = rng.integers(0, 1 << 16, n)
+        pk["ts"] = rng.integers(0, 1 << 32, n, dtype=np.uint64)
+        pk["ssrc"] = rng.integers(1, 1 << 32, n, dtype=np.uint64)
+        pk["sid"] = np.array(order, dtype=np.uint32)
+        pk["fill"] = 0xFF  # μ-law silence
+        self.pk = pk
+        addrs = np.frombuffer(b"".join(_sockaddr_in(*dests[i]) for i in order), dtype=np.uint8)
+        self.addrs = addrs.copy()
+        iov = np.zeros(n, dtype=_IOVEC)
+        iov["base"] = pk.ctypes.data + np.arange(n, dtype=np.uint64) * PACKET.itemsize
+        iov["len"] = PACKET.itemsize
+        self.iov = iov
+        msgs = np.zeros(n, dtype=_MMSG)
+        msgs["name"] = self.addrs.ctypes.data + np.arange(n, dtype=np.uint64) * 16
+        msgs["namelen"] = 16
+        msgs["iov"] = iov.ctypes.data + np.arange(n, dtype=np.uint64) * _IOVEC.itemsize
+        msgs["iovlen"] = 1
+        self.msgs = msgs
+
+    def _recv_setup(self) -> None:
+        b = _RECV_BATCH
+        self.rbuf = np.zeros((b, _RECV_SIZE), dtype=np.uint8)
+        self.cbuf = np.zeros((b, _CMSG_SIZE), dtype=np.uint8)
+        riov = np.zeros(b, dtype=_IOVEC)
+        riov["base"] = self.rbuf.ctypes.data + np.arange(b, dtype=np.uint64) * _RECV_SIZE
+        riov["len"] = _RECV_SIZE
+        self.riov = riov
+        rm = np.zeros(b, dtype=_MMSG)
+        rm["iov"] = riov.ctypes.data + np.arange(b, dtype=np.uint64) * _IOVEC.itemsize
+        rm["iovlen"] = 1
+        rm["control"] = self.cbuf.ctypes.data + np.arange(b, dtype=np.uint64) * _CMSG_SIZE
+        self.rmsgs = rm
+
+    # ------------------------------------------------------------------ running
+
+    def _send_slot(self, k: int, stamp: int) -> int:
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        if hi == lo:
+            return 0
+        rows = self.pk[lo:hi]
+        rows["seq"] += 1
+        rows["ts"] += PAYLOAD
+        rows["stamp"] = stamp
+        fd = self.sock.fileno()
+        base = self.msgs.ctypes.data + lo * _MMSG.itemsize
+        sent = 0
+        for _ in range(4):  # bounded retries on a partial send
+            r = _sendmmsg(fd, base + sent * _MMSG.itemsize, hi - lo - sent, 0)
+            if r <= 0:
+                break
+            sent += r
+            if sent == hi - lo:
+                break
+        return sent
+
+    def _drain(
+        self,
+        t0: int,
+        t1: int,
+        lat: list[np.ndarray],
+        counts: np.ndarray,
+        foreign: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> tuple[int, int]:
+        """Read everything queued; (packets in window, total packets).
+
+        With ``foreign`` set, every packet is taken as someone else's stream
+        (the bearer's conference mix): its SSRC and kernel receive time are kept.
+        """
+        fd = self.sock.fileno()
+        rm = self.rmsgs
+        in_window = total = 0
+        for _ in range(1000):  # bounded: at most 512k packets per call
+            rm["controllen"] = _CMSG_SIZE
+            r = _recvmmsg(fd, rm.ctypes.data, _RECV_BATCH, MSG_DONTWAIT, None)
+            if r <= 0:
+                break
+            total += r
+            pk = self.rbuf[:r, : PACKET.itemsize].copy().view(PACKET).reshape(r)
+            sec = self.cbuf[:r, 16:24].copy().view(np.int64).reshape(r)
+            nsec = self.cbuf[:r, 24:32].copy().view(np.int64).reshape(r)
+            if foreign is not None:
+                rx = sec * 1_000_000_000 + nsec
+                ok = (rx >= t0) & (rx < t1)
+                foreign.append((pk["ssrc"][ok].astype(np.int64), rx[ok]))
+                in_window += int(ok.sum())
+                if r < _RECV_BATCH:
+                    break
+                continue
+            stamp = pk["stamp"].astype(np.int64)
+            ok = (rm["len"][:r] >= PACKET.itemsize) & (stamp >= t0) & (stamp < t1)
+            if ok.any():
+                rx = sec[ok] * 1_000_000_000 + nsec[ok]
+                lat.append(rx - stamp[ok])
+                sids = pk["sid"][ok].astype(np.int64)
+                sids = sids[sids < len(counts)]
+                counts += np.bincount(sids, minlength=len(counts))[: len(counts)]
+                in_window += int(ok.sum())
+            if r < _RECV_BATCH:
+                break
+        return in_window, total
+
+    def run(
+        self,
+        warmup: float,
+        measure: float,
+        drain: float = 0.5,
+        on_window: Any = None,
+        collect_foreign: bool = False,
+    ) -> Result:
+        """Send for warmup + measure + drain seconds; measure the middle window.
+
+        ``on_window(start: bool)`` is called when the window opens and closes
+        (the caller samples the bearer's CPU there).
+        """
+        slot_dt = self.interval / self.slots
+        counts = np.zeros(self.n, dtype=np.int64)
+        lat: list[np.ndarray] = []
+        foreign: list[tuple[np.ndarray, np.ndarray]] | None = [] if collect_foreign else None
+        start = time.perf_counter()
+        t_open = start + warmup
+        t_close = t_open + measure
+        t_end = t_close + drain
+        wall0 = time.time_ns()
+        w0 = wall0 + int(warmup * 1e9)
+        w1 = w0 + int(measure * 1e9)
+        sent_in = shortfall = received = 0
+        max_lag = 0.0
+        k = 0
+        next_at = start
+        opened = closed = False
+        cpu0 = cpu1 = 0.0
+        while True:  # bounded by t_end
+            now = time.perf_counter()
+            if now >= t_end:
+                break
+            if not opened and now >= t_open:
+                opened = True
+                cpu0 = cpu_seconds_of()
+                if on_window:
+                    on_window(True)
+            if opened and not closed and now >= t_close:
+                closed = True
+                cpu1 = cpu_seconds_of()
+                if on_window:
+                    on_window(False)
+            burst = 0
+            while next_at <= now and burst < self.slots:  # bounded: one period per turn
+                lag = now - next_at
+                if opened and not closed:
+                    max_lag = max(max_lag, lag)
+                slot = k % self.slots
+                stamp = time.time_ns()
+                n = self._send_slot(slot, stamp)
+                want = self.bounds[slot + 1] - self.bounds[slot]
+                if w0 <= stamp < w1:
+                    sent_in += n
+                    shortfall += want - n
+                k += 1
+                next_at = start + k * slot_dt
+                burst += 1
+            got, _ = self._drain(w0, w1, lat, counts, foreign)
+            received += got
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        got, _ = self._drain(w0, w1, lat, counts, foreign)
+        received += got
+        if not closed:
+            cpu1 = cpu_seconds_of()
+        latencies = np.concatenate(lat) if lat else np.zeros(0, dtype=np.int64)
+        fstats = _foreign_stats(foreign, self.interval) if foreign is not None else {}
+        return Result(
+            seconds=measure,
+            sent=sent_in,
+            received=received,
+            latencies_ns=latencies,
+            gen_cpu_percent=100.0 * (cpu1 - cpu0) / measure,
+            max_lag_ms=max_lag * 1000.0,
+            send_shortfall=shortfall,
+            received_per_stream=counts,
+            foreign=fstats,
+        )
+
+
+def _foreign_stats(chunks: list[tuple[np.ndarray, np.ndarray]], interval: float) -> dict[str, Any]:
+    """Packets received per SSRC and how regular their arrival was (|gap - interval|)."""
+    if not chunks:
+        return {"count": 0, "sources": 0, "dev_p99_ms": float("nan")}
+    ssrc = np.concatenate([c[0] for c in chunks])
+    rx = np.concatenate([c[1] for c in chunks])
+    order = np.lexsort((rx, ssrc))
+    ssrc, rx = ssrc[order], rx[order]
+    same = ssrc[1:] == ssrc[:-1]
+    gaps = (rx[1:] - rx[:-1])[same]
+    dev = np.abs(gaps - interval * 1e9) / 1e6
+    return {
+        "count": len(rx),
+        "sources": len(np.unique(ssrc)),
+        "dev_p99_ms": float(np.percentile(dev, 99)) if len(dev) else float("nan"),
+    }
