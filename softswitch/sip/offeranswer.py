@@ -82,6 +82,7 @@ _Want = tuple[str, int | None, int | None]  # casefolded name, rate, channels (N
 # Codecs.
 
 
+@functools.lru_cache(maxsize=256)  # a daemon has a handful of codec specs
 def _want(spec: Codec | str) -> _Want:
     """'PCMU', 'opus/48000/2' or a Codec -> what to match; rate/channels omitted match any."""
     if isinstance(spec, Codec):
@@ -94,22 +95,32 @@ def _want(spec: Codec | str) -> _Want:
     return parts[0].casefold(), rate, channels
 
 
-def _matches(codec: Codec, wants: Sequence[_Want]) -> bool:
-    name = codec.name.casefold()
-    return any(
-        name == w_name
-        and (w_rate is None or w_rate == codec.rate)
-        and (w_channels is None or w_channels == codec.channels)
-        for w_name, w_rate, w_channels in wants
-    )
+def _by_name(wants: Sequence[_Want]) -> dict[str, list[tuple[int | None, int | None]]]:
+    table: dict[str, list[tuple[int | None, int | None]]] = {}
+    for name, rate, channels in wants:
+        table.setdefault(name, []).append((rate, channels))
+    return table
 
 
-def _intersect(offered: Sequence[Codec], wants: Sequence[_Want]) -> list[Codec]:
-    chosen = [c for c in offered if _matches(c, wants)]
-    rates = {c.rate for c in chosen if c.name.casefold() not in AUXILIARY_CODECS}
+def _intersect(
+    offered: Sequence[Codec], wants: dict[str, list[tuple[int | None, int | None]]]
+) -> list[Codec]:
+    """Offered codecs matching ``wants`` (by casefolded name); aux ones need a real one."""
+    chosen = []
+    rates = set()
+    for codec in offered:
+        name = codec.name.casefold()
+        for rate, channels in wants.get(name, ()):
+            if (rate is None or rate == codec.rate) and (
+                channels is None or channels == codec.channels
+            ):
+                chosen.append(codec)
+                if name not in AUXILIARY_CODECS:
+                    rates.add(codec.rate)
+                break
     if not rates:
         return []  # only auxiliary formats in common: no codec (RFC 4733 §2.1)
-    return [c for c in chosen if c.name.casefold() not in AUXILIARY_CODECS or c.rate in rates]
+    return [c for c in chosen if c.rate in rates or c.name.casefold() not in AUXILIARY_CODECS]
 
 
 def intersect_codecs(offered: Sequence[Codec], supported: Sequence[Codec | str]) -> list[Codec]:
@@ -119,7 +130,7 @@ def intersect_codecs(offered: Sequence[Codec], supported: Sequence[Codec | str])
     ignored) or specs like ``"PCMU"``, ``"G722/8000"``, ``"opus/48000/2"``.
     Returns [] if no real codec is common, even if telephone-event is.
     """
-    return _intersect(offered, [_want(s) for s in supported])
+    return _intersect(offered, _by_name([_want(s) for s in supported]))
 
 
 def codec_names(md: MediaDescription) -> list[str]:
@@ -158,8 +169,7 @@ def filter_codecs(md: MediaDescription, keep: Sequence[Codec]) -> MediaDescripti
                 continue  # a format we no longer offer
             if pt is not None and key == "rtpmap":
                 codec = wanted[pt]
-                parsed = parse_rtpmap(value or "")
-                if parsed is None or not codec.same_format(Codec(*parsed)):
+                if parse_rtpmap(value or "") != (pt, codec.name, codec.rate, codec.channels):
                     value = f"{pt} {codec.encoding}"
                 has_rtpmap.add(pt)
             elif pt is not None and key == "fmtp":
@@ -174,11 +184,9 @@ def filter_codecs(md: MediaDescription, keep: Sequence[Codec]) -> MediaDescripti
     listed = set(md.formats)
     added: list[tuple[str, str | None]] = []
     for codec in keep:
-        static = STATIC_PAYLOAD_TYPES.get(codec.pt)
         if codec.pt not in has_rtpmap and (
             str(codec.pt) not in listed
-            or static is None
-            or not codec.same_format(Codec(codec.pt, *static))
+            or STATIC_PAYLOAD_TYPES.get(codec.pt) != (codec.name, codec.rate, codec.channels)
         ):
             added.append(("rtpmap", f"{codec.pt} {codec.encoding}"))
         if codec.fmtp is not None and codec.pt not in has_fmtp:
@@ -316,26 +324,26 @@ def create_answer(
     if direction not in _BITS:
         raise ValueError(f"unknown direction {direction!r}")
     addrtype = _addrtype(address)
-    wants = [_want(s) for s in supported]
+    wants = _by_name([_want(s) for s in supported])
     media: list[MediaDescription] = []
     live = accepted = 0
     why = ""
     for index, offered in enumerate(offer.media):
         port = _port_for(ports, index)
-        rejected = MediaDescription(
-            media=offered.media, port=0, proto=offered.proto, formats=list(offered.formats)
-        )
-        if offered.port == 0:
-            media.append(rejected)
-            continue
-        live += 1
-        common = _intersect(offered.codecs, wants) if offered.proto in protos else []
-        if not port or not common:
-            why = why or (
-                f"m={offered.media[:20]}: "
-                + ("no port" if not port else "no common codec or transport")
+        live += offered.port != 0
+        usable = offered.port != 0 and port and offered.proto in protos
+        common = _intersect(offered.codecs, wants) if usable else []
+        if not common:
+            if offered.port != 0:
+                why = why or (
+                    f"m={offered.media[:20]}: "
+                    + ("no port" if not port else "no common codec or transport")
+                )
+            media.append(
+                MediaDescription(
+                    media=offered.media, port=0, proto=offered.proto, formats=list(offered.formats)
+                )
             )
-            media.append(rejected)
             continue
         accepted += 1
         attrs: list[tuple[str, str | None]] = []

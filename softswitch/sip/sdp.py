@@ -46,6 +46,7 @@ ACKs and hangs up, and the status is then only a label.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from softswitch.sip.errors import SipError
@@ -242,6 +243,7 @@ class Codec:
 _PT_NUMBER = {str(pt): pt for pt in range(128)}  # RTP payload type text -> number
 
 
+@functools.lru_cache(maxsize=1024)  # the same few rtpmap lines recur in every call
 def parse_rtpmap(value: str) -> tuple[int, str, int, int] | None:
     """``<pt> <name>/<rate>[/<channels>]`` -> (pt, name, rate, channels), or None if malformed."""
     pt_text, _, encoding = value.partition(" ")
@@ -254,6 +256,11 @@ def parse_rtpmap(value: str) -> tuple[int, str, int, int] | None:
     if rate is None or channels is None or not _token_ok(parts[0]):
         return None
     return pt, parts[0], rate, channels
+
+
+@functools.lru_cache(maxsize=1024)  # Codecs are immutable: share the common ones
+def _codec(pt: int, name: str, rate: int, channels: int, fmtp: str | None) -> Codec:
+    return Codec(pt, name, rate, channels, fmtp)
 
 
 def payload_type_of(value: str | None) -> int | None:
@@ -391,7 +398,7 @@ class MediaDescription:
                 continue
             known = rtpmap.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
             if known is not None:
-                result.append(Codec(pt, known[0], known[1], known[2], fmtp.get(pt)))
+                result.append(_codec(pt, known[0], known[1], known[2], fmtp.get(pt)))
         return result
 
     @property
