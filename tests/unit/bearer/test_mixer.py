@@ -290,7 +290,11 @@ class TestMembership:
 
 
 def test_tick_time_for_50_rooms_of_10() -> None:
-    """Bench budget: 50 ten-party rooms per core; one tick must be well under 5 ms."""
+    """Bench budget: 50 ten-party rooms per core; one tick must be well under 5 ms.
+
+    Measured in thread CPU time so that other processes on the machine do not
+    make the figure (or the test) noisy.
+    """
     mixer = Mixer(capacity=512)
     rng = np.random.default_rng(1)
     payloads = [rng.integers(0, 256, N, dtype=np.uint8).tobytes() for _ in range(16)]
@@ -301,13 +305,13 @@ def test_tick_time_for_50_rooms_of_10() -> None:
     tick_times: list[float] = []
     push_times: list[float] = []
     for i in range(60):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for j, pid in enumerate(pids):
             mixer.push(pid, i, i * N, payloads[(i + j) % 16], "PCMU")
-        push_times.append((time.perf_counter() - t0) / len(pids))
-        t0 = time.perf_counter()
+        push_times.append((time.thread_time() - t0) / len(pids))
+        t0 = time.thread_time()
         out = mixer.tick()
-        tick_times.append(time.perf_counter() - t0)
+        tick_times.append(time.thread_time() - t0)
     assert len(out) == 500
     tick = float(np.min(tick_times[10:]))
     tick_median = float(np.median(tick_times[10:]))
