@@ -78,6 +78,15 @@ class TestHeader:
             parse_header(packet, len(packet))
         assert str(info.value) == message
 
+    @given(st.binary(max_size=64))
+    def test_arbitrary_bytes_parse_or_raise_value_error(self, data: bytes) -> None:
+        try:
+            pt, _seq, _ts, _ssrc, _marker, header_len = parse_header(data, len(data))
+        except ValueError:
+            return
+        assert 0 <= pt < 128
+        assert 12 <= header_len <= payload_end(data, len(data)) <= len(data)
+
     def test_set_payload_type_keeps_marker_bit(self) -> None:
         pkt = bytearray(build_rtp(0, 1, 2, 3, b"", marker=True))
         set_payload_type(pkt, 8)
