@@ -62,7 +62,9 @@ __all__ = [
     "codec_names",
     "create_answer",
     "filter_codecs",
+    "free_payload_type",
     "intersect_codecs",
+    "map_payload_types",
     "media_changed",
     "rewrite_for_relay",
 ]
@@ -141,6 +143,28 @@ def codec_names(md: MediaDescription) -> list[str]:
     return [c.encoding for c in md.codecs]
 
 
+def map_payload_types(src: Sequence[Codec], dst: Sequence[Codec]) -> dict[int, int]:
+    """For each codec of ``src``, the payload type ``dst`` uses for the same codec.
+
+    What the bearer needs when two legs number the same codec differently
+    (PT 101 telephone-event on one, 96 on the other); codecs ``dst`` lacks
+    are left out, and the caller decides whether they need transcoding.
+    """
+    mapping: dict[int, int] = {}
+    for codec in src:
+        for other in dst:
+            if codec.same_format(other):
+                mapping.setdefault(codec.pt, other.pt)
+                break
+    return mapping
+
+
+def free_payload_type(used: Sequence[Codec] | Sequence[int]) -> int | None:
+    """The lowest dynamic payload type (96-127, RFC 3551 §3) not in ``used``, or None."""
+    taken = {c.pt if isinstance(c, Codec) else c for c in used}
+    return next((pt for pt in range(96, 128) if pt not in taken), None)
+
+
 def filter_codecs(md: MediaDescription, keep: Sequence[Codec]) -> MediaDescription:
     """A copy of ``md`` offering exactly ``keep``, in that order.
 
@@ -150,7 +174,8 @@ def filter_codecs(md: MediaDescription, keep: Sequence[Codec]) -> MediaDescripti
     or added, e.g. PCMA offered for transcoding next to the caller's PCMU);
     rtpmap lines are added for codecs the section did not list.  A static type
     the section listed without rtpmap, and that still means the same codec,
-    stays without one.
+    stays without one.  The copy still inherits session-level c= and direction
+    from ``md``'s description.
     """
     pts = [c.pt for c in keep]
     if len(set(pts)) != len(pts) or not all(0 <= pt <= 127 for pt in pts):

@@ -522,8 +522,10 @@ class SessionDescription:
                 data = data.encode("utf-8", "surrogateescape")
             except UnicodeEncodeError:
                 raise SdpError(400, "Bad SDP: text is not encodable as UTF-8") from None
-        elif not isinstance(data, bytes):
+        elif isinstance(data, bytearray | memoryview):
             data = bytes(data)
+        elif not isinstance(data, bytes):
+            raise TypeError(f"SDP must be bytes or str, not {type(data).__name__}")
         if len(data) > MAX_SDP_BYTES:
             raise SdpError(400, f"Bad SDP: body longer than {MAX_SDP_BYTES} bytes")
         return _parse(data.decode("utf-8", "surrogateescape"))

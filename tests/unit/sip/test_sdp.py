@@ -17,7 +17,9 @@ from softswitch.sip.offeranswer import (
     codec_names,
     create_answer,
     filter_codecs,
+    free_payload_type,
     intersect_codecs,
+    map_payload_types,
     media_changed,
     rewrite_for_relay,
 )
@@ -901,3 +903,31 @@ def test_filter_codecs_refuses_duplicate_payload_types() -> None:
     md = SessionDescription.parse(YEALINK_OFFER).media[0]
     with pytest.raises(ValueError, match="distinct"):
         filter_codecs(md, [Codec(0, "PCMU", 8000), Codec(0, "PCMA", 8000)])
+
+
+def test_transcoding_offer_maps_payload_types_between_legs() -> None:
+    """Caller offers PCMU + telephone-event 101; callee is offered PCMA too, renumbered."""
+    caller = SessionDescription.parse(YEALINK_OFFER).media[0]
+    pcmu = caller.codecs[0]
+    te = caller.telephone_event
+    assert te is not None
+    callee_te = Codec(free_payload_type([pcmu, te]) or 0, te.name, te.rate, te.channels, te.fmtp)
+    assert callee_te.pt == 96
+    offered = filter_codecs(caller, [pcmu, Codec(8, "PCMA", 8000), callee_te])
+    assert offered.formats == ["0", "8", "96"]
+    assert map_payload_types(caller.codecs, offered.codecs) == {0: 0, 8: 8, 101: 96}
+    assert map_payload_types([Codec(9, "G722", 8000)], offered.codecs) == {}
+
+
+def test_free_payload_type_skips_used_dynamic_numbers() -> None:
+    assert free_payload_type([]) == 96
+    assert free_payload_type([96, 97, 0]) == 98
+    assert free_payload_type(list(range(96, 128))) is None
+
+
+def test_parse_refuses_non_bytes_as_a_programming_error() -> None:
+    with pytest.raises(TypeError):
+        SessionDescription.parse(5)  # type: ignore[arg-type]
+    assert SessionDescription.parse(memoryview(YEALINK_OFFER)) == SessionDescription.parse(
+        bytearray(YEALINK_OFFER)
+    )
