@@ -264,7 +264,7 @@ class LegOrigin:
 
     def _apply(self, sd: SessionDescription) -> None:
         sd.origin = self.origin
-        body = str(sd)
+        body = _without_origin(str(sd))
         if self._last is not None and body != self._last:
             self.version += 1
             sd.origin = self.origin
@@ -283,11 +283,11 @@ def media_changed(previous: SessionDescription | None, current: SessionDescripti
         return True
     return replace(previous.origin, sess_version=0) != replace(
         current.origin, sess_version=0
-    ) or _without_origin(previous) != _without_origin(current)
+    ) or _without_origin(str(previous)) != _without_origin(str(current))
 
 
-def _without_origin(sd: SessionDescription) -> str:
-    text = str(sd)
+def _without_origin(text: str) -> str:
+    """A serialised description minus its o= line (always the second, RFC 4566 §5)."""
     start = text.find("\r\no=")
     end = text.find("\r\n", start + 2)
     return text[:start] + text[end:]
@@ -438,7 +438,8 @@ def rewrite_for_relay(
     bearer = Connection("IN", addrtype, address)
     out = sd.copy()
     out.connection = bearer
-    out.attributes = [(k, v) for k, v in out.attributes if not _is_ice(k)]
+    # a=rtcp is media-level (RFC 3605 §2.1); one at session level would leak the phone's address
+    out.attributes = [(k, v) for k, v in out.attributes if not _is_ice(k) and k != "rtcp"]
     for index, (original, md) in enumerate(zip(sd.media, out.media, strict=True)):
         held_by_null = (conn := original.effective_connection) is not None and conn.is_null
         before = original.direction

@@ -803,6 +803,10 @@ def test_leg_origin_bumps_version_only_when_the_description_changes() -> None:
     assert same.origin.sess_version == 900  # a refresh: identical SDP, same version
     held = rewrite_for_relay(SessionDescription.parse(YEALINK_HOLD), BEARER, [1], origin=origin)
     assert held.origin.sess_version == 901
+    held_again = rewrite_for_relay(
+        SessionDescription.parse(YEALINK_HOLD), BEARER, [1], origin=origin
+    )
+    assert held_again.origin.sess_version == 901  # regression: used to bump after a bump
     moved = rewrite_for_relay(SessionDescription.parse(YEALINK_HOLD), BEARER, [2], origin=origin)
     assert moved.origin.sess_version == 902  # new bearer port
     assert {o.origin.sess_id for o in (first, same, held, moved)} == {"900"}
