@@ -25,7 +25,12 @@ RFC 3261) is handed to the TU.
 Responses to requests are sent to the peer the request came from (the
 "symmetric response routing" of RFC 3581, what Kamailio's force_rport does):
 phones behind NAT are the norm for a softswitch, and over TCP it is the only
-way to reach the same connection (§18.2.2).
+way to reach the same connection (§18.2.2). On receipt the layer also writes
+received= and rport= into the request's top Via (§18.2.1, RFC 3581 §4), so
+every response built from it records the real source.
+
+The TU owes each server transaction a final response: there is no timer
+that ends a server transaction still waiting for one (RFC 3261 has none).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import heapq
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum, auto
+from enum import IntEnum, auto
 from typing import ClassVar
 
 from softswitch.sip.errors import SipError
@@ -241,9 +246,12 @@ class TransactionStats:
     malformed: int = 0  # messages whose Via/CSeq/From could not be read
 
 
-class Input(Enum):
+class Input(IntEnum):
     """What can happen to a transaction. Response inputs mean "received" for
-    client transactions and "sent by the TU" for server transactions."""
+    client transactions and "sent by the TU" for server transactions.
+
+    (IntEnum, like State, because every step hashes a (State, Input) pair:
+    int hashing is C code, Enum hashing is Python code.)"""
 
     PROVISIONAL = auto()  # 1xx
     SUCCESS = auto()  # 2xx
@@ -273,7 +281,7 @@ def _status_input(status: int) -> Input:
     return Input.FAILURE
 
 
-class State(Enum):
+class State(IntEnum):
     """The union of the states of the four machines (Figures 5-8 of RFC 3261,
     Figures 3 and 5 of RFC 6026); each machine uses a subset."""
 
@@ -897,7 +905,9 @@ class TransactionLayer:
     def find_server_invite(self, cancel: Request) -> ServerInviteTransaction | None:
         """The INVITE server transaction a CANCEL cancels (§9.2: matched like
         the INVITE itself, §17.2.3), so the TU can answer it 487; None when
-        the CANCEL matches nothing (the TU then answers the CANCEL 481)."""
+        the CANCEL matches nothing (the TU then answers the CANCEL 481).
+        Only a transaction still in PROCEEDING can take the 487; one that has
+        already sent its final response just gets the CANCEL's 200."""
         tx = self._servers.get(_server_key(cancel, "INVITE"))
         if isinstance(tx, ServerInviteTransaction) and _to_tag_matches(tx, cancel):
             return tx
