@@ -7,6 +7,8 @@ powers of two, so float arithmetic is exact.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softswitch.sip.message import Request, Response, make_response, parse
 from softswitch.sip.transaction import (
@@ -753,3 +755,28 @@ def test_non_invite_over_a_lossy_wire_still_completes(lost):
     assert statuses == [200]
     assert kinds(net.server_events).count(RequestReceived) == 1
     assert len(net.client) == 0 and len(net.server) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    drop_up=st.sets(st.integers(0, 11), max_size=8),
+    drop_down=st.sets(st.integers(0, 11), max_size=8),
+)
+def test_any_loss_pattern_ends_once_and_leaks_no_transaction(drop_up, drop_down):
+    """Whatever is lost, the client TU learns one outcome (the 486 or a
+    timeout, never both, never twice), the server TU sees the INVITE at most
+    once, and both layers end empty: no transaction outlives its timers."""
+    net = LossyWire(drop_up, drop_down)
+    net.client.send_request(request(branch=new_branch()), SWITCH, 0.0)
+    net.run(until=500.0)
+
+    finals = [
+        e.response.status
+        for e in net.client_events
+        if isinstance(e, ResponseReceived) and e.response.status >= 200
+    ]
+    timeouts = kinds(net.client_events).count(TransactionTimeout)
+    assert (finals, timeouts) in (([486], 0), ([], 1))
+    assert kinds(net.server_events).count(RequestReceived) <= 1
+    assert len(net.client) == 0 and len(net.server) == 0
+    assert net.client.get_timer() is None and net.server.get_timer() is None
