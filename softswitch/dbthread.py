@@ -55,7 +55,9 @@ import sqlalchemy as sa
 from softswitch.cdr import Cdr
 from softswitch.cdr import to_row as cdr_row
 from softswitch.userdb import (
+    BINDING_COLUMNS,
     OVERLAP,
+    USER_COLUMNS,
     Binding,
     Deleted,
     SchemaError,
@@ -422,20 +424,19 @@ class DbThread:
         seen: dict[int, float] = {}
         bindings: list[Binding] = []
         with self._engine.connect() as conn:
-            result = conn.execution_options(stream_results=True).execute(sa.select(users))
+            stream = conn.execution_options(stream_results=True)
+            result = stream.execute(sa.select(*USER_COLUMNS))
             for part in result.partitions(5000):
                 for row in part:
-                    m = row._mapping
-                    user = user_from_row(m)
+                    user = user_from_row(row)
                     key = (user.username, user.domain)
                     loaded[key] = user
                     known[user.id] = key
-                    if m["updated_at"] >= since:
-                        seen[user.id] = m["updated_at"]
-            query = sa.select(registrations).where(registrations.c.expires_at > started)
-            result = conn.execution_options(stream_results=True).execute(query)
-            for part in result.partitions(5000):
-                bindings.extend(binding_from_row(row._mapping) for row in part)
+                    if row[-1] >= since:
+                        seen[user.id] = row[-1]
+            query = sa.select(*BINDING_COLUMNS).where(registrations.c.expires_at > started)
+            for part in stream.execute(query).partitions(5000):
+                bindings.extend(binding_from_row(row) for row in part)
         self._known, self._seen = known, seen
         self._last_poll_wall = started
         self._next_poll = time.monotonic() + self._sync_interval
@@ -454,7 +455,7 @@ class DbThread:
             tombs = conn.execute(
                 sa.select(deleted_users).where(deleted_users.c.deleted_at >= since)
             ).all()
-            rows = conn.execute(sa.select(users).where(users.c.updated_at >= since)).all()
+            rows = conn.execute(sa.select(*USER_COLUMNS).where(users.c.updated_at >= since)).all()
             for t in tombs:
                 if t.id in self._seen_tombs:
                     continue
@@ -462,11 +463,10 @@ class DbThread:
                 if self._known.pop(t.user_id, None) is not None:
                     deleted.append(Deleted(t.username, t.domain, t.user_id))
             for row in rows:
-                m = row._mapping
-                if self._seen.get(m["id"]) == m["updated_at"]:
+                if self._seen.get(row[0]) == row[-1]:
                     continue
-                self._seen[m["id"]] = m["updated_at"]
-                changed.append(self._remember(user_from_row(m), deleted))
+                self._seen[row[0]] = row[-1]
+                changed.append(self._remember(user_from_row(row), deleted))
             if self._polls % self._reconcile_every == 0:
                 self._reconcile(conn, changed, deleted)
         if self._polls % self._purge_every == 0:
@@ -501,8 +501,8 @@ class DbThread:
         missing = sorted(ids.difference(self._known))
         for i in range(0, len(missing), 500):
             chunk = missing[i : i + 500]
-            for row in conn.execute(sa.select(users).where(users.c.id.in_(chunk))):
-                changed.append(self._remember(user_from_row(row._mapping), deleted))
+            for row in conn.execute(sa.select(*USER_COLUMNS).where(users.c.id.in_(chunk))):
+                changed.append(self._remember(user_from_row(row), deleted))
         log.warning("user table changed without updated_at/tombstones; resynchronised")
 
     # -- writing ------------------------------------------------------------------

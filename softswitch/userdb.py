@@ -34,7 +34,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -312,39 +312,45 @@ def check_binding(binding: Binding) -> None:
             raise ValueError(f"{name} is longer than {limit} characters")
 
 
-def user_from_row(m: Any) -> User:
-    """A `User` from a users row mapping (domain interned: a few distinct values)."""
+#: users columns in `User` field order, then updated_at: what the DB thread selects.
+USER_COLUMNS = (*(users.c[f.name] for f in fields(User)), users.c.updated_at)
+#: registrations columns in `Binding` field order.
+BINDING_COLUMNS = tuple(registrations.c[f.name] for f in fields(Binding))
+
+
+def user_from_row(row: Any) -> User:
+    """A `User` from a row selected as USER_COLUMNS (positional: 100,000 at start)."""
     return User(
-        m["id"],
-        m["username"],
-        sys.intern(m["domain"]),
-        m["ha1_md5"],
-        m["ha1_sha256"],
-        m["display_name"],
-        bool(m["enabled"]),
-        bool(m["record_calls"]),
-        m["max_calls"],
+        row[0],
+        row[1],
+        sys.intern(row[2]),  # a few distinct domains, 100,000 references
+        row[3],
+        row[4],
+        row[5],
+        bool(row[6]),
+        bool(row[7]),
+        row[8],
     )
 
 
-def binding_from_row(m: Any) -> Binding:
-    """A `Binding` from a registrations row mapping; repeated texts interned."""
-    ua = m["user_agent"]
+def binding_from_row(row: Any) -> Binding:
+    """A `Binding` from a row selected as BINDING_COLUMNS; repeated texts interned."""
+    ua = row[11]
     return Binding(
-        username=m["username"],
-        domain=sys.intern(m["domain"]),
-        contact=m["contact"],
-        expires_at=m["expires_at"],
-        source_transport=sys.intern(m["source_transport"]),
-        source_host=m["source_host"],
-        source_port=m["source_port"],
-        call_id=m["call_id"],
-        cseq=m["cseq"],
-        path=m["path"],
-        received=m["received"],
-        user_agent=sys.intern(ua) if ua is not None else None,
-        instance=m["instance"],
-        reg_id=m["reg_id"],
+        row[0],
+        sys.intern(row[1]),
+        row[2],
+        row[3],
+        sys.intern(row[4]),
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        sys.intern(ua) if ua is not None else None,
+        row[12],
+        row[13],
     )
 
 
