@@ -19,9 +19,10 @@ Editing.  Change headers with ``set``/``add``/``prepend``/``remove``: they
 keep names canonical and drop the cached values of the header they touch.
 The parsed ``Via`` and ``Address`` objects handed out by the properties are
 live: set ``msg.via.received`` (RFC 3581) or ``msg.to.tag`` and the change is
-written back into ``headers`` before the message is read as text again
-(``get``, ``bytes()``, ``make_response``, any edit).  If you edit the
-``headers`` list in place instead, call ``invalidate()``.
+written back into ``headers`` by ``flush()``, which ``bytes()``,
+``make_response`` and every edit call first (``get``/``get_all`` do not, to
+stay cheap: call ``flush()`` before reading a changed header as text).  If
+you edit the ``headers`` list in place instead, call ``invalidate()``.
 """
 
 from __future__ import annotations
@@ -148,8 +149,6 @@ class Message:
 
     def get(self, name: str) -> str | None:
         """The first value of header ``name`` (any case, compact form accepted)."""
-        if self._live:
-            self._flush()
         canon = canonical_name(name)
         if canon is not None:
             for n, v in self.headers:
@@ -169,8 +168,6 @@ class Message:
         dropped.  Headers that are not lists (credentials, Date, Subject,
         From, ...) are returned one line per element.
         """
-        if self._live:
-            self._flush()
         canon = canonical_name(name)
         if canon is not None:
             values = [v for n, v in self.headers if n == canon]
@@ -224,7 +221,7 @@ class Message:
         if "\r" in value or "\n" in value:
             raise ValueError("header values cannot contain CR or LF")
         if self._live:
-            self._flush()
+            self.flush()
         canon = canonical_name(name)
         if canon is None:
             if not TOKEN.fullmatch(name):
@@ -247,8 +244,12 @@ class Message:
                 value = v
         return value
 
-    def _flush(self) -> None:
-        """Write back the live Via/Address objects that were changed.
+    def flush(self) -> None:
+        """Write the changes made to live Via/Address objects back into ``headers``.
+
+        ``bytes()``, ``make_response`` and the editing methods call it; call
+        it yourself before reading ``get``/``get_all``/``headers`` as text
+        after changing a parsed object (those stay cheap by not doing so).
 
         An object counts as changed when its text differs from what the
         header's current text parses to, so merely reading ``msg.to`` never
@@ -438,7 +439,7 @@ class Message:
     def __bytes__(self) -> bytes:
         """The wire form: headers in order, Content-Length set to the body's length."""
         if self._live:
-            self._flush()
+            self.flush()
         body = self.body
         lines = [self._start_line()]
         length_done = False
@@ -548,7 +549,7 @@ def make_response(
     copies Timestamp (§8.2.6.1).  Other headers are the caller's to add.
     """
     if request._live:
-        request._flush()
+        request.flush()
     vias: list[list[str]] = []
     headers: list[list[str]] = []
     for n, v in request.headers:
