@@ -508,29 +508,37 @@ class DbThread:
     # -- writing ------------------------------------------------------------------
 
     def _write_pending(self) -> None:
-        """Write bindings then CDRs in chunks; raises an _OUTAGE error to retry later."""
+        """Write bindings then CDRs in chunks; raises an _OUTAGE error to retry later.
+
+        An item leaves the pending buffers only once it is committed (or
+        refused for good), so an outage half-way loses and repeats nothing.
+        """
         assert self._engine is not None
         while self._bindings:
             chunk = list(itertools.islice(self._bindings.items(), CHUNK))
-            self._write_rows(chunk, self._write_bindings)
-            for key, _ in chunk:
-                del self._bindings[key]
+            self._write_rows(chunk, self._write_bindings, lambda item: self._bindings.pop(item[0]))
         while self._cdrs:
             batch = list(itertools.islice(self._cdrs, CHUNK))
-            self._write_rows(batch, self._write_cdrs)
-            for _ in batch:
-                self._cdrs.popleft()
+            self._write_rows(batch, self._write_cdrs, lambda _: self._cdrs.popleft())
         self._flush_requested = False
 
-    def _write_rows(self, chunk: list[Any], write: Callable[[Any, list[Any]], None]) -> None:
+    def _write_rows(
+        self,
+        chunk: list[Any],
+        write: Callable[[Any, list[Any]], None],
+        done: Callable[[Any], object],
+    ) -> None:
+        """One transaction for the chunk; row by row if the database refuses a row."""
         assert self._engine is not None
         try:
             with self._engine.begin() as conn:
                 write(conn, chunk)
-            return
         except (*_BAD_ROW, ValueError, TypeError):
             pass
-        # Something in the chunk is refused: write one by one, drop the culprits.
+        else:
+            for item in chunk:
+                done(item)
+            return
         for item in chunk:
             try:
                 with self._engine.begin() as conn:
@@ -538,6 +546,7 @@ class DbThread:
             except (*_BAD_ROW, ValueError, TypeError) as exc:
                 self._dropped += 1
                 log.error("database refused a row, dropped: %s (%r)", _first_line(exc), item)
+            done(item)
 
     @staticmethod
     def _write_bindings(

@@ -8,6 +8,7 @@ mariadbd on the same datadir for MariaDB).
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -197,6 +198,27 @@ class DbThreadCases:
         bob = loaded.users[("bob", DOMAIN)]
         assert (bob.record_calls, bob.max_calls, bob.enabled) == (True, 2, True)
         assert loaded.registrations == [binding(1)]
+
+    def test_notify_wakes_an_asyncio_main_loop(self, db):
+        async def main() -> object:
+            loop = asyncio.get_running_loop()
+            arrived: asyncio.Queue[object] = asyncio.Queue()
+
+            def drain() -> None:  # runs on the loop, never blocks
+                while True:
+                    try:
+                        arrived.put_nowait(thread.results.get_nowait())
+                    except queue.Empty:
+                        return
+
+            thread = DbThread(db.url, lambda: loop.call_soon_threadsafe(drain))
+            thread.start()
+            try:
+                return await asyncio.wait_for(arrived.get(), 10)
+            finally:
+                await asyncio.to_thread(thread.stop, 5)
+
+        assert isinstance(asyncio.run(main()), Loaded)
 
     def test_database_down_at_start_reports_status_then_loads_when_it_returns(self, db, start):
         db.down()
