@@ -25,7 +25,15 @@ from .grammar import (
     unquote_pairs,
     words,
 )
-from .uri import SIP_URI_BODY, SipUri, Uri, parse_uri, sip_uri_from_groups
+from .uri import (
+    FAST_SIP_URI,
+    SIP_URI_BODY,
+    SipUri,
+    Uri,
+    fast_sip_uri,
+    parse_uri,
+    sip_uri_from_groups,
+)
 
 __all__ = [
     "COMPACT_FORMS",
@@ -115,6 +123,14 @@ _VIA_RE = re.compile(
     rf"([{TOKEN_CHARS}]+)[ \t]+"
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9\-_.]*)"
     r"(?:[ \t]*:[ \t]*([0-9]{1,5}))?"
+)
+
+
+# Fast path for the usual shape, "SIP/2.0/UDP host[:port];k=v;k", exactly
+# spelled: one regex, then plain string splits.  Anything else takes _VIA_RE.
+_FAST_VIA_RE = re.compile(
+    r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9][A-Za-z0-9\-_.]*)(?::([0-9]{1,5}))?"
+    rf"((?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}]+)?)*)"
 )
 
 
@@ -216,6 +232,17 @@ class Via:
 
 def parse_via(text: str) -> Via:
     """Parse one via-parm; ``SipError(400, 'Bad Via header')`` if malformed."""
+    m = _FAST_VIA_RE.fullmatch(text)
+    if m is not None:
+        transport, host, port, ptext = m.groups()
+        port_num = None if port is None else int(port)
+        if port_num is None or port_num <= 65535:
+            params: dict[str, str | None] = {}
+            if ptext:
+                for p in ptext[1:].split(";"):
+                    k, eq, v = p.partition("=")
+                    params[k.lower()] = v if eq else None
+            return Via(transport, host.lower(), port_num, params)
     m = _VIA_RE.match(text)
     if m is None:
         raise SipError(400, "Bad Via header")
@@ -304,6 +331,10 @@ class Address:
 # [ "quoted display" / token display ] "<" SIP-URI ">" (then parameters).
 # Anything else (escapes in the display name, other schemes, addr-spec)
 # takes the general path below.
+_FASTEST_NAME_ADDR_RE = re.compile(
+    rf'(?:"([^"\\\r\n]*)"[ \t]*|([{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*)[ \t]*)?'
+    rf"<{FAST_SIP_URI}>(?:;[Tt][Aa][Gg]=([{TOKEN_CHARS}]+))?"
+)
 _FAST_NAME_ADDR_RE = re.compile(
     rf'(?:"([^"\\\r\n]*)"[ \t]*|([{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*)[ \t]*)?'
     rf"<([Ss][Ii][Pp][Ss]?):{SIP_URI_BODY}>"
@@ -327,6 +358,18 @@ def parse_address(text: str, what: str) -> Address:
     (Liberal: no LWS needed between a token display name and "<",
     RFC 4475 §3.1.1.6.)  ``what`` names the header for error reasons.
     """
+    if "%" not in text:
+        # The commonest shapes: no escapes, a plain SIP URI, at most a tag.
+        m = _FASTEST_NAME_ADDR_RE.fullmatch(text)
+        if m is not None:
+            quoted, tokens, scheme, user, password, host, port, params, tag = m.groups()
+            uri = fast_sip_uri(scheme, user, password, host, port, params)
+            if uri is not None:
+                return Address(
+                    uri,
+                    tokens if quoted is None else quoted,
+                    {} if tag is None else {"tag": tag},
+                )
     m = _FAST_NAME_ADDR_RE.match(text)
     if m is not None:
         g = m.groups()

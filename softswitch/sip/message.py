@@ -523,10 +523,11 @@ def _parse_cseq(raw: str) -> tuple[int, str]:
     m = _CSEQ_RE.fullmatch(raw)
     if m is None:
         raise SipError(400, "Bad CSeq header")
-    number = parse_uint(m.group(1), _CSEQ_MAX)
+    digits, method = m.groups()
+    number = int(digits) if len(digits) < 10 else parse_uint(digits, _CSEQ_MAX)
     if number is None:
         raise SipError(400, "Bad CSeq header")
-    return number, m.group(2)
+    return number, method
 
 
 def _parse_contacts(raws: list[str]) -> list[Address]:
@@ -726,15 +727,21 @@ def _validate(
 
 def _validate_request(msg: Request, uri_text: str, cache: dict[str, Any]) -> None:
     """Request-URI (§8.2.1, §8.2.2.1, RFC 4475 §3.1.2.7/.11) and CSeq method (§8.2.3)."""
-    scheme = uri_text.partition(":")[0].lower()
-    if scheme != "sip" and scheme != "sips" and scheme != "tel":
-        if _SCHEME_RE.fullmatch(scheme) and ":" in uri_text:
-            msg.uri = AbsoluteUri(scheme, uri_text)
-            raise SipError(416, "Unsupported URI Scheme")
-        raise SipError(400, "Bad Request-URI")
-    uri = parse_uri(uri_text, "Request-URI")
-    if isinstance(uri, SipUri) and uri.headers:
-        raise SipError(400, "Bad Request-URI")
+    try:
+        uri = parse_uri(uri_text, "Request-URI")
+    except SipError:
+        scheme, sep, _ = uri_text.partition(":")
+        low = scheme.lower()
+        if sep and _SCHEME_RE.fullmatch(scheme) and low not in ("sip", "sips", "tel"):
+            msg.uri = AbsoluteUri(low, uri_text)
+            raise SipError(416, "Unsupported URI Scheme") from None
+        raise
+    if type(uri) is SipUri:
+        if uri.headers:  # escaped headers never belong in a Request-URI
+            raise SipError(400, "Bad Request-URI")
+    elif type(uri) is AbsoluteUri:
+        msg.uri = uri
+        raise SipError(416, "Unsupported URI Scheme")
     msg.uri = uri
     if cache["cseq"][1] != msg.method:
         if msg.method in KNOWN_METHODS:
