@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from .errors import SipError
-from .grammar import TOKEN
+from .grammar import TOKEN, parse_uint, words
 from .headers import canonical_name, exact_names
 
 __all__ = [
@@ -26,7 +26,10 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_LINE_LENGTH",
     "MAX_MESSAGE_SIZE",
+    "SINGLE_HEADERS",
     "StreamFramer",
+    "cut_body",
+    "index_headers",
     "read_head",
     "read_headers",
 ]
@@ -45,6 +48,10 @@ MAX_HEADERS = 256
 MAX_LINE_LENGTH = 16384
 
 KEEPALIVE = b"\r\n\r\n"
+
+# Headers that must not appear twice (§7.3.1: only a header whose value is a
+# comma-separated list may be repeated; RFC 4475 §3.3.8).
+SINGLE_HEADERS = frozenset(words("From To Call-ID CSeq Max-Forwards Content-Length Content-Type"))
 
 # Line folding (§7.3.1): "a CRLF followed by whitespace is one SP".
 # LWS = [*WSP CRLF] 1*WSP
@@ -137,6 +144,53 @@ def read_headers(lines: list[str]) -> list[list[str]]:
 
 # Content-Length = ( "Content-Length" / "l" ) HCOLON 1*DIGIT
 _CONTENT_LENGTH_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.I)
+
+
+def index_headers(
+    headers: list[list[str]],
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """The value of each single-valued header, and the Via and Contact values.
+
+    A single-valued header present twice is refused ("Multiple To headers"),
+    except Content-Length repeated with the same value, which is harmless.
+    """
+    last = dict(headers)  # each name's last value
+    if len(last) == len(headers):  # no name repeats: the common case
+        via = last.get("Via")
+        contact = last.get("Contact")
+        return last, [] if via is None else [via], [] if contact is None else [contact]
+    first: dict[str, str] = {}
+    vias: list[str] = []
+    contacts: list[str] = []
+    for n, v in headers:
+        if n == "Via":
+            vias.append(v)
+        elif n == "Contact":
+            contacts.append(v)
+        elif n in SINGLE_HEADERS:
+            if n in first and (n != "Content-Length" or first[n] != v):
+                raise SipError(400, f"Multiple {n} headers")
+            first[n] = v
+    return first, vias, contacts
+
+
+def cut_body(data: bytes, body_start: int, length: str | None, stream: bool) -> bytes:
+    """The body, framed by Content-Length (§18.3, §20.14).
+
+    A datagram may omit Content-Length (the body is the rest) and may carry
+    octets after the body, which are ignored (RFC 4475 §3.1.1.8); a length
+    beyond the data is 400 (§3.1.2.2).  A stream message must have an exact
+    Content-Length.
+    """
+    available = len(data) - body_start
+    if length is None:
+        if stream:
+            raise SipError(400, "Missing Content-Length header")
+        return data[body_start:]
+    n = parse_uint(length, MAX_MESSAGE_SIZE)
+    if n is None or n > available or (stream and n != available):
+        raise SipError(400, "Bad Content-Length header")
+    return data[body_start : body_start + n]
 
 
 def content_length_of(head: bytes) -> int:

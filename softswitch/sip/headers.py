@@ -22,6 +22,7 @@ from .grammar import (
     parse_params,
     parse_uint,
     quote_display,
+    split_commas,
     unquote_pairs,
     words,
 )
@@ -41,7 +42,12 @@ __all__ = [
     "Via",
     "canonical_name",
     "parse_address",
+    "parse_call_id",
+    "parse_contacts",
+    "parse_cseq",
+    "parse_max_forwards",
     "parse_via",
+    "parse_vias",
 ]
 
 # RFC 3261 §7.3.3 and the IANA "Header Fields" registry's compact forms.
@@ -425,3 +431,64 @@ def parse_address(text: str, what: str) -> Address:
 def is_sip(uri: Uri) -> bool:
     """True for sip: and sips: URIs."""
     return isinstance(uri, SipUri)
+
+
+# callid = word [ "@" word ]
+# word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" /
+#        "~" / "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" /
+#        "?" / "{" / "}" )
+_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+_CALLID_RE = re.compile(rf"{_WORD}(?:@{_WORD})?")
+# CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
+# (§8.1.1.5: the number "MUST be expressible as a 32-bit unsigned integer".)
+_CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+([{TOKEN_CHARS}]+)")
+_CSEQ_MAX = 2**32 - 1
+
+
+def parse_call_id(raw: str) -> str:
+    """Validate a Call-ID (§20.8); it is compared as an opaque string."""
+    if _CALLID_RE.fullmatch(raw) is None:
+        raise SipError(400, "Bad Call-ID header")
+    return raw
+
+
+def parse_cseq(raw: str) -> tuple[int, str]:
+    """CSeq (§20.16) as (number, method); the number must fit 32 bits (RFC 4475 §3.1.2.4)."""
+    m = _CSEQ_RE.fullmatch(raw)
+    if m is None:
+        raise SipError(400, "Bad CSeq header")
+    digits, method = m.groups()
+    number = int(digits) if len(digits) < 10 else parse_uint(digits, _CSEQ_MAX)
+    if number is None:
+        raise SipError(400, "Bad CSeq header")
+    return number, method
+
+
+def parse_max_forwards(raw: str) -> int:
+    """Max-Forwards = "Max-Forwards" HCOLON 1*DIGIT, 0..255 (§20.22, RFC 4475 §3.1.2.4)."""
+    value = parse_uint(raw, 255)
+    if value is None:
+        raise SipError(400, "Bad Max-Forwards header")
+    return value
+
+
+def parse_vias(raws: list[str]) -> list[Via]:
+    """Every via-parm of the Via header values, in order."""
+    if len(raws) == 1 and "," not in raws[0]:
+        return [parse_via(raws[0])]
+    return [parse_via(e) for raw in raws for e in split_commas(raw)]
+
+
+def parse_contacts(raws: list[str]) -> list[Address]:
+    """Contact values (§20.10): addresses, or [] for a lone ``*`` (§10.2.2).
+
+    ``*`` mixed with addresses is malformed (§10.3 step 6 also answers 400).
+    """
+    if len(raws) == 1 and "," not in raws[0] and raws[0] != "*":
+        return [parse_address(raws[0], "Contact")]
+    elements = [e for v in raws for e in split_commas(v)]
+    if elements == ["*"]:
+        return []
+    if "*" in elements:
+        raise SipError(400, "Bad Contact header")
+    return [parse_address(e, "Contact") for e in elements]

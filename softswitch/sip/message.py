@@ -38,11 +38,25 @@ from .framing import (
     MAX_LINE_LENGTH,
     MAX_MESSAGE_SIZE,
     StreamFramer,
+    cut_body,
+    index_headers,
     read_head,
     read_headers,
 )
-from .grammar import TOKEN, parse_uint, split_commas, words
-from .headers import Address, Via, _delta_seconds, canonical_name, parse_address, parse_via
+from .grammar import TOKEN, split_commas, words
+from .headers import (
+    Address,
+    Via,
+    _delta_seconds,
+    canonical_name,
+    parse_address,
+    parse_call_id,
+    parse_contacts,
+    parse_cseq,
+    parse_max_forwards,
+    parse_via,
+    parse_vias,
+)
 from .uri import _SCHEME_RE, AbsoluteUri, SipUri, Uri, parse_uri
 
 __all__ = [
@@ -83,9 +97,6 @@ _NO_SPLIT = frozenset(
     )
 )
 
-# Headers that must not appear twice (§7.3.1: only list headers may repeat).
-_SINGLE = frozenset(words("From To Call-ID CSeq Max-Forwards Content-Length Content-Type "))
-
 # Cached parsed values, by the header they come from.
 _CACHE_KEYS: dict[str, tuple[str, ...]] = {
     "Via": ("vias",),
@@ -114,17 +125,7 @@ _LIVE_HEADER = {
 _VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
 # Status-Code = 3DIGIT (§25.1 extension-code); Reason-Phrase is any text.
 _STATUS_RE = re.compile(r"[1-6][0-9][0-9]")
-# callid = word [ "@" word ]
-# word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" /
-#        "~" / "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" /
-#        "?" / "{" / "}" )
-_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
-_CALLID_RE = re.compile(rf"{_WORD}(?:@{_WORD})?")
-# CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
-_CSEQ_RE = re.compile(r"([0-9]+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
-
 _MISSING: Any = object()
-_CSEQ_MAX = 2**32 - 1  # §8.1.1.5: "MUST be expressible as a 32-bit unsigned integer"
 
 
 class Message:
@@ -294,9 +295,7 @@ class Message:
         """Every Via, top first (§20.42); comma-joined values split."""
         v = self._cache.get("vias")
         if v is None:
-            v = self._cache["vias"] = [
-                parse_via(e) for raw in self._values("Via") for e in split_commas(raw)
-            ]
+            v = self._cache["vias"] = parse_vias(self._values("Via"))
         self._live.add("vias")
         return v
 
@@ -336,9 +335,7 @@ class Message:
             raw = self._single("Call-ID")
             if raw is None:
                 raise SipError(400, "Missing Call-ID header")
-            if not _CALLID_RE.fullmatch(raw):
-                raise SipError(400, "Bad Call-ID header")
-            c = self._cache["call_id"] = raw
+            c = self._cache["call_id"] = parse_call_id(raw)
         return c
 
     def _cseq(self) -> tuple[int, str]:
@@ -347,7 +344,7 @@ class Message:
             raw = self._single("CSeq")
             if raw is None:
                 raise SipError(400, "Missing CSeq header")
-            c = self._cache["cseq"] = _parse_cseq(raw)
+            c = self._cache["cseq"] = parse_cseq(raw)
         return c
 
     @property
@@ -366,12 +363,7 @@ class Message:
         m = self._cache.get("max_forwards", _MISSING)
         if m is _MISSING:
             raw = self._single("Max-Forwards")
-            m = None
-            if raw is not None:
-                m = parse_uint(raw, 255)
-                if m is None:
-                    raise SipError(400, "Bad Max-Forwards header")
-            self._cache["max_forwards"] = m
+            m = self._cache["max_forwards"] = None if raw is None else parse_max_forwards(raw)
         return m
 
     @property
@@ -389,7 +381,7 @@ class Message:
         """Every Contact (§20.10); empty for ``Contact: *``."""
         c = self._cache.get("contacts")
         if c is None:
-            c = self._cache["contacts"] = _parse_contacts(self._values("Contact"))
+            c = self._cache["contacts"] = parse_contacts(self._values("Contact"))
         self._live.add("contacts")
         return c
 
@@ -519,26 +511,6 @@ class Response(Message):
         return f"<Response {self.status} {self.reason}>"
 
 
-def _parse_cseq(raw: str) -> tuple[int, str]:
-    m = _CSEQ_RE.fullmatch(raw)
-    if m is None:
-        raise SipError(400, "Bad CSeq header")
-    digits, method = m.groups()
-    number = int(digits) if len(digits) < 10 else parse_uint(digits, _CSEQ_MAX)
-    if number is None:
-        raise SipError(400, "Bad CSeq header")
-    return number, method
-
-
-def _parse_contacts(raws: list[str]) -> list[Address]:
-    elements = [e for v in raws for e in split_commas(v)]
-    if elements == ["*"]:
-        return []
-    if "*" in elements:
-        raise SipError(400, "Bad Contact header")
-    return [parse_address(e, "Contact") for e in elements]
-
-
 def make_response(
     request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None
 ) -> Response:
@@ -652,77 +624,28 @@ def _validate(
     cache: dict[str, Any],
 ) -> None:
     """Eager checks common to requests and responses (§8.1.1, §8.2.6, §18.3)."""
-    last = dict(headers)  # each name's last value
-    if len(last) == len(headers):  # no name repeats: the common case
-        first = last
-        via = last.get("Via")
-        vias = [] if via is None else [via]
-        contact = last.get("Contact")
-        contacts = [] if contact is None else [contact]
-    else:
-        first = {}
-        vias = []
-        contacts = []
-        for n, v in headers:
-            if n == "Via":
-                vias.append(v)
-            elif n == "Contact":
-                contacts.append(v)
-            elif n in _SINGLE:
-                if n in first and (n != "Content-Length" or first[n] != v):
-                    raise SipError(400, f"Multiple {n} headers")
-                first[n] = v
-
-    # Framing (§18.3, §20.14).
-    length = first.get("Content-Length")
-    available = len(data) - body_start
-    if length is None:
-        if stream:
-            raise SipError(400, "Missing Content-Length header")
-        msg.body = data[body_start:]
-    else:
-        n = parse_uint(length, MAX_MESSAGE_SIZE)
-        if n is None or n > available or (stream and n != available):
-            raise SipError(400, "Bad Content-Length header")
-        msg.body = data[body_start : body_start + n]
-
+    first, vias, contacts = index_headers(headers)
+    msg.body = cut_body(data, body_start, first.get("Content-Length"), stream)
     if not vias:
         raise SipError(400, "Missing Via header")
-    if len(vias) == 1 and "," not in vias[0]:
-        cache["vias"] = [parse_via(vias[0])]
-    else:
-        cache["vias"] = [parse_via(e) for raw in vias for e in split_commas(raw)]
-    raw = first.get("From")
-    if raw is None:
-        raise SipError(400, "Missing From header")
-    cache["from_"] = parse_address(raw, "From")
-    raw = first.get("To")
-    if raw is None:
-        raise SipError(400, "Missing To header")
-    cache["to"] = parse_address(raw, "To")
+    cache["vias"] = parse_vias(vias)
+    for key, name in (("from_", "From"), ("to", "To")):
+        raw = first.get(name)
+        if raw is None:
+            raise SipError(400, f"Missing {name} header")
+        cache[key] = parse_address(raw, name)
     raw = first.get("Call-ID")
     if raw is None:
         raise SipError(400, "Missing Call-ID header")
-    if not _CALLID_RE.fullmatch(raw):
-        raise SipError(400, "Bad Call-ID header")
-    cache["call_id"] = raw
+    cache["call_id"] = parse_call_id(raw)
     raw = first.get("CSeq")
     if raw is None:
         raise SipError(400, "Missing CSeq header")
-    cache["cseq"] = _parse_cseq(raw)
+    cache["cseq"] = parse_cseq(raw)
     raw = first.get("Max-Forwards")
-    if raw is None:
-        cache["max_forwards"] = None
-    else:
-        mf = parse_uint(raw, 255)
-        if mf is None:
-            raise SipError(400, "Bad Max-Forwards header")
-        cache["max_forwards"] = mf
+    cache["max_forwards"] = None if raw is None else parse_max_forwards(raw)
     if contacts:
-        if len(contacts) == 1 and "," not in contacts[0] and contacts[0] != "*":
-            cache["contacts"] = [parse_address(contacts[0], "Contact")]
-        else:
-            cache["contacts"] = _parse_contacts(contacts)
+        cache["contacts"] = parse_contacts(contacts)
 
 
 def _validate_request(msg: Request, uri_text: str, cache: dict[str, Any]) -> None:
