@@ -580,12 +580,13 @@ def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
             raise SipError(400, "Bad Request-Line")
         method, uri_text, version = parts
         if version != "SIP/2.0" and version.upper() != "SIP/2.0":
-            if _VERSION_RE.fullmatch(version):
-                raise SipError(505, "Version Not Supported")
-            raise SipError(400, "Bad Request-Line")
-        msg = Request.__new__(Request)
-        msg.method = method
-        msg.uri = AbsoluteUri("", uri_text)  # replaced once validated
+            if _VERSION_RE.fullmatch(version) is None:
+                raise SipError(400, "Bad Request-Line")
+            # §21.5.6: answer 505, so hand over the headers a response needs.
+            error = SipError(505, "Version Not Supported")
+            error.request = _bare_request(method, uri_text, read_headers(lines))
+            raise error
+        msg = _bare_request(method, uri_text, [])
     else:
         # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
         # Status-Code = 3DIGIT (extension-code); 100..699 (§21)
@@ -597,13 +598,13 @@ def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
         msg = Response.__new__(Response)
         msg.status = int(code)
         msg.reason = reason
-    msg.version = "SIP/2.0"
+        msg.version = "SIP/2.0"
+        msg.body = b""
+        msg._live = set()
     headers = read_headers(lines)
     msg.headers = headers
-    msg.body = b""
     cache: dict[str, Any] = {}
     msg._cache = cache
-    msg._live = set()
     try:
         _validate(msg, data, body_start, stream, headers, cache)
         if is_request:
@@ -612,6 +613,19 @@ def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
         if is_request:
             e.request = msg
         raise
+    return msg
+
+
+def _bare_request(method: str, uri_text: str, headers: list[list[str]]) -> Request:
+    """A Request as parse() builds it, before validation (R-URI still opaque)."""
+    msg = Request.__new__(Request)
+    msg.method = method
+    msg.uri = AbsoluteUri("", uri_text)  # replaced once validated
+    msg.version = "SIP/2.0"
+    msg.headers = headers
+    msg.body = b""
+    msg._cache = {}
+    msg._live = set()
     return msg
 
 

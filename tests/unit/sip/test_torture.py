@@ -454,6 +454,11 @@ def test_mismatch02_unknown_method_is_501_and_badvers_505() -> None:
     with pytest.raises(SipError) as exc:
         parse(load("badvers.dat"))
     assert exc.value.status == 505
+    # The headers a 505 needs come with it.
+    req = exc.value.request
+    assert isinstance(req, Request) and req.method == "OPTIONS"
+    assert req.call_id == "badvers.31417@c.example.com" and req.cseq == 1
+    assert make_response(req, 505).get("Call-ID") == "badvers.31417@c.example.com"
 
 
 def test_malformed_responses_are_dropped_not_answered() -> None:
