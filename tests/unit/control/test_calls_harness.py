@@ -36,6 +36,7 @@ from bearer.protocol import (
 )
 from softswitch.calls import CallManager
 from softswitch.cdr import Cdr
+from softswitch.location import LocalAddress, Location
 from softswitch.settings import load_control_config
 from softswitch.sip.dialog import Dialog
 from softswitch.sip.digest import DigestServer, authorize, ha1
@@ -54,17 +55,6 @@ from softswitch.sip.transaction import (
     new_branch,
 )
 from softswitch.userdb import Binding, User, UserDirectory
-
-try:  # the sibling's LocalAddress, once committed
-    from softswitch.location import LocalAddress
-except ImportError:  # pragma: no cover - until softswitch/location.py lands
-
-    @dataclass(frozen=True, slots=True)
-    class LocalAddress:  # type: ignore[no-redef]
-        host: str
-        port: int
-        transports: tuple[str, ...]
-
 
 DOMAIN = "example.com"
 SWITCH = LocalAddress(host="192.0.2.1", port=5060, transports=("udp", "tcp"))
@@ -181,14 +171,6 @@ class FakeBearerPool:
 
     def rid_of(self, kind: type) -> int:
         return next(rid for _, m, rid in reversed(self.sent) if isinstance(m, kind))
-
-
-class FakeLocation:
-    def __init__(self) -> None:
-        self.bindings: dict[tuple[str, str], list[Binding]] = {}
-
-    def lookup(self, username: str, domain: str, now: float) -> list[Binding]:
-        return [b for b in self.bindings.get((username, domain), []) if b.expires_at > now]
 
 
 # --------------------------------------------------------------------------- phones
@@ -417,7 +399,7 @@ class Switch:
                 max_calls=(max_calls or {}).get(name, 0),
             )
         self.directory.load(users)
-        self.location = FakeLocation()
+        self.location = Location()
         self.pool = FakeBearerPool()
         self.pool.trace = self.trace
         self.auth = DigestServer(b"k" * 32, DOMAIN)
@@ -441,10 +423,9 @@ class Switch:
         return p
 
     def register(self, phone: Phone, user: str | None = None, expires: float = 3600) -> None:
-        key = (user or phone.name, DOMAIN)
-        self.location.bindings.setdefault(key, []).append(
+        self.location.save(
             Binding(
-                username=key[0],
+                username=user or phone.name,
                 domain=DOMAIN,
                 contact=phone.contact.strip("<>"),
                 expires_at=self.now + expires,
