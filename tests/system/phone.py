@@ -151,16 +151,29 @@ class Phone:
 
     def close(self, timeout: float = 5.0) -> int | None:
         """Hang up, unregister, destroy the library, wait for the exit code."""
+        self.begin_close()
+        return self.end_close(timeout)
+
+    def begin_close(self) -> None:
+        """Ask the phone to quit without waiting (close many phones at once)."""
+        if self.alive:
+            assert self.proc is not None and self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(b'{"id": -1, "op": "quit"}\n')
+                self.proc.stdin.flush()
+            except OSError:
+                pass
+
+    def end_close(self, timeout: float = 5.0) -> int | None:
+        """Wait for a phone told to quit; kill it if it takes longer than ``timeout``."""
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            try:
-                self._request("quit", {}, timeout)
-                proc.wait(timeout)
-            except (PhoneError, OSError, subprocess.TimeoutExpired):
-                proc.kill()
-                proc.wait(5)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
         self._finish()
         return proc.returncode
 
@@ -377,10 +390,17 @@ def phones(*specs: dict[str, Any], **common: Any) -> Iterator[list[Phone]]:
             for p in started:
                 p.wait_ready()
             yield started
+            codes = close_all(started)
             for p in started:
-                code = p.close()
-                if code not in (0, None):
-                    raise PhoneError(f"phone {p.name} exited {code}\n{p.log_tail()}")
+                if codes[p.name] not in (0, None):
+                    raise PhoneError(f"phone {p.name} exited {codes[p.name]}\n{p.log_tail()}")
         finally:
             for p in started:
                 p.kill()
+
+
+def close_all(phones: Sequence[Phone], timeout: float = 5.0) -> dict[str, int | None]:
+    """Close phones in parallel; returns each one's exit code by name."""
+    for p in phones:
+        p.begin_close()
+    return {p.name: p.end_close(timeout) for p in phones}

@@ -259,10 +259,12 @@ class PhoneAccount(pj.Account):
         self.reg_code = 0
         self.reg_reason = ""
         self.reg_events = 0
+        self.registered = False
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
         self.reg_code = int(prm.code)
         self.reg_reason = prm.reason
+        self.registered = 200 <= prm.code < 300 and prm.expiration > 0
         self.reg_events += 1
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
@@ -282,6 +284,7 @@ class Worker:
         self.incoming_queue: list[int] = []
         self.pending_answers: list[tuple[float, int, int]] = []  # (when, key, code)
         self._key = 0
+        self._stats_due = 0.0
         signal_, self.marker_starts = marked_tone(cfg["tone_hz"], amplitude=cfg["amplitude"])
         if not cfg["markers"]:
             from tests.audio import tone
@@ -399,14 +402,15 @@ class Worker:
             while time.monotonic() < deadline and any(
                 c.state not in ("DISCONNECTED", "NULL") for c in self.calls.values()
             ):
-                self.ep.libHandleEvents(10)
-            for acc in self.accounts:
-                if acc.isValid() and acc is self.reg_account:
-                    try:
-                        acc.setRegistration(False)
-                    except pj.Error:
-                        pass
-            self.pump(0.1)
+                self.tick()
+            acc = self.reg_account
+            if acc is not None and acc.isValid() and acc.registered:
+                try:
+                    before = acc.reg_events
+                    acc.setRegistration(False)
+                    self.wait(lambda: acc.reg_events > before, 1.0, "un-REGISTER")
+                except (pj.Error, PhoneFailure):
+                    pass
             # Python-side ports and calls must go before the library.
             self.calls.clear()
             self.accounts.clear()
@@ -415,23 +419,35 @@ class Worker:
 
             gc.collect()
         finally:
-            self.ep.libDestroy()
+            # The network goodbyes are done above, with bounded waits; letting
+            # libDestroy do them costs a fixed second per phone.
+            self.ep.libDestroy(pj.PJSUA_DESTROY_NO_NETWORK)
 
     # helpers -----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One turn of the phone: SIP/RTP events, due answers, fresh stats."""
+        self.ep.libHandleEvents(5)
+        self.answer_due()
+        now = time.monotonic()
+        if now >= self._stats_due:
+            # pjsua forgets a stream as the call ends, so keep its last counters.
+            self._stats_due = now + 0.2
+            for c in self.calls.values():
+                if c.state in ("EARLY", "CONNECTING", "CONFIRMED"):
+                    c.stats()
 
     def pump(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            self.ep.libHandleEvents(5)
-            self.answer_due()
+            self.tick()
 
     def wait(self, cond, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
             if time.monotonic() >= deadline:
                 raise PhoneFailure(f"timed out after {timeout:g} s waiting for {what}")
-            self.ep.libHandleEvents(5)
-            self.answer_due()
+            self.tick()
 
     def call_for(self, key: int | None) -> PhoneCall:
         if key is None:
@@ -639,8 +655,7 @@ def main() -> int:
     buf = b""
     running = True
     while running:
-        w.ep.libHandleEvents(5)
-        w.answer_due()
+        w.tick()
         r, _, _ = select.select([stdin], [], [], 0)
         if not r:
             continue

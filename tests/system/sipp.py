@@ -264,7 +264,17 @@ class Sipp:
         self._out.close()
         return self.result(code, timed_out)
 
+    def stop(self) -> SippResult:
+        """End a SIPp that serves for ever (e.g. uas_registrar.xml) and collect it."""
+        assert self.proc is not None, "start() first"
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait(5)
+        self._out.close()
+        return self.result(code)
+
     def kill(self) -> None:
+        """Soft stop (SIGUSR1), then SIGKILL if SIPp has not gone within 2 s."""
         if self.proc is not None and self.proc.poll() is None:
             # SIGUSR1 is SIPp's soft stop; give it a moment before SIGKILL.
             try:
