@@ -58,7 +58,7 @@ SINGLE_HEADERS = frozenset(words("From To Call-ID CSeq Max-Forwards Content-Leng
 _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
 
 
-def read_head(data: bytes) -> tuple[list[str], int]:
+def read_head(data: bytes, stream: bool = False) -> tuple[list[str], int]:
     """Split off the header section: its unfolded lines and where the body starts.
 
     generic-message = start-line *message-header CRLF [ message-body ]
@@ -67,13 +67,20 @@ def read_head(data: bytes) -> tuple[list[str], int]:
     bare CR or LF inside the header section is refused, because it would
     survive into a header value and break (or inject into) what we send.
     Exception, for robustness: a header section written entirely with bare
-    LF, as in the RFC 5118 archive, is accepted.  The text is decoded as
-    UTF-8 with surrogate escapes, so any octets survive a round trip.
+    LF, as in the RFC 5118 archive, is accepted; so is a datagram (not a
+    stream message) whose header section runs to its end without the empty
+    line, as in RFC 4475's baddn archive copy, so that it can still be
+    answered.  The text is decoded as UTF-8 with surrogate escapes, so any
+    octets survive a round trip.
     """
     start = 0
     if data.startswith((b"\r", b"\n")):
         start = len(data) - len(data.lstrip(b"\r\n"))
     end = data.find(b"\r\n\r\n", start)
+    body_start = end + 4
+    if end < 0 and not stream and start < len(data) and data.endswith(b"\r\n"):
+        end = len(data) - 2  # no empty line: the headers end with the datagram
+        body_start = len(data)
     lf_end = data.find(b"\n\n", start, len(data) if end < 0 else end)
     if lf_end >= 0:
         head = data[start:lf_end]
@@ -87,7 +94,6 @@ def read_head(data: bytes) -> tuple[list[str], int]:
         if head.count(b"\r") != n:
             raise SipError(400, "Bad line terminator")
         text = head.decode("utf-8", "surrogateescape")
-        body_start = end + 4
         if "\r\n " not in text and "\r\n\t" not in text:  # no folding: the common case
             lines = text.split("\r\n")
             if len(lines) != n + 1:  # a bare CR and a bare LF made up the count

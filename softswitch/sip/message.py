@@ -569,7 +569,7 @@ def parse(data: bytes, *, stream: bool = False) -> Request | Response:
 
 
 def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
-    lines, body_start = read_head(data)
+    lines, body_start = read_head(data, stream)
     msg: Request | Response
     first = lines[0]
     uri_text = ""

@@ -440,11 +440,17 @@ def test_refusal_reasons_name_the_fault(name: str, reason: str) -> None:
     assert exc.value.status == 400 and exc.value.reason == reason
 
 
-def test_baddn_archive_copy_and_variant_both_400() -> None:
+def test_baddn_archive_copy_and_variant_both_400_with_the_request() -> None:
+    """The archive copy never ends its header section; as a datagram it is
+    still read to its end, so the 400 names the real fault and can be sent."""
     for name in ("baddn.dat", "variants/baddn-with-terminating-crlf.dat"):
         with pytest.raises(SipError) as exc:
             parse(load(name))
-        assert exc.value.status == 400
+        assert str(exc.value) == "400 Bad From header"
+        assert exc.value.request.call_id == "baddn.31415@c.example.com"
+    with pytest.raises(SipError) as exc:
+        parse(load("baddn.dat"), stream=True)
+    assert exc.value.reason == "Missing end of header section"
 
 
 def test_mismatch02_unknown_method_is_501_and_badvers_505() -> None:
