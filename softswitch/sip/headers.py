@@ -312,7 +312,7 @@ class Address:
         v = self.params.get("expires")
         if v is None:
             return None
-        return _delta_seconds(v, "Contact")
+        return delta_seconds(v, "Contact")
 
     def __str__(self) -> str:
         s = f"<{self.uri}>"
@@ -348,7 +348,7 @@ _FAST_NAME_ADDR_RE = re.compile(
 _DISPLAY_TOKENS_RE = re.compile(rf"[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*")
 
 
-def _delta_seconds(text: str, what: str) -> int:
+def delta_seconds(text: str, what: str) -> int:
     """delta-seconds = 1*DIGIT, clamped to 2**32-1 (RFC 4475 §3.1.2.4)."""
     if not text.isascii() or not text.isdigit():
         raise SipError(400, f"Bad {what} header")

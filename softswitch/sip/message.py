@@ -13,7 +13,9 @@ Failures are ``SipError``: 400 for malformed input, 505 for another SIP
 version, 416 for a Request-URI scheme other than sip/sips/tel, 501 for an
 unknown method whose CSeq disagrees (RFC 4475 §3.1.2.18), 513 for a message
 above ``MAX_MESSAGE_SIZE``.  Any error in a *response* has ``drop=True``:
-responses are never answered (RFC 4475 §3.1.2.5, §3.1.2.19).
+responses are never answered (RFC 4475 §3.1.2.5, §3.1.2.19).  When a
+request's headers could be read, the error carries it in ``request`` so the
+caller can send the response with ``make_response``.
 
 Editing.  Change headers with ``set``/``add``/``prepend``/``remove``: they
 keep names canonical and drop the cached values of the header they touch.
@@ -47,8 +49,8 @@ from .grammar import TOKEN, split_commas, words
 from .headers import (
     Address,
     Via,
-    _delta_seconds,
     canonical_name,
+    delta_seconds,
     parse_address,
     parse_call_id,
     parse_contacts,
@@ -57,7 +59,7 @@ from .headers import (
     parse_via,
     parse_vias,
 )
-from .uri import _SCHEME_RE, AbsoluteUri, SipUri, Uri, parse_uri
+from .uri import SCHEME_RE, AbsoluteUri, SipUri, Uri, parse_uri
 
 __all__ = [
     "KEEPALIVE",
@@ -410,7 +412,7 @@ class Message:
         e = self._cache.get("expires", _MISSING)
         if e is _MISSING:
             raw = self._single("Expires")
-            e = self._cache["expires"] = None if raw is None else _delta_seconds(raw, "Expires")
+            e = self._cache["expires"] = None if raw is None else delta_seconds(raw, "Expires")
         return e
 
     @property
@@ -669,7 +671,7 @@ def _validate_request(msg: Request, uri_text: str, cache: dict[str, Any]) -> Non
     except SipError:
         scheme, sep, _ = uri_text.partition(":")
         low = scheme.lower()
-        if sep and _SCHEME_RE.fullmatch(scheme) and low not in ("sip", "sips", "tel"):
+        if sep and SCHEME_RE.fullmatch(scheme) and low not in ("sip", "sips", "tel"):
             msg.uri = AbsoluteUri(low, uri_text)
             raise SipError(416, "Unsupported URI Scheme") from None
         raise

@@ -74,7 +74,7 @@ FAST_SIP_URI = (
 )
 _FAST_SIP_URI_RE = re.compile(FAST_SIP_URI)
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 # absoluteURI = scheme ":" ( hier-part / opaque-part ), uric = reserved /
 # unreserved / escaped (RFC 2396).  Liberal: "[", "]" and "#" tolerated.
 _ABSOLUTE_REST_RE = re.compile(rf"[{UNRESERVED}%;/?:@&=+$,\[\]#]+")
@@ -252,7 +252,7 @@ def parse_uri(text: str, what: str = "URI") -> Uri:
             if uri is not None:
                 return uri
     scheme, sep, rest = text.partition(":")
-    if not sep or not _SCHEME_RE.fullmatch(scheme):
+    if not sep or not SCHEME_RE.fullmatch(scheme):
         raise _bad(what)
     low = scheme.lower()
     if low == "sip" or low == "sips":
