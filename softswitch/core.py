@@ -623,7 +623,7 @@ class Switch:
             "registered_aors": self.location.aor_count,
             "calls": calls,
             "bearers_up": f"{self.bearers.up_count}/{len(self.bearers)}",
-            "database": "unknown" if db is None else ("ok" if db.ok else f"down: {db.error}"),
+            "database": _db_text(db, self.loaded),
             "db_queued": 0 if db is None else db.queued,
             "db_dropped": 0 if db is None else db.dropped,
             "transactions": len(self.layer),
@@ -660,6 +660,12 @@ def _salvage(data: bytes) -> Request | None:
     request._cache = {}  # a bare Request, as parse() builds them
     request._live = set()
     return request
+
+
+def _db_text(db: DbStatus | None, loaded: bool) -> str:
+    if db is None:
+        return "ok" if loaded else "loading"
+    return "ok" if db.ok else f"down: {db.error}"
 
 
 def _slug(reason: str) -> str:
