@@ -230,7 +230,7 @@ def test_stray_response_is_counted() -> None:
 EXPECTED = {
     "badinv01": 400, "clerr": 400, "ncl": 400, "scalar02": 400, "quotbal": 400,
     "ltgtruri": 400, "lwsruri": 400, "escruri": 400, "regbadct": 400, "badaspec": 400,
-    "baddn": None, "badvers": 505, "mismatch01": 400, "mismatch02": 501, "insuf": 400,
+    "baddn": 400, "badvers": 505, "mismatch01": 400, "mismatch02": 501, "insuf": 400,
     "unkscm": 416, "novelsc": 416, "unksm2": 400, "bext01": 420, "regaut01": 401,
     "multi01": 400, "mcl01": 400, "intmeth": 501, "esc02": 501, "escnull": 401,
     "cparam01": 401, "cparam02": 401, "regescrt": 401, "zeromf": 200, "dblreq": 401,
@@ -239,8 +239,8 @@ EXPECTED = {
 
 
 def test_baddn_with_its_end_of_headers_gets_400() -> None:
-    # The archive copy of baddn stops before the blank line (unanswerable:
-    # dropped, as the parametrised case shows); with it, the From is the fault.
+    # The archive copy of baddn stops before the blank line; with it too,
+    # the unquoted comma in the display name is the fault.
     switch = make_switch()
     data = (TORTURE / "variants" / "baddn-with-terminating-crlf.dat").read_bytes()
     switch.receive_sip(data, PEER, NOW)
