@@ -135,13 +135,16 @@ def parse_uint(text: str, maximum: int) -> int | None:
     ``str.isdigit`` accepts, and strings long enough to hit Python's
     int-conversion digit limit.  Leading zeros are legal ("0068").
     """
-    if not text or not text.isascii() or not text.isdigit():
-        return None
-    digits = text.lstrip("0")
-    if len(digits) > len(str(maximum)):
-        return None
-    value = int(digits) if digits else 0
-    return value if value <= maximum else None
+    if text.isdigit() and text.isascii():  # "".isdigit() is False
+        if len(text) > 18:
+            text = text.lstrip("0")
+            if len(text) > 18:
+                return None
+            if not text:
+                return 0
+        value = int(text)
+        return value if value <= maximum else None
+    return None
 
 
 def unescape(text: str) -> str:

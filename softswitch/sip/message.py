@@ -645,11 +645,14 @@ def _validate(
     if not vias:
         raise SipError(400, "Missing Via header")
     cache["vias"] = parse_vias(vias)
-    for key, name in (("from_", "From"), ("to", "To")):
-        raw = first.get(name)
-        if raw is None:
-            raise SipError(400, f"Missing {name} header")
-        cache[key] = parse_address(raw, name)
+    raw = first.get("From")
+    if raw is None:
+        raise SipError(400, "Missing From header")
+    cache["from_"] = parse_address(raw, "From")
+    raw = first.get("To")
+    if raw is None:
+        raise SipError(400, "Missing To header")
+    cache["to"] = parse_address(raw, "To")
     raw = first.get("Call-ID")
     if raw is None:
         raise SipError(400, "Missing Call-ID header")
