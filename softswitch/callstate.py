@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from softswitch.userdb import Binding, User
 
 __all__ = [
+    "ALLOW",
     "CALLEE",
     "CALLER",
     "CALL_TRANSITIONS",
@@ -68,12 +69,17 @@ __all__ = [
     "ForkState",
     "Leg",
     "Refusal",
+    "Timer",
     "TransitionError",
     "best_response",
     "disposition_for",
+    "resend_timer",
 ]
 
 CALLER, CALLEE = 0, 1  # leg numbers, the bearer's too
+
+#: The methods the B2BUA takes (§20.5), in 405s, OPTIONS answers and our INVITEs.
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE"
 
 
 class CallState(Enum):
@@ -175,6 +181,19 @@ FORK_TRANSITIONS: dict[tuple[ForkState, ForkInput], ForkState] = {
     (_F.DROPPED, _FI.FAILURE): _F.DROPPED,
     (_F.DROPPED, _FI.CANCEL): _F.DROPPED,
 }
+
+
+class Timer(Enum):
+    """The call timers (one heap in CallManager)."""
+
+    NO_ANSWER = auto()  # calls.no_answer_timeout after the INVITEs went out
+    RESEND_CALLER = auto()  # our 2xx to leg 0 again, until its ACK (§13.3.1.4)
+    RESEND_CALLEE = auto()  # our 2xx to leg 1 (a re-INVITE it sent)
+    FORGET = auto()  # stop waiting for the last forks' final responses (§9.1: 64*T1)
+
+
+def resend_timer(leg: int) -> Timer:
+    return Timer.RESEND_CALLER if leg == CALLER else Timer.RESEND_CALLEE
 
 
 class Refusal(Enum):

@@ -460,3 +460,45 @@ def test_shutdown_hangs_up_every_call_with_cdrs(sw: Switch) -> None:
     assert sorted(c.disposition for c in sw.cdrs) == [Disposition.ANSWERED, Disposition.FAILED]
     sw.authenticated_invite(carol, "dave", call_id="call-3@carol")
     assert carol.has(503)
+
+
+def test_cancel_while_allocating_deletes_the_session_once_allocated(sw: Switch) -> None:
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    sw.register(bob)
+    sw.pool.silent.add(Allocate)
+    invite_a = sw.authenticated_invite(alice, "bob")
+    alice.send(alice.cancel(invite_a))
+    alice.take(487)
+    assert sw.pool.of(Delete) == [] and sw.cdrs == []  # the session may exist: wait for it
+    sw.release()
+    assert len(sw.pool.of(Delete)) == 1
+    assert not bob.has("INVITE")
+    assert sw.cdrs[0].disposition is Disposition.CANCELLED
+
+
+def test_in_dialog_options_and_update_without_sdp_are_answered_here(sw: Switch) -> None:
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    sw.register(bob)
+    call = sw.establish(alice, bob)
+    bob.take("ACK")
+    alice.send(call.dialog_a.create_request("OPTIONS", via=alice.via()))
+    assert "INVITE" in alice.take(200).get("Allow")
+    alice.send(call.dialog_a.create_request("UPDATE", via=alice.via()))
+    assert alice.take(200).cseq_method == "UPDATE"
+    offer = call.dialog_a.create_request(
+        "UPDATE", via=alice.via(), body=alice.offer(), content_type="application/sdp"
+    )
+    alice.send(offer)
+    alice.take(488)  # RFC 3311 §5.2: the session stays as it was
+    assert not bob.inbox
+
+
+def test_out_of_dialog_message_is_not_allowed(sw: Switch) -> None:
+    alice = sw.phone("alice", "198.51.100.10")
+    invite = alice.invite("bob")
+    message = type(invite)("MESSAGE", invite.uri, headers=[list(h) for h in invite.headers])
+    message.set("CSeq", "1 MESSAGE")
+    alice.send(message)
+    assert "INVITE" in alice.take(405).get("Allow")

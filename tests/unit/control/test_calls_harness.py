@@ -118,7 +118,8 @@ class FakeBearerPool:
     """Answers requests like a bearer, through ``outbox`` (the harness delivers it).
 
     ``errors[Type] = ErrorCode`` refuses that request type; ``silent`` holds
-    types that get no answer at all (the test then sends RequestTimeout).
+    types whose answers are kept in ``held`` until ``Switch.release`` (or never:
+    the test then sends RequestTimeout).
     """
 
     def __init__(self) -> None:
@@ -127,6 +128,7 @@ class FakeBearerPool:
         self.outbox: list[object] = []
         self.errors: dict[type, ErrorCode] = {}
         self.silent: set[type] = set()
+        self.held: list[ReplyReceived] = []
         self.trace: list[tuple[str, str]] | None = None
         self._ids = itertools.count(1)
 
@@ -140,13 +142,14 @@ class FakeBearerPool:
         if self.trace is not None:
             self.trace.append(("bearer", type(message).__name__))
         kind = type(message)
-        if kind in self.silent:
-            return rid
         if kind in self.errors:
             reply: Message = ErrorReply(message.TYPE, self.errors[kind], "refused by test")
         else:
             reply = self._reply(bearer, message)
-        self.outbox.append(ReplyReceived(rid, bearer.peer, reply))
+        if kind in self.silent:
+            self.held.append(ReplyReceived(rid, bearer.peer, reply))
+        else:
+            self.outbox.append(ReplyReceived(rid, bearer.peer, reply))
         return rid
 
     def _reply(self, bearer: FakeBearer, m: Any) -> Message:
@@ -476,6 +479,12 @@ class Switch:
         rid = self.pool.rid_of(kind)
         bearer, message = next((b, m) for b, m, r in self.pool.sent if r == rid)
         self.bearer_event(RequestTimeout(rid, bearer.peer, message))
+
+    def release(self) -> None:
+        """Deliver the bearer replies ``silent`` held back."""
+        held, self.pool.held = self.pool.held, []
+        for event in held:
+            self.bearer_event(event)
 
     def bearer_down(self, bearer_index: int = 0) -> None:
         bearer = self.pool.bearers[bearer_index]
