@@ -149,10 +149,8 @@ class CallManager(CallSetup, MidCall):
         self.auth = auth
         self.on_cdr = on_cdr
         self.domain = (config.sip.domain or config.sip.listen[0]).lower()
-        self.codecs = tuple(config.calls.codecs)
-        self.no_answer_timeout = float(config.calls.no_answer_timeout)
-        self.prefix = config.calls.conference_prefix
-        self.recording_dir = config.recording.dir.rstrip("/")
+        # Read on every use: a SIGHUP reload changes [calls] in place (core.reconfigure).
+        self.config = config
         sent_by = f"{_bracket(local.host)}:{local.port}"
         self._via = {t: f"SIP/2.0/{t.upper()} {sent_by};rport;branch=" for t in ("udp", "tcp")}
         self._contact = {
@@ -390,7 +388,8 @@ class CallManager(CallSetup, MidCall):
         if call.flags & AllocFlags.RECORD:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
             name = _UNSAFE.sub("_", call.a_request.call_id)[:120]
-            call.recording = f"{self.recording_dir}/{name}-{stamp}.wav"
+            directory = self.config.recording.dir.rstrip("/")
+            call.recording = f"{directory}/{name}-{stamp}.wav"
             self._bearer(call, Record(call.session_id, True, call.recording), now)
         if call.room is not None:
             call.step(CallInput.ROOM_ALLOCATED)

@@ -60,6 +60,7 @@ class CallSetup:
     """INVITE processing, forking and the answer (a mixin of CallManager)."""
 
     layer: Any
+    config: Any
     _via: dict[str, str]
     _contact: dict[str, str]
 
@@ -88,7 +89,7 @@ class CallSetup:
         where = route(
             request.uri,
             self.domain,
-            prefix=self.prefix,
+            prefix=self.config.calls.conference_prefix,
             directory=self.directory,
             location=self.location,
             active_calls=self.active_calls,
@@ -99,7 +100,7 @@ class CallSetup:
         try:
             sd = media.parse_sdp(request.body, request.content_type)
             index = media.audio_index(sd)
-            codecs = media.usable_codecs(sd.media[index], self.codecs)
+            codecs = media.usable_codecs(sd.media[index], self.config.calls.codecs)
         except SdpError as err:
             refusal = Refusal.MALFORMED if err.status == 400 else Refusal.NOT_ACCEPTABLE
             return self._refuse(tx, request, refusal, now, caller, aor, reason=err.reason)
@@ -142,7 +143,7 @@ class CallSetup:
             specs: tuple[LegSpec, ...] = (a.spec,)
         else:
             call.bindings = where.bindings
-            offered = media.callee_codecs(codecs, self.codecs)
+            offered = media.callee_codecs(codecs, self.config.calls.codecs)
             call.legs[CALLEE].codecs = tuple(offered)
             te = media.telephone_event(offered)
             b_spec = LegSpec(
@@ -256,7 +257,7 @@ class CallSetup:
         call.bindings = ()
         if not call.forks:
             return self._hangup(call, now, refusal=Refusal.NOT_REGISTERED)
-        self._arm(call, Timer.NO_ANSWER, now + self.no_answer_timeout)
+        self._arm(call, Timer.NO_ANSWER, now + self.config.calls.no_answer_timeout)
         return None
 
     def _fork_one(
@@ -292,7 +293,8 @@ class CallSetup:
         ]
         if binding.path:  # RFC 3327: reach the device through the proxies it registered by
             headers += [["Route", p] for p in binding.path.split(",") if p.strip()]
-        invite = Request("INVITE", uri, headers=headers, body=body)
+        invite = Request("INVITE", uri, body=body)
+        invite.headers = headers  # canonical names already: skip add()'s checks
         tx = self.layer.send_request(invite, peer, now)
         fork = Fork(binding=binding, peer=peer, request=invite, tx=tx)
         call.forks.append(fork)

@@ -36,6 +36,7 @@ class MidCall:
     """CANCEL, BYE, in-dialog requests and re-INVITEs (a mixin of CallManager)."""
 
     layer: Any
+    config: Any
     _via: dict[str, str]
     _contact: dict[str, str]
 
@@ -129,7 +130,7 @@ class MidCall:
             return self._send_2xx(call, leg, tx, response, None, now)
         sd = media.parse_sdp(request.body, request.content_type)
         index = media.audio_index(sd)
-        codecs = media.usable_codecs(sd.media[index], self.codecs)
+        codecs = media.usable_codecs(sd.media[index], self.config.calls.codecs)
         call.step(CallInput.REINVITE)
         call.reinvite = Reinvite(source=leg, tx=tx, request=request, offer=sd, codecs=codecs)
         if call.room is not None:  # nobody to ask: the bearer is the other side

@@ -502,3 +502,15 @@ def test_out_of_dialog_message_is_not_allowed(sw: Switch) -> None:
     message.set("CSeq", "1 MESSAGE")
     alice.send(message)
     assert "INVITE" in alice.take(405).get("Allow")
+
+
+def test_calls_settings_are_read_live_after_a_reload(sw: Switch) -> None:
+    """core.reconfigure() changes [calls] in place on SIGHUP: no restart needed."""
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    sw.register(bob)
+    sw.config.calls.no_answer_timeout = 7
+    sw.authenticated_invite(alice, "bob")
+    bob.take("INVITE")
+    sw.advance(7)
+    alice.take(480)
