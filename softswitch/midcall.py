@@ -207,9 +207,9 @@ class MidCall:
         x.sent = media.answer_for(
             sd, answer, call.address, call.ports[ri.source], x.origin, direction
         )
-        md = sd.media[index]
+        md = sd.media[index]  # its rtpmap list is the whole offer, as at set-up
         self._update(
-            call, ri.source, media.leg_spec(md, answer, x.selected, media.direction_of(md)), now
+            call, ri.source, media.leg_spec(md, codecs, x.selected, media.direction_of(md)), now
         )
 
     def _reinvite_answer(self, call: Call, now: float) -> None:

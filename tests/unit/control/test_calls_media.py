@@ -258,3 +258,34 @@ def test_conference_join_and_leave(sw: Switch) -> None:
         Disposition.ANSWERED,
         5,
     )
+
+
+def test_bearer_restart_hangs_up_an_unanswered_call_with_503(sw: Switch) -> None:
+    from bearer.protoclient import PeerRestarted
+
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    sw.register(bob)
+    sw.authenticated_invite(alice, "bob")
+    invite_b = bob.take("INVITE")
+    bob.send(bob.answer(invite_b, 180))
+    sw.bearer_event(PeerRestarted(sw.pool.bearers[0].peer, 1, 2))
+    alice.take(503)
+    assert bob.take("CANCEL").via.branch == invite_b.via.branch
+    assert sw.cdrs[0].disposition is Disposition.FAILED
+
+
+def test_tcp_phones_get_tcp_via_and_contact_and_no_2xx_retransmission(sw: Switch) -> None:
+    alice = sw.phone("alice", "198.51.100.10", 40001, transport="tcp")
+    bob = sw.phone("bob", "198.51.100.20", 40002, transport="tcp")
+    sw.register(bob)
+    sw.authenticated_invite(alice, "bob")
+    invite_b = bob.take("INVITE")
+    assert invite_b.via.transport == "TCP"
+    assert invite_b.contacts[0].uri.params.get("transport") == "tcp"
+    bob.send(bob.answer(invite_b, 200, bob.offer()))
+    alice.take(200)
+    sw.advance(10)
+    assert not alice.has(200)  # §13.3.1.4: reliable transports are not retransmitted to
+    sw.advance(22)  # 64*T1 without an ACK: the call is over
+    assert alice.has("BYE") and bob.has("BYE")
