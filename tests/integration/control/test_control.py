@@ -1,0 +1,238 @@
+"""softswitch-control as a process: registration, reload, restart, bad input.
+
+Real daemons on 127.0.0.1 (control + two bearers), a SIP client built on the
+project's own stack, softswitchctl as the operator would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.integration.control.harness import (
+    CONTROL_EXE,
+    DOMAIN,
+    ControlProcess,
+    SipClient,
+    free_sip_port,
+    write_control_config,
+)
+
+
+def registrations(control: ControlProcess) -> list[dict]:
+    result = control.ctl("registrations", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_register_over_udp_wrong_then_right_password(switch: ControlProcess) -> None:
+    wrong = SipClient(switch.port, "alice", "nope")
+    r = wrong.register()
+    assert r.status == 401 and r.get_all("WWW-Authenticate")
+    phone = SipClient(switch.port, "alice", "secret")
+    r = phone.register(expires=600)
+    assert r.status == 200, r
+    (contact,) = r.contacts
+    assert contact.params["expires"] == "600"
+    (row,) = registrations(switch)
+    assert row["aor"] == f"alice@{DOMAIN}"
+    assert row["source"] == f"udp:127.0.0.1:{phone.local[1]}"  # RFC 3581 source
+    assert 590 <= row["expires"] <= 600
+    text = switch.ctl("registrations").stdout
+    assert "alice@127.0.0.1" in text and "AOR" in text
+    wrong.close()
+    phone.close()
+
+
+def test_register_over_tcp_and_keepalive_pong(switch: ControlProcess) -> None:
+    phone = SipClient(switch.port, "bob", "hunter2", transport="tcp")
+    r = phone.register()
+    assert r.status == 200, r
+    (row,) = registrations(switch)
+    assert row["source"] == f"tcp:127.0.0.1:{phone.local[1]}"
+    phone.sock.sendall(b"\r\n\r\n")  # RFC 5626 §3.5.1 ping
+    assert phone.sock.recv(16) == b"\r\n"
+    # The same connection keeps serving.
+    assert phone.request("OPTIONS").status == 200
+    phone.close()
+
+
+def test_options_answered_with_allow(switch: ControlProcess) -> None:
+    client = SipClient(switch.port)
+    r = client.request("OPTIONS")
+    assert r.status == 200
+    assert "REGISTER" in r.get("Allow") and r.get("Accept") == "application/sdp"
+    client.close()
+
+
+def test_unknown_method_and_malformed_request_are_answered(switch: ControlProcess) -> None:
+    client = SipClient(switch.port)
+    assert client.request("SUBSCRIBE").status == 501
+    bad = client.build("OPTIONS").replace(b"Max-Forwards: 70", b"Max-Forwards: lots")
+    client.send(bad)
+    r = client.final()
+    assert (r.status, r.reason) == (400, "Bad Max-Forwards header")
+    client.close()
+
+
+def test_bearers_are_up_and_status_answers(switch: ControlProcess) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # bounded: bearers answer the first heartbeat
+        rows = switch.admin("bearers")
+        if all(r["state"] == "up" for r in rows):
+            break
+        time.sleep(0.1)
+    assert [r["state"] for r in rows] == ["up", "up"]
+    assert all(r["capacity"] == 100 for r in rows)
+    status = switch.admin("status")
+    assert status["state"] == "serving" and status["users"] == 2
+    assert status["bearers_up"] == "2/2" and status["database"] == "ok"
+    assert "feature_aiortc" in status
+    assert switch.ctl("status").returncode == 0
+
+
+def test_user_added_with_softswitchctl_registers_within_two_seconds(
+    switch: ControlProcess,
+) -> None:
+    added = switch.ctl("user", "add", "carol", "--password", "pw123")
+    assert added.returncode == 0, added.stderr
+    start = time.monotonic()
+    phone = SipClient(switch.port, "carol", "pw123")
+    status = None
+    while time.monotonic() - start < 2.0:  # bounded
+        status = phone.register().status
+        if status == 200:
+            break
+        phone.digest = type(phone.digest)("carol", password="pw123")
+        time.sleep(0.1)
+    assert status == 200, switch.log()
+    phone.close()
+
+
+def test_sighup_applies_max_expires_and_keeps_registrations(switch: ControlProcess) -> None:
+    phone = SipClient(switch.port)
+    assert phone.register(expires=3600).contacts[0].params["expires"] == "3600"
+    conf = switch.etc / "softswitch.conf"
+    conf.write_text(conf.read_text().replace("[sip]\n", "[sip]\nmax_expires = 120\n", 1))
+    switch.send_signal(signal.SIGHUP)
+    switch.wait_log("configuration reloaded: changed sip.max_expires")
+    assert len(registrations(switch)) == 1  # nothing dropped
+    assert phone.register(expires=3600).contacts[0].params["expires"] == "120"
+    phone.close()
+
+
+def test_reload_refuses_a_broken_file_and_keeps_running(switch: ControlProcess) -> None:
+    conf = switch.etc / "softswitch.conf"
+    good = conf.read_text()
+    conf.write_text(good.replace("[sip]\n", "[sip]\nmax_expires = never\n", 1))
+    switch.send_signal(signal.SIGHUP)
+    switch.wait_log("reload refused, the running configuration stays")
+    client = SipClient(switch.port)
+    assert client.request("OPTIONS").status == 200
+    conf.write_text(good.replace("[sip]\n", "[sip]\nmax_expires = 90\n", 1))
+    r = switch.ctl("reload", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"applied": ["sip.max_expires"], "needs_restart": []}
+    client.close()
+
+
+def test_registrations_survive_a_restart(switch: ControlProcess) -> None:
+    phone = SipClient(switch.port)
+    assert phone.register(expires=900).status == 200
+    assert switch.stop(signal.SIGTERM) == 0
+    assert "stopped" in switch.log()
+    switch.start()
+    rows = registrations(switch)
+    assert [r["aor"] for r in rows] == [f"alice@{DOMAIN}"]
+    assert rows[0]["source"] == f"udp:127.0.0.1:{phone.local[1]}"
+    assert 880 <= rows[0]["expires"] <= 900
+    # The phone keeps working with a fresh challenge (new process, new nonce secret).
+    assert phone.register(expires=900).status == 200
+    phone.close()
+
+
+def test_ten_thousand_garbage_datagrams_do_not_kill_it(switch: ControlProcess) -> None:
+    rng = random.Random(4475)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target = ("127.0.0.1", switch.port)
+    templates = [b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n", b"SIP/2.0 200 OK\r\n\r\n"]
+    for i in range(10_000):
+        if i % 3 == 0:
+            data = rng.randbytes(rng.randrange(1, 1400))
+        else:
+            base = bytearray(rng.choice(templates))
+            for _ in range(rng.randrange(1, 8)):
+                base[rng.randrange(len(base))] = rng.randrange(256)
+            data = bytes(base)
+        sock.sendto(data, target)
+        if i % 500 == 0:
+            time.sleep(0.01)  # let the daemon keep up; this is not a flood test
+    sock.close()
+    client = SipClient(switch.port)
+    assert client.request("OPTIONS").status == 200
+    status = switch.admin("status")
+    assert status["rx_messages"] >= 9_000
+    dropped = sum(v for k, v in status.items() if k.startswith("drop_"))
+    assert dropped + status.get("malformed_answered", 0) >= 9_000
+    client.close()
+
+
+# ---------------------------------------------------------------------------- start-up failures
+
+
+def _run(etc: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("SOFTSWITCH_CONFIG_DIR", None)
+    return subprocess.run(
+        [str(CONTROL_EXE), "--config-dir", str(etc), *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def test_bad_config_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    etc = write_control_config(tmp_path, free_sip_port(), [], sip={"min_expires": "soon"})
+    r = _run(etc)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert f"{etc / 'softswitch.conf'}:" in lines[0] and "[sip] min_expires" in lines[0]
+
+
+def test_missing_key_for_udp_bearers_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    etc = write_control_config(
+        tmp_path,
+        free_sip_port(),
+        [],
+        bearers={"endpoints": "udp:127.0.0.1:7700", "local": "udp:127.0.0.1:7799"},
+    )
+    r = _run(etc)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "control key" in r.stderr
+
+
+def test_bad_arguments_print_usage_and_exit_2(tmp_path: Path) -> None:
+    r = _run(tmp_path, "--bogus")
+    assert r.returncode == 2 and "usage: softswitch-control" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_sip_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    etc = write_control_config(tmp_path, busy.getsockname()[1], [])
+    from tests.integration.control.harness import add_users
+
+    add_users(tmp_path, {})
+    r = _run(etc)
+    busy.close()
+    assert r.returncode == 1, r.stderr
+    assert "softswitch-control: SIP 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
