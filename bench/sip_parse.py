@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from softswitch.sip.message import make_response, parse
+from softswitch.sip.message import Message, make_response, parse
 
 BUDGET_INVITES_PER_S = 20_000
 RESULTS = Path(__file__).resolve().parent / "results" / "sip_parse.json"
@@ -80,10 +80,14 @@ OK_200 = (
 ) + SDP
 
 
-def _touch(data: bytes) -> None:
-    """Parse and read what the B2BUA reads on every message."""
-    m = parse(data)
+def _read(m: Message) -> None:
+    """Read what the B2BUA reads on every message."""
     _ = (m.via.branch, m.from_.tag, m.to.tag, m.call_id, m.cseq, m.cseq_method)
+
+
+def _touch(data: bytes) -> None:
+    """Parse, then read what the B2BUA reads."""
+    _read(parse(data))
 
 
 def _rate(fn: Callable[[], object], rounds: int, seconds: float) -> tuple[float, float]:
@@ -109,16 +113,24 @@ def _rate(fn: Callable[[], object], rounds: int, seconds: float) -> tuple[float,
 
 
 def measure(rounds: int = 3, seconds: float = 1.0) -> dict[str, dict[str, float]]:
-    """Every figure, in messages per second (CPU and wall) and µs per message (CPU)."""
+    """Every figure, in operations per second (CPU and wall) and µs per operation (CPU).
+
+    ``*_touch_only`` reads the B2BUA's headers from an already parsed
+    message: parse() validates and caches them eagerly, so this is the full
+    cost of reading them, first time or not.
+    """
     invite = parse(INVITE)
+    ok200 = parse(OK_200)
     cases: dict[str, Callable[[], object]] = {
         "invite_parse": lambda: parse(INVITE),
         "invite_parse_serialise": lambda: bytes(parse(INVITE)),
         "invite_parse_touch": lambda: _touch(INVITE),
+        "invite_touch_only": lambda: _read(invite),
         "invite_make_100_trying": lambda: bytes(make_response(invite, 100)),
         "ok200_parse": lambda: parse(OK_200),
         "ok200_parse_serialise": lambda: bytes(parse(OK_200)),
         "ok200_parse_touch": lambda: _touch(OK_200),
+        "ok200_touch_only": lambda: _read(ok200),
     }
     out: dict[str, dict[str, float]] = {}
     for name, fn in cases.items():
@@ -128,9 +140,6 @@ def measure(rounds: int = 3, seconds: float = 1.0) -> dict[str, dict[str, float]
             "per_s_wall": round(wall),
             "us_cpu": round(1e6 / cpu, 2),
         }
-    for kind in ("invite", "ok200"):
-        touch = out[f"{kind}_parse_touch"]["us_cpu"] - out[f"{kind}_parse"]["us_cpu"]
-        out[f"{kind}_touch_only"] = {"us_cpu": round(max(touch, 0.0), 2)}
     return out
 
 
@@ -146,13 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SIP message layer, one core ({impl})")
     print(f"  INVITE {len(INVITE)} bytes, 200 OK {len(OK_200)} bytes")
     for name, r in results.items():
-        if "per_s_cpu" in r:
-            print(
-                f"  {name:26} {r['per_s_cpu']:>9,.0f}/s cpu {r['per_s_wall']:>9,.0f}/s wall"
-                f" {r['us_cpu']:>8.2f} µs"
-            )
-        else:
-            print(f"  {name:26} {'':>31} {r['us_cpu']:>8.2f} µs")
+        print(
+            f"  {name:26} {r['per_s_cpu']:>10,.0f}/s cpu {r['per_s_wall']:>10,.0f}/s wall"
+            f" {r['us_cpu']:>8.2f} µs"
+        )
     ok = results["invite_parse"]["per_s_cpu"] >= BUDGET_INVITES_PER_S
     print(f"  budget: >= {BUDGET_INVITES_PER_S:,} INVITEs parsed/s: {'met' if ok else 'MISSED'}")
 

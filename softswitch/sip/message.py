@@ -232,6 +232,7 @@ class Message:
             canon = name
         for key in _CACHE_KEYS.get(canon, ()):
             self._cache.pop(key, None)
+            self._cache.pop("#" + key, None)
             self._live.discard(key)
         return canon
 
@@ -257,10 +258,21 @@ class Message:
         An object counts as changed when its text differs from what the
         header's current text parses to, so merely reading ``msg.to`` never
         reformats a header (a token display name stays unquoted, odd
-        whitespace stays), while any edit is written in canonical form.
+        whitespace stays), while any edit is written in canonical form.  A
+        snapshot of each object's fields, kept in the cache, makes the next
+        flush of an unchanged object cost a tuple comparison, not a
+        serialisation (a request touched once and then answered several
+        times).
         """
+        cache = self._cache
         for key in list(self._live):
-            obj = self._cache.get(key)
+            obj = cache.get(key)
+            if obj is None:
+                continue
+            state = _state(obj)
+            if cache.get("#" + key) == state:
+                continue  # unchanged since the last flush
+            cache["#" + key] = state
             name = _LIVE_HEADER[key]
             if isinstance(obj, Address):
                 text = str(obj)
@@ -271,8 +283,6 @@ class Message:
                         break
                 else:
                     self.headers.append([name, text])
-                continue
-            if obj is None:
                 continue
             old = [e for v in self._values(name) for e in split_commas(v)]
             if key == "contacts" and not obj and old == ["*"]:
@@ -448,6 +458,29 @@ class Message:
             lines.append(f"Content-Length: {len(body)}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+
+def _state(obj: Any) -> Any:
+    """A comparable snapshot of a live object's fields (or a list of them)."""
+    if isinstance(obj, list):
+        return [_state(o) for o in obj]
+    if isinstance(obj, Via):
+        return (obj.transport, obj.host, obj.port, *obj.params.items())
+    uri = obj.uri
+    if isinstance(uri, SipUri):
+        u: Any = (
+            uri.scheme,
+            uri.user,
+            uri.password,
+            uri.host,
+            uri.port,
+            *uri.params.items(),
+            "?",
+            *uri.headers.items(),
+        )
+    else:
+        u = str(uri)
+    return (obj.display, u, *obj.params.items())
 
 
 def _same_text(raw: str, text: str, name: str) -> bool:

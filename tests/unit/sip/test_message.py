@@ -434,6 +434,20 @@ def test_live_address_and_via_list_edits() -> None:
     assert parse(bytes(m2)).to.tag == "kept"
 
 
+def test_a_held_object_changed_after_a_flush_is_still_written() -> None:
+    m = parse(invite())
+    via, to = m.via, m.to
+    first = bytes(m)
+    assert first == invite()
+    assert bytes(make_response(m, 100)) == bytes(make_response(m, 100))  # nothing changed
+    via.received = "198.51.100.7"
+    to.uri.params["user"] = "phone"  # type: ignore[union-attr]
+    data = bytes(m)
+    assert b";received=198.51.100.7" in data
+    assert b'To: "Bob" <sip:bob@biloxi.example.com;user=phone>' in data
+    assert make_response(m, 180).via.received == "198.51.100.7"
+
+
 def test_untouched_message_serialises_byte_for_byte() -> None:
     data = invite()
     assert bytes(parse(data)) == data
