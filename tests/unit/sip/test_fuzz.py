@@ -211,7 +211,7 @@ def check(data: bytes) -> None:
 
 def test_mutation_fuzzer_only_sip_errors_escape() -> None:
     rng = random.Random(SEED)
-    started = time.perf_counter()
+    started = time.process_time()
     parsed = 0
     for i in range(MUTANTS):
         data = mutate(rng, rng.choice(CORPUS))
@@ -233,9 +233,11 @@ def test_mutation_fuzzer_only_sip_errors_escape() -> None:
             pass
         except Exception as e:
             raise AssertionError(f"mutant {i} raised {e!r}: {data!r}") from e
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert parsed > 0
-    assert elapsed < 60, f"fuzzing took {elapsed:.1f} s"
+    # About 10 s of CPU on the 2-vCPU development machine; the margin is for
+    # slower CI hosts, the bound for a parser that got pathologically slow.
+    assert elapsed < 30, f"fuzzing took {elapsed:.1f} s of CPU"
 
 
 def test_every_corpus_message_and_prefix_is_handled() -> None:
