@@ -327,7 +327,7 @@ class Fork:
     state: ForkState = ForkState.TRYING
     status: int | None = None
     dialog: Dialog | None = None
-    ack: bytes | None = None  # our ACK for its 2xx, re-sent for each copy of the 2xx
+    ack: Request | None = None  # our ACK for its 2xx, re-sent for each copy of the 2xx
 
     def step(self, inp: ForkInput) -> ForkState:
         nxt = FORK_TRANSITIONS.get((self.state, inp))
@@ -373,7 +373,6 @@ class Call:
     state: CallState = CallState.ALLOCATING
     forks: list[Fork] = field(default_factory=list)
     winner: Fork | None = None
-    failures: list[int] = field(default_factory=list)
     answer: float | None = None
     end: float | None = None
     status: int | None = None  # final status A got, for the CDR
@@ -383,11 +382,10 @@ class Call:
     pending: set[int] = field(default_factory=set)  # bearer requests the next step waits on
     allocating: bool = False  # ALLOCATE still unanswered
     early: Fork | None = None  # the fork whose early media the bearer carries
-    a_final: Response | None = None  # our 2xx to A, retransmitted until the ACK
     b_invite_cseq: int = 0
     reinvite: Reinvite | None = None
     acks: dict[int, tuple[int, Request]] = field(default_factory=dict)  # leg -> CSeq, our ACK
-    timers: dict[object, int] = field(default_factory=dict)
+    timers: dict[Timer, int] = field(default_factory=dict)  # armed timer -> heap token
     # leg -> [tx, our 2xx, interval, give-up time, CSeq of the other leg's INVITE to ACK]
     resend: dict[int, list[Any]] = field(default_factory=dict)
     stats: tuple[LegStats, ...] = ()
