@@ -289,3 +289,23 @@ def test_tcp_phones_get_tcp_via_and_contact_and_no_2xx_retransmission(sw: Switch
     assert not alice.has(200)  # §13.3.1.4: reliable transports are not retransmitted to
     sw.advance(22)  # 64*T1 without an ACK: the call is over
     assert alice.has("BYE") and bob.has("BYE")
+
+
+def test_conference_hold_is_answered_by_the_switch_and_updates_the_bearer(sw: Switch) -> None:
+    alice = sw.phone("alice", "198.51.100.10")
+    invite = sw.authenticated_invite(alice, "conf9")
+    ok = alice.take(200)
+    dialog = Dialog.from_uac(invite, ok)
+    alice.send(dialog.create_ack(invite.cseq, via=alice.via()))
+    hold = dialog.create_request(
+        "INVITE",
+        via=alice.via(),
+        body=alice.offer(direction="sendonly", version=2),
+        content_type="application/sdp",
+    )
+    alice.send(hold)
+    (update,) = sw.pool.of(Update)
+    assert (update.leg, update.spec.direction) == (0, Direction.SENDONLY)
+    answer = alice.take(200)
+    assert media_of(answer)[2] == "recvonly"
+    assert answer.cseq == hold.cseq
