@@ -10,17 +10,29 @@ messages built by code survive serialise → parse unchanged.
 from __future__ import annotations
 
 import random
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from softswitch.sip import headers as headers_module
+from softswitch.sip import uri as uri_module
 from softswitch.sip.errors import SipError
 from softswitch.sip.framing import StreamFramer
-from softswitch.sip.headers import Address, Via
+from softswitch.sip.headers import (
+    Address,
+    Via,
+    parse_address,
+    parse_contacts,
+    parse_via,
+    parse_vias,
+)
 from softswitch.sip.message import Request, Response, make_response, parse
-from softswitch.sip.uri import SipUri
+from softswitch.sip.uri import SipUri, parse_uri
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "sip-torture"
 CORPUS = sorted(
@@ -344,3 +356,71 @@ def test_structured_request_round_trips(
         assert bytes(back) == bytes(req)
     response = make_response(back, 200, to_tag="t")
     assert parse(bytes(response)).to.tag == (to.tag or "t")
+
+
+# -- the fast paths agree with the general grammar -------------------------
+
+
+def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    never = re.compile(r"(?!)")
+    monkeypatch.setattr(headers_module, "_FASTEST_NAME_ADDR_RE", never)
+    monkeypatch.setattr(headers_module, "_FAST_NAME_ADDR_RE", never)
+    monkeypatch.setattr(headers_module, "_FAST_VIA_RE", never)
+    monkeypatch.setattr(uri_module, "_FAST_SIP_URI_RE", never)
+
+
+def _outcome(fn: Callable[[], object]) -> object:
+    try:
+        value = fn()
+    except SipError as e:
+        return ("error", e.status, e.reason)
+    return ("ok", repr(value), value)
+
+
+def _corpus_values() -> list[tuple[str, str]]:
+    values = []
+    for data in CORPUS:
+        try:
+            m = parse(data)
+        except SipError:
+            continue
+        values += [(n, v) for n, v in m.headers if n in ("Via", "From", "To", "Contact", "Route")]
+    return values
+
+
+def test_fast_paths_match_the_general_parser_on_the_corpus_and_mutants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(SEED)
+    values = _corpus_values()
+    values += [
+        (n, mutate(rng, v.encode()).decode("utf-8", "surrogateescape")) for n, v in values * 20
+    ]
+    values += [("To", "sip:" + v) for _, v in values[:200]]
+
+    def run(name: str, value: str) -> object:
+        if name == "Via":
+            return _outcome(lambda: parse_vias([value]))
+        if name == "Contact":
+            return _outcome(lambda: parse_contacts([value]))
+        return _outcome(lambda: parse_address(value, name))
+
+    fast = [run(n, v) for n, v in values]
+    _slow(monkeypatch)
+    slow = [run(n, v) for n, v in values]
+    assert len(values) > 1000
+    for (n, v), f, s in zip(values, fast, slow, strict=True):
+        assert f == s, (n, v)
+
+
+@settings(max_examples=200, deadline=None)
+@given(uri=URI, address=ADDRESS, via=VIA)
+def test_fast_paths_match_the_general_parser_on_built_values(
+    uri: SipUri, address: Address, via: Via
+) -> None:
+    texts = (str(uri), str(address), str(via))
+    fast = (parse_uri(texts[0]), parse_address(texts[1], "To"), parse_via(texts[2]))
+    with pytest.MonkeyPatch.context() as mp:
+        _slow(mp)
+        slow = (parse_uri(texts[0]), parse_address(texts[1], "To"), parse_via(texts[2]))
+    assert fast == slow == (uri, address, via)
