@@ -36,6 +36,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 PREFIX = "sst"
 STALE_RE = re.compile(rf"^{PREFIX}(\d+)-")
 PING_CODE = r"""
@@ -84,6 +86,15 @@ def require_root() -> None:
             "this test needs root (network namespaces, veth, nftables); "
             "run the system tests as root, e.g. in CI or a throwaway VM"
         )
+
+
+@pytest.fixture
+def as_root() -> None:
+    """Fixture: fail the test loudly, not skip it, when not running as root."""
+    try:
+        require_root()
+    except NetnsError as e:
+        pytest.fail(str(e))
 
 
 def sh(argv: Sequence[str], *, check: bool = True, timeout: float = 10.0, **kw: Any) -> str:

@@ -26,10 +26,12 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.audio import Recording
 
@@ -83,6 +85,9 @@ class Phone:
         log_level: int = 3,
         rpc_timeout: float = 10.0,
     ) -> None:
+        if ":" in bind:
+            # pjsua_acc_add asserts ipv6_media_use == DISABLED in this build.
+            raise ValueError("IPv6 phones: the pjsua2-python wheel is built without IPv6 media")
         self.name = name
         self.tone_hz = tone_hz
         self.codecs = tuple(codecs)
@@ -356,6 +361,10 @@ class Phone:
         """Digits received as RFC 4733 telephone-events, in order."""
         return self._rpc("received_dtmf", call=call)
 
+    def wait_dtmf(self, count: int, timeout: float = 5.0, call: int | None = None) -> str:
+        """Wait until ``count`` digits have arrived (or ``timeout``); returns all so far."""
+        return self._rpc("wait_dtmf", timeout, count=count, timeout=timeout, call=call)
+
     def stats(self, call: int | None = None) -> dict:
         """Codec in use, RTP packets sent/received, media direction, RTP addresses."""
         return self._rpc("stats", call=call)
@@ -404,3 +413,31 @@ def close_all(phones: Sequence[Phone], timeout: float = 5.0) -> dict[str, int | 
     for p in phones:
         p.begin_close()
     return {p.name: p.end_close(timeout) for p in phones}
+
+
+@pytest.fixture
+def make_phone(tmp_path: Path) -> Iterator[Callable[..., Phone]]:
+    """Fixture: ``make_phone(name, **Phone kwargs)`` starts a phone.
+
+    Every phone is closed after the test (in parallel), and killed if it
+    does not quit in time; a phone that exits uncleanly fails the test.
+    Import it into a conftest.py or test module to use it.
+    """
+    made: list[Phone] = []
+
+    def make(name: str, **kw: Any) -> Phone:
+        kw.setdefault("workdir", tmp_path / name)
+        p = Phone(name, **kw)
+        made.append(p)
+        return p.start()
+
+    try:
+        yield make
+    finally:
+        codes = close_all(made)
+        for p in made:
+            p.kill()
+    bad = {n: c for n, c in codes.items() if c not in (0, None)}
+    assert not bad, f"phones exited uncleanly: {bad}\n" + "\n".join(
+        f"--- {p.name} ---\n{p.log_tail(15)}" for p in made if p.name in bad
+    )

@@ -333,12 +333,10 @@ class Worker:
             name = ci.codecId.split("/")[0].upper()
             prio = 255 - allowed.index(name) if name in allowed else 0
             ep.codecSetPriority(ci.codecId, prio)
-        v6 = ":" in cfg["bind"]
         tc = pj.TransportConfig()
         tc.boundAddress = cfg["bind"]
         tc.port = cfg["sip_port"]
-        ttype = pj.PJSIP_TRANSPORT_UDP6 if v6 else pj.PJSIP_TRANSPORT_UDP
-        self.tid = ep.transportCreate(ttype, tc)
+        self.tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
         ep.libStart()
         local = ep.transportGetInfo(self.tid).localName
         host, _, port = local.rpartition(":")
@@ -374,8 +372,6 @@ class Worker:
         mt.boundAddress = cfg["bind"]
         mt.port = cfg["rtp_port"]
         mt.portRange = 2000
-        if ":" in cfg["bind"]:
-            ac.mediaConfig.ipv6Use = pj.PJSUA_IPV6_ENABLED_USE_IPV6_ONLY
         ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_INACTIVE
         if reg is not None:
             ac.regConfig.registrarUri = reg["registrar"]
@@ -411,13 +407,6 @@ class Worker:
                     self.wait(lambda: acc.reg_events > before, 1.0, "un-REGISTER")
                 except (pj.Error, PhoneFailure):
                     pass
-            # Python-side ports and calls must go before the library.
-            self.calls.clear()
-            self.accounts.clear()
-            self.reg_account = None
-            import gc
-
-            gc.collect()
         finally:
             # The network goodbyes are done above, with bounded waits; letting
             # libDestroy do them costs a fixed second per phone.
@@ -605,6 +594,14 @@ class Worker:
     def op_received_dtmf(self, call: int | None = None) -> str:
         return "".join(self.call_for(call).dtmf)
 
+    def op_wait_dtmf(self, count: int, timeout: float = 5.0, call: int | None = None) -> str:
+        c = self.call_for(call)
+        try:
+            self.wait(lambda: len(c.dtmf) >= count, timeout, f"{count} DTMF digits")
+        except PhoneFailure:
+            pass  # the caller compares what did arrive
+        return "".join(c.dtmf)
+
     def op_stats(self, call: int | None = None) -> dict[str, Any]:
         return self.call_for(call).stats()
 
@@ -685,4 +682,15 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Leave without running Python's finalisers: they would destroy the
+    # pjsua2 objects (media ports, calls, accounts) in no particular order,
+    # some after libDestroy and some while the audio clock thread may still
+    # call into them, which is how a phone segfaults on its way out.  Every
+    # object stays referenced until libDestroy has stopped that thread.
+    code = 1
+    try:
+        code = main()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,8 @@ from tests.audio import (
     ulaw_decode,
     ulaw_encode,
 )
-from tests.system.netns import Topology, netns_list, require_root
-from tests.system.phone import Phone, PhoneError, close_all
+from tests.system.netns import Topology, as_root, netns_list
+from tests.system.phone import Phone, PhoneError, make_phone
 from tests.system.sipp import (
     rport_responder,
     uac,
@@ -45,40 +44,14 @@ from tests.system.sipp import (
     write_tone_file,
 )
 
+__all__ = ["as_root", "make_phone"]  # fixtures, imported to be found by pytest
+
 A_HZ, B_HZ, SIPP_HZ = 440.0, 1000.0, 1700.0
 AUTH = {"user": "alice", "password": "secret", "domain": "test.example"}
 
 
 # --------------------------------------------------------------------------
 # Fixtures: nothing outlives a test
-
-
-@pytest.fixture
-def make_phone(tmp_path: Path) -> Iterator[Callable[..., Phone]]:
-    """Start phones; every one is closed after the test, or killed if it failed."""
-    made: list[Phone] = []
-
-    def make(name: str, **kw) -> Phone:
-        p = Phone(name, workdir=tmp_path / name, **kw)
-        made.append(p)
-        return p.start()
-
-    yield make
-    codes = close_all(made)
-    for p in made:
-        p.kill()
-        assert not p.alive
-    bad = {n: c for n, c in codes.items() if c not in (0, None)}
-    assert not bad, f"phones exited uncleanly: {bad}"
-
-
-@pytest.fixture
-def as_root() -> None:
-    """Fail loudly, not skip, when the test needs root and we are not."""
-    try:
-        require_root()
-    except Exception as e:
-        pytest.fail(str(e))
 
 
 @pytest.fixture
@@ -177,12 +150,7 @@ def test_direct_call_dtmf_digits_sent_by_a_arrive_at_b_in_order(make_phone) -> N
     b = make_phone("b", tone_hz=B_HZ, auto_answer=0.1)
     ca, cb = direct_call(a, b, 0.3)
     a.send_dtmf("159#*0", call=ca)
-    deadline = time.monotonic() + 5
-    got = ""
-    while time.monotonic() < deadline and len(got) < 6:
-        b.pump(0.2)
-        got = b.received_dtmf(cb)
-    assert got == "159#*0"
+    assert b.wait_dtmf(6, 5, call=cb) == "159#*0"
     assert a.received_dtmf(ca) == ""
 
 
