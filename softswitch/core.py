@@ -51,7 +51,7 @@ from softswitch.bearers import BearerPool
 from softswitch.cdr import Cdr
 from softswitch.dbthread import DbFatal, DbStatus, Loaded, UsersChanged
 from softswitch.location import LocalAddress, Location
-from softswitch.registrar import Registrar
+from softswitch.registrar import Registrar, new_tag
 from softswitch.sip.digest import DigestServer
 from softswitch.sip.errors import SipError
 from softswitch.sip.framing import read_head, read_headers
@@ -384,7 +384,7 @@ class Switch:
     def _options(self, tx: ServerTransaction, request: Request, now: float) -> None:
         """§11.2: what we are able to do, as to any out-of-dialog OPTIONS
         (also the phones' and monitors' keep-alive ping)."""
-        response = make_response(request, 200, to_tag=secrets.token_hex(6))
+        response = make_response(request, 200, to_tag=new_tag())
         response.headers += [
             ["Allow", ALLOW],
             ["Accept", "application/sdp"],
@@ -403,7 +403,7 @@ class Switch:
     ) -> None:
         status, reason = CORE_ANSWERS[refusal]
         self.counters["refused_" + refusal.value] += 1
-        response = make_response(request, status, reason, to_tag=secrets.token_hex(6))
+        response = make_response(request, status, reason, to_tag=new_tag())
         headers = response.headers
         if refusal is CoreRefusal.UNKNOWN_METHOD:
             headers.append(["Allow", ALLOW])

@@ -76,6 +76,8 @@ MAX_TCP = 4096
 MAX_TCP_BACKLOG = 1 << 20
 #: Bearer datagrams read per wake-up, so SIP is never starved.
 BEARER_BATCH = 64
+#: sys.setswitchinterval for the daemon (see main()).
+SWITCH_INTERVAL = 0.001
 #: Seconds between STATUS= updates and idle-connection sweeps.
 HOUSEKEEPING = 5.0
 
@@ -674,6 +676,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"softswitch-control: log file {cfg.log.file}: {exc.strerror}", file=sys.stderr)
         return 2
     logs.start()
+    # The main thread releases the GIL on every sendto/epoll; with the DB or
+    # log thread busy it then waits up to the switch interval (5 ms by
+    # default) to get it back.  1 ms bounds that stall on the call path.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     features = _features()
     daemon = ControlDaemon(
         cfg, config_path, required=required, key=key, logs=logs, features=features
