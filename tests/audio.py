@@ -75,11 +75,14 @@ def marked_tone(
     rate: int = RATE,
     amplitude: float = 0.3,
     marker_offset: float = 0.1,
+    markers: bool = True,
 ) -> tuple[np.ndarray, list[int]]:
     """A tone with one marker per ``MARKER_PERIOD``, for looping playback.
 
-    Returns the samples (a whole number of 20 ms frames, so a loop never
-    clicks at a frame edge) and the sample positions where markers start.
+    Returns the samples (a whole number of 20 ms frames, and a whole number
+    of tone cycles, so the loop is seamless; the frequency is rounded to
+    make it so, to 1 Hz for a 1 s loop) and the sample positions where
+    markers start (none with ``markers=False``).
     """
     n = round(seconds * rate)
     n -= n % FRAME
@@ -90,7 +93,7 @@ def marked_tone(
     starts = []
     pos = round(marker_offset * rate)
     step = round(MARKER_PERIOD * rate)
-    while pos + len(mk) <= n:
+    while markers and pos + len(mk) <= n:
         base[pos : pos + len(mk)] += mk
         starts.append(pos)
         pos += step

@@ -94,7 +94,7 @@ def as_root() -> None:
     try:
         require_root()
     except NetnsError as e:
-        pytest.fail(str(e))
+        pytest.fail(str(e), pytrace=False)
 
 
 def sh(argv: Sequence[str], *, check: bool = True, timeout: float = 10.0, **kw: Any) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.audio import Recording
+from tests.audio import MARKER_BAND, Recording
 
 ROOT = Path(__file__).resolve().parents[2]
 STATES = ("CALLING", "EARLY", "CONNECTING", "CONFIRMED", "DISCONNECTED")
@@ -88,6 +88,8 @@ class Phone:
         if ":" in bind:
             # pjsua_acc_add asserts ipv6_media_use == DISABLED in this build.
             raise ValueError("IPv6 phones: the pjsua2-python wheel is built without IPv6 media")
+        if markers and MARKER_BAND[0] - 200 <= tone_hz <= MARKER_BAND[1] + 200:
+            raise ValueError(f"tone_hz {tone_hz} is too close to the delay markers {MARKER_BAND}")
         self.name = name
         self.tone_hz = tone_hz
         self.codecs = tuple(codecs)

@@ -285,12 +285,9 @@ class Worker:
         self.pending_answers: list[tuple[float, int, int]] = []  # (when, key, code)
         self._key = 0
         self._stats_due = 0.0
-        signal_, self.marker_starts = marked_tone(cfg["tone_hz"], amplitude=cfg["amplitude"])
-        if not cfg["markers"]:
-            from tests.audio import tone
-
-            signal_ = tone(cfg["tone_hz"], len(signal_) / RATE, amplitude=cfg["amplitude"])
-            self.marker_starts = []
+        signal_, self.marker_starts = marked_tone(
+            cfg["tone_hz"], amplitude=cfg["amplitude"], markers=cfg["markers"]
+        )
         self.signal_len = len(signal_)
         raw = signal_.astype("<i2").tobytes()
         self.chunks = [pj.ByteVector(raw[i : i + FRAME * 2]) for i in range(0, len(raw), FRAME * 2)]

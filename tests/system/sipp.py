@@ -205,13 +205,14 @@ class Sipp:
         # -key must come before -sf: SIPp expands keys while loading the scenario.
         for k, v in (keys or {}).items():
             argv += ["-key", k, str(v)]
+        # No -cp: left alone, SIPp searches upwards from 8888 for a free control
+        # port, while an explicit one that is taken is a fatal error.
         argv += [
             "-sf", str(self.scenario),
             "-i", local_ip,
             "-p", str(self.local_port),
             "-mi", media_ip or local_ip,
             "-mp", str(self.media_port),
-            "-cp", str(free_udp_port("127.0.0.1") if netns is None else 8888),
             "-m", str(calls),
             "-r", str(rate),
             "-l", str(limit or calls),
