@@ -20,7 +20,9 @@ encoder": network, relays, jitter buffer and the phase between the two
 phones' 20 ms clocks, but no sound-card latency.  The phase term is fixed
 for the life of two phone processes and is up to one frame, so compare a
 path against a direct phone-to-phone *baseline* taken with the same phones,
-not against zero.
+not against zero.  The sum of the two directions (A->B plus B->A) does not
+depend on that phase (it is one frame plus both jitter buffers), so "added
+delay" = (sum through the switch - sum direct) / 2 works across phone pairs.
 """
 
 from __future__ import annotations
