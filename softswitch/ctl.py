@@ -200,7 +200,8 @@ class Context:
         explicit = getattr(args, "config_dir", None)
         config_dir = resolve_config_dir(explicit)
         required = bool(explicit or os.environ.get(CONFIG_DIR_ENV))
-        self.cfg = load_control_config(config_dir / "softswitch.conf", required=required)
+        self.config_file = config_dir / "softswitch.conf"
+        self.cfg = load_control_config(self.config_file, required=required)
         self.domain: str = self.cfg.sip.domain or self.cfg.sip.listen[0]
         self.realm: str = self.cfg.sip.realm or self.domain
         self._engine: sa.engine.Engine | None = None
@@ -208,7 +209,11 @@ class Context:
     @property
     def engine(self) -> sa.engine.Engine:
         if self._engine is None:
-            self._engine = make_engine(self.cfg.database.url)
+            try:
+                self._engine = make_engine(self.cfg.database.url)
+            except (sa.exc.ArgumentError, ImportError) as exc:  # bad URL or missing driver
+                first = str(exc).strip().splitlines()[0]
+                raise ConfigError(f"{self.config_file}: [database] url: {first}") from None
             create_schema(self._engine)
         return self._engine
 

@@ -276,7 +276,11 @@ class DbThread:
 
     def _run(self) -> None:
         try:
-            self._engine = make_engine(self._url, timeout=self._timeout)
+            try:
+                self._engine = make_engine(self._url, timeout=self._timeout)
+            except (sa.exc.ArgumentError, ImportError) as exc:  # bad URL, driver missing
+                self._emit(DbFatal(f"[database] url: {_first_line(exc)}"))
+                return
             self._loop()
             self._shutdown()
         except Exception as exc:  # a bug here must not vanish with the thread
@@ -339,8 +343,8 @@ class DbThread:
             self._take(item)
 
     def _take(self, item: object) -> None:
-        if item is _FLUSH:
-            self._flush_requested = True
+        if item is _FLUSH:  # only what is pending now; a later write waits its turn
+            self._flush_requested = bool(self._bindings or self._cdrs)
             return
         if isinstance(item, _Stop):
             self._stop = item

@@ -273,6 +273,14 @@ def test_an_unreachable_database_is_one_line(tmp_path, capsys):
     )
 
 
+def test_an_unusable_database_url_is_a_config_error(tmp_path, capsys):
+    config = write_config(tmp_path / "etc", "nosuchdb://x/y")
+    assert ctl.main(["--config-dir", str(config), "user", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"softswitchctl: {config / 'softswitch.conf'}: [database] url: ")
+    assert err.count("\n") == 1
+
+
 def test_a_database_from_a_newer_softswitch_is_refused(config, engine, capsys):
     softswitchctl(config, "user", "list")
     with engine.begin() as conn:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.control.dbthread_cases import DbThreadCases
+from softswitch.dbthread import DbFatal, DbThread
+from tests.unit.control.dbthread_cases import DbThreadCases, next_message
 
 
 class SqliteDb:
@@ -37,3 +38,11 @@ class TestDbThreadOnSqlite(DbThreadCases):
         db = SqliteDb(tmp_path / "softswitch.db")
         yield db
         db.up()
+
+
+def test_an_unusable_database_url_is_fatal_with_a_clear_message():
+    thread = DbThread("nosuchdb://x/y", lambda: None)
+    thread.start()
+    fatal = next_message(thread, DbFatal)
+    assert fatal.error.startswith("[database] url: ") and "nosuchdb" in fatal.error
+    assert thread.stop(5) is True
