@@ -8,8 +8,9 @@ blocks), and a ``QueueListener`` thread writes them to stderr (the journal
 under systemd, which adds its own timestamps) or to a file.
 
 A file is reopened on request (the daemons call ``reopen()`` on SIGHUP, after
-logrotate has moved the old file away). The reopen happens under the
-handler's lock, so it is safe while the writer thread is mid-record.
+logrotate has moved the old file away). The request travels through the same
+queue as the records, so the writer thread performs it in order: everything
+logged before the SIGHUP lands in the old file, everything after in the new.
 """
 
 from __future__ import annotations
@@ -26,8 +27,18 @@ _STDERR_FORMAT = "%(levelname)s %(name)s: %(message)s"
 _FILE_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 
+_REOPEN = "softswitch_reopen_log"
+
+
 class ReopenableFileHandler(logging.FileHandler):
     """A FileHandler whose file can be closed and opened again by path."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """A queued reopen request is performed here, on the writer thread."""
+        if getattr(record, _REOPEN, False):
+            self.reopen()
+            return True
+        return super().handle(record)
 
     def reopen(self) -> None:
         """Open the path afresh (a rotated file is left to logrotate)."""
@@ -81,9 +92,16 @@ class LogSetup:
         return self
 
     def reopen(self) -> None:
-        """Reopen the log file (SIGHUP after rotation); stderr needs nothing."""
+        """Reopen the log file (SIGHUP after rotation); stderr needs nothing.
+
+        Queued behind the records already logged, never blocking the caller.
+        """
         if isinstance(self.handler, ReopenableFileHandler):
-            self.handler.reopen()
+            if self._started:
+                marker = logging.makeLogRecord({_REOPEN: True, "msg": "reopen"})
+                self.queue.put(marker)
+            else:
+                self.handler.reopen()
 
     def stop(self) -> None:
         """Write out everything queued, stop the thread, close the file."""

@@ -123,6 +123,8 @@ def start_bearer(
     extra_env: dict[str, str] | None = None,
     cpu: int | None = None,
     log_level: str = "info",
+    log_file: Path | None = None,
+    wait: bool = True,
 ) -> BearerProcess:
     """Write a bearer.conf into ``tmp`` and start instance 0; wait until it answers."""
     conf_dir = tmp / "etc"
@@ -159,6 +161,7 @@ def start_bearer(
         "heartbeat_interval = 1.0\n"
         "[log]\n"
         f"level = {log_level}\n"
+        f"file = {log_file or ''}\n"
     )
     log_path = tmp / "bearer.log"
     env = dict(os.environ)
@@ -170,6 +173,8 @@ def start_bearer(
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     bp = BearerProcess(proc, conf_dir, control, key, rec, log_path, base, base + ports - 1)
+    if not wait:
+        return bp
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:  # bounded: 15 s
         if proc.poll() is not None:
@@ -178,8 +183,8 @@ def start_bearer(
             try:
                 bp.client().request(Stats(0), timeout=0.5)
                 return bp
-            except TimeoutError:
-                pass
+            except (TimeoutError, ConnectionRefusedError, FileNotFoundError):
+                pass  # not listening yet (or a stale socket file not yet replaced)
         time.sleep(0.05)
     bp.stop(signal.SIGKILL)
     raise RuntimeError(f"bearer did not answer within 15 s:\n{bp.log()}")
@@ -327,14 +332,16 @@ class Phone:
     def send_raw(self, port: int, data: bytes) -> None:
         self.sock.sendto(data, ("127.0.0.1", port))
 
-    def recv_all(self, timeout: float = 0.3) -> list[bytes]:
-        """Everything that arrives until ``timeout`` of silence."""
+    def recv_all(self, timeout: float = 0.3, limit: float = 3.0) -> list[bytes]:
+        """Everything that arrives until ``timeout`` of silence (at most ``limit`` seconds)."""
         out = []
-        while True:  # bounded: stops after a quiet interval
+        end = time.monotonic() + limit
+        while time.monotonic() < end:  # bounded by the limit
             r, _, _ = select.select([self.sock], [], [], timeout)
             if not r:
-                return out
+                break
             out.append(self.sock.recv(4096))
+        return out
 
     def recv(self, timeout: float = 2.0) -> bytes | None:
         r, _, _ = select.select([self.sock], [], [], timeout)

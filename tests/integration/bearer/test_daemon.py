@@ -1,0 +1,108 @@
+"""The softswitch-bearer process: command line, start-up errors, systemd, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.integration.bearer.harness import BEARER_EXE, start_bearer
+
+
+def _run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    return subprocess.run(
+        [str(BEARER_EXE), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_bad_argument_prints_usage_and_exits_2() -> None:
+    r = _run("--instance", "zero")
+    assert r.returncode == 2
+    assert "usage: softswitch-bearer" in r.stderr and "Traceback" not in r.stderr
+    assert _run().returncode == 2  # --instance is required
+
+
+def test_config_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "bearer.conf").write_text("[bearer]\nmax_sessions = lots\n")
+    r = _run("--instance", "0", "--config-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "max_sessions" in r.stderr and "bearer.conf:2" in r.stderr
+
+
+def test_udp_control_without_key_file_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "bearer.conf").write_text(
+        f"[bearer]\ncontrol = udp:127.0.0.1:47999\nkey_file = {tmp_path}/missing.key\n"
+    )
+    r = _run("--instance", "0", "--config-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "missing.key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stale_socket_file_is_replaced_and_removed_at_exit(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(str(run / "bearer-0.sock"))
+    stale.close()  # the file stays behind, nobody listens: as after a crash
+    bp = start_bearer(tmp_path)
+    assert bp.client().stats()["sessions"] == 0
+    assert bp.stop() == 0
+    assert not (run / "bearer-0.sock").exists()
+
+
+def test_second_instance_on_a_live_socket_refuses(tmp_path: Path) -> None:
+    bp = start_bearer(tmp_path)
+    try:
+        r = _run("--instance", "0", "--config-dir", str(bp.config_dir))
+        assert r.returncode == 2 and "another bearer" in r.stderr
+    finally:
+        assert bp.stop() == 0
+
+
+def test_sd_notify_ready_watchdog_status_stopping_on_abstract_socket(tmp_path: Path) -> None:
+    name = f"softswitch-test-{os.getpid()}-{time.monotonic_ns()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("\0" + name)
+    listener.settimeout(5)
+    env = {"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "200000"}
+    bp = start_bearer(tmp_path, extra_env=env, wait=False)
+    got: list[str] = []
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("STATUS=" in g and "calls" in g for g in got):
+            got.append(listener.recv(4096).decode())
+        text = "\n".join(got)
+        assert "READY=1" in text
+        assert text.count("WATCHDOG=1") >= 3  # every 100 ms (half of WATCHDOG_USEC)
+        assert "calls" in text and "packets/s" in text
+        bp.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "STOPPING=1" not in got[-1]:
+            got.append(listener.recv(4096).decode())
+        assert "STOPPING=1" in got[-1]
+    finally:
+        assert bp.stop() == 0
+        listener.close()
+
+
+def test_sighup_reopens_the_log_file_and_affinity_is_logged(tmp_path: Path) -> None:
+    log = tmp_path / "bearer-file.log"
+    bp = start_bearer(tmp_path, log_file=log)
+    try:
+        first = log.read_text()
+        assert "CPU affinity [" in first
+        log.rename(tmp_path / "bearer-file.log.1")  # what logrotate does
+        bp.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not log.exists():
+            time.sleep(0.05)
+        assert log.exists()
+        assert "SIGHUP" in (tmp_path / "bearer-file.log.1").read_text()
+    finally:
+        assert bp.stop() == 0
+    assert "stopped" in log.read_text()
