@@ -143,8 +143,6 @@ _FLUSH = object()
 
 BindingKey = tuple[str, str, str]
 
-#: Errors meaning "no usable database right now": retry later.
-_OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 #: Errors meaning "this row is wrong": drop it, keep going.
 _BAD_ROW = (sa.exc.IntegrityError, sa.exc.DataError)
 
@@ -281,8 +279,8 @@ class DbThread:
             except (sa.exc.ArgumentError, ImportError) as exc:  # bad URL, driver missing
                 self._emit(DbFatal(f"[database] url: {_first_line(exc)}"))
                 return
-            self._loop()
-            self._shutdown()
+            if self._loop():
+                self._shutdown()
         except Exception as exc:  # a bug here must not vanish with the thread
             log.exception("DB thread crashed")
             self._emit(DbFatal(f"DB thread crashed: {_first_line(exc)}"))
@@ -291,12 +289,13 @@ class DbThread:
             if self._engine is not None:
                 self._engine.dispose()
 
-    def _loop(self) -> None:
+    def _loop(self) -> bool:
+        """Serve until asked to stop (True) or until a fatal error was reported (False)."""
         while True:
             now = time.monotonic()
             self._receive(max(0.0, self._next_wake(now) - now))
             if self._stop is not None:
-                return
+                return True
             now = time.monotonic()
             if self._ok is False and now < self._next_retry:
                 continue
@@ -311,11 +310,8 @@ class DbThread:
                     self._poll()
             except SchemaError as exc:
                 self._emit(DbFatal(str(exc)))
-                return
-            except _OUTAGE as exc:
-                self._failed(exc)
-                continue
-            except sa.exc.SQLAlchemyError as exc:  # e.g. a table dropped by hand
+                return False
+            except sa.exc.SQLAlchemyError as exc:  # an outage, or e.g. a table dropped by hand
                 self._failed(exc)
                 continue
             self._succeeded()
@@ -512,7 +508,7 @@ class DbThread:
     # -- writing ------------------------------------------------------------------
 
     def _write_pending(self) -> None:
-        """Write bindings then CDRs in chunks; raises an _OUTAGE error to retry later.
+        """Write bindings then CDRs in chunks; raises SQLAlchemyError to retry later.
 
         An item leaves the pending buffers only once it is committed (or
         refused for good), so an outage half-way loses and repeats nothing.

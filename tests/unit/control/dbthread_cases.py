@@ -231,8 +231,10 @@ class DbThreadCases:
     def test_database_with_a_newer_schema_is_fatal(self, engine, start):
         with engine.begin() as conn:
             conn.execute(sa.update(schema_version).values(version=99))
-        fatal = next_message(start(), DbFatal)
+        thread = start()
+        fatal = next_message(thread, DbFatal)
         assert "newer" in fatal.error and "99" in fatal.error
+        assert thread.stop(5) is True and thread.results.empty()  # one report, then gone
 
     # -- user changes -----------------------------------------------------------
 
