@@ -111,9 +111,10 @@ class ControlProcess:
     def __post_init__(self) -> None:
         self.log_path = self.tmp / "control.log"
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, keep_notify: bool = False) -> None:
         env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)
+        if not keep_notify:
+            env.pop("NOTIFY_SOCKET", None)
         env.pop(CONFIG_ENV, None)
         self.runs += 1
         with open(self.log_path, "ab") as logf:
@@ -222,8 +223,9 @@ class SipClient:
         *,
         transport: str = "udp",
         timeout: float = 5.0,
+        host: str = "127.0.0.1",
     ) -> None:
-        self.server = ("127.0.0.1", port)
+        self.server = (host, port)
         self.user = user
         self.transport = transport
         self.digest = DigestClient(user, password=password)
@@ -231,13 +233,14 @@ class SipClient:
         self.cseq = 0
         self.timeout = timeout
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-        self.sock = socket.socket(socket.AF_INET, kind)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, kind)
         self.sock.settimeout(timeout)
         if transport == "udp":
-            self.sock.bind(("127.0.0.1", 0))
+            self.sock.bind((host, 0))
         else:
             self.sock.connect(self.server)
-        self.local = self.sock.getsockname()
+        self.local = self.sock.getsockname()[:2]
         self.framer = StreamFramer()
         self.pending: list[bytes] = []
 
@@ -245,7 +248,8 @@ class SipClient:
         self.sock.close()
 
     def contact(self) -> str:
-        return f"<sip:{self.user}@{self.local[0]}:{self.local[1]};transport={self.transport}>"
+        host = f"[{self.local[0]}]" if ":" in self.local[0] else self.local[0]
+        return f"<sip:{self.user}@{host}:{self.local[1]};transport={self.transport}>"
 
     def build(
         self,
@@ -257,6 +261,8 @@ class SipClient:
     ) -> bytes:
         self.cseq += 1
         host, port = self.local
+        if ":" in host:
+            host = f"[{host}]"
         lines = [
             f"{method} {uri or f'sip:{DOMAIN}'} SIP/2.0",
             f"Via: SIP/2.0/{self.transport.upper()} {host}:{port};rport;branch=z9hG4bK"
