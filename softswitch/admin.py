@@ -15,6 +15,11 @@ Results are whatever the daemon's handler returns, made JSON-able by
 renders a list of flat objects as a table, an object as "key: value" lines
 and anything else as it is, so the daemon decides the columns.
 
+softswitchctl sends these commands with empty args, so the daemon's handler
+table should have them: ``registrations``, ``calls``, ``bearers``, ``status``
+(a list of flat objects each, except status: one object) and ``reload`` (a
+string saying what happened).
+
 The sans-I/O core is `AdminDispatcher.handle_line(bytes) -> bytes`; the
 asyncio edge is `AdminServer`; the blocking client is `AdminClient`.
 """

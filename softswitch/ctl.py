@@ -87,9 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="add a user", parents=[common])
     add.add_argument("name", metavar="NAME", help="username, or username@domain")
     add.add_argument("--password", help=pw_help)
-    add.add_argument("--display", default="", help="display name")
+    add.add_argument("--display", default="", metavar="NAME", help="display name")
     add.add_argument("--record", action="store_true", help="record this user's calls")
-    add.add_argument("--max-calls", type=_count, help="concurrent-call limit (0 = unlimited)")
+    add.add_argument(
+        "--max-calls",
+        type=_count,
+        metavar="N",
+        help="concurrent-call limit (0 = unlimited; default [calls] max_calls_per_user)",
+    )
 
     rm = actions.add_parser("del", help="delete a user and its registrations", parents=[common])
     rm.add_argument("name", metavar="NAME")
@@ -102,15 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = actions.add_parser("set", help="change a user's settings", parents=[common])
     st.add_argument("name", metavar="NAME")
-    st.add_argument("--enable", dest="enabled", action="store_true", default=None)
-    st.add_argument("--disable", dest="enabled", action="store_false")
-    st.add_argument("--record", dest="record", action="store_true", default=None)
-    st.add_argument("--no-record", dest="record", action="store_false")
-    st.add_argument("--max-calls", type=_count, help="concurrent-call limit (0 = unlimited)")
-    st.add_argument("--display", help="display name")
+    st.add_argument("--enable", dest="enabled", action="store_true", default=None, help="allow")
+    st.add_argument("--disable", dest="enabled", action="store_false", help="refuse its calls")
+    st.add_argument("--record", dest="record", action="store_true", default=None, help="record")
+    st.add_argument("--no-record", dest="record", action="store_false", help="stop recording")
+    st.add_argument(
+        "--max-calls", type=_count, metavar="N", help="concurrent-call limit (0 = unlimited)"
+    )
+    st.add_argument("--display", metavar="NAME", help="display name")
 
     cdr = commands.add_parser("cdr", help="recent call detail records", parents=[common])
-    cdr.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
+    cdr.add_argument(
+        "--limit", type=_positive, default=20, metavar="N", help="how many (default 20)"
+    )
 
     for name, text in LIVE_COMMANDS.items():
         commands.add_parser(name, help=text, parents=[common])
