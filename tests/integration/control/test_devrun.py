@@ -1,0 +1,65 @@
+"""`make run` as a new user meets it: devrun brings up control + 2 bearers,
+softswitchctl in another terminal answers, Ctrl-C stops all three."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.control.harness import CTL_EXE, ROOT, SipClient, free_sip_port
+
+
+def test_devrun_serves_and_softswitchctl_finds_it(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    port = free_sip_port()
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("SOFTSWITCH_CONFIG_DIR", None)
+    log = tmp_path / "devrun.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "softswitch.devrun", "--var", str(var), "--sip-port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    ctl_env = dict(env, SOFTSWITCH_CONFIG_DIR=str(var / "etc"))
+    try:
+        status = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # bounded
+            r = subprocess.run(
+                [str(CTL_EXE), "status", "--json"], capture_output=True, text=True, env=ctl_env
+            )
+            if r.returncode == 0:
+                status = json.loads(r.stdout)
+                if status["bearers_up"] == "2/2":
+                    break
+            time.sleep(0.2)
+        assert status is not None and status["state"] == "serving", log.read_text()
+        assert status["bearers_up"] == "2/2", status
+        added = subprocess.run(
+            [str(CTL_EXE), "user", "add", "dev", "--password", "pw"], env=ctl_env, timeout=30
+        )
+        assert added.returncode == 0
+        phone = SipClient(port, "dev", "pw")
+        for _ in range(30):  # bounded: the user shows up within one sync interval
+            if phone.register().status == 200:
+                break
+            phone.digest = type(phone.digest)("dev", password="pw")
+            time.sleep(0.2)
+        assert phone.register().status == 200
+        phone.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    text = log.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text
+    assert text.count("stopped") >= 3, text  # control and both bearers
