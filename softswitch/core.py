@@ -267,7 +267,12 @@ class Switch:
             counters["rx_" + (method if method in _COUNTED else "other")] += 1
         else:
             counters["rx_responses"] += 1
-        self._dispatch(self.layer.receive(message, peer, now), now)
+        try:
+            events = self.layer.receive(message, peer, now)
+        except Exception:  # a bug in the layer costs this message, not the daemon
+            self._internal("the transaction layer", message)
+            return
+        self._dispatch(events, now)
 
     def _malformed(self, data: bytes, err: SipError, peer: Peer) -> None:
         """A message the parser refused: answer it statelessly if we can (§8.2,
@@ -320,6 +325,10 @@ class Switch:
                     pass
             except Exception:
                 self._bug(ev, now)
+
+    def _internal(self, where: str, message: Any) -> None:
+        self.counters["internal_errors"] += 1
+        log.exception("bug in %s (%r)", where, message)
 
     def _bug(self, ev: Any, now: float) -> None:
         """A handler raised: log it, count it, and answer 500 if a request
@@ -428,6 +437,9 @@ class Switch:
             self.drops["bearer_" + err.reason.value] += 1
             self.bearers.note_protocol_error(source, err.reason, now)
             return
+        except Exception:
+            self._internal("the bearer protocol client", data[:32])
+            return
         self._bearer_events(events, now)
 
     def _bearer_events(self, events: Iterable[Any], now: float) -> None:
@@ -454,15 +466,21 @@ class Switch:
         return deadline
 
     def handle_timer(self, now: float) -> None:
-        """Fire everything due at ``now``."""
-        self._dispatch(self.layer.handle_timer(now), now)
-        self._bearer_events(self.client.handle_timer(now), now)
+        """Fire everything due at ``now``.  A bug in one part is logged and
+        counted and the others still run: a dead timer would stall them all."""
+        try:
+            self._dispatch(self.layer.handle_timer(now), now)
+        except Exception:
+            self._internal("the transaction timers", None)
+        try:
+            self._bearer_events(self.client.handle_timer(now), now)
+        except Exception:
+            self._internal("the bearer protocol timers", None)
         if self.calls is not None:
             try:
                 self.calls.handle_timer(now)
             except Exception:
-                self.counters["internal_errors"] += 1
-                log.exception("bug in the calls timer")
+                self._internal("the calls timers", None)
         for b in self.location.expire(now):
             self._db.append(DeleteBinding(b.username, b.domain, b.contact))
             self.counters["bindings_expired"] += 1

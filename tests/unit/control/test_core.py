@@ -433,3 +433,20 @@ def test_status_reports_counters_features_and_state() -> None:
     assert status["rx_OPTIONS"] == 1 and status["tx_2xx"] == 1
     assert status["feature_aiortc"] is False
     assert status["bearers_up"] == "0/1"
+
+
+def test_a_bug_below_the_dispatcher_is_counted_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    switch = make_switch()
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(switch.layer, "receive", broken)
+    monkeypatch.setattr(switch.layer, "handle_timer", broken)
+    switch.receive_sip(request("OPTIONS"), PEER, NOW)
+    switch.calls.timer = NOW
+    switch.handle_timer(NOW)  # the other parts still run
+    assert ("timer", NOW) in switch.calls.seen
+    assert switch.counters["internal_errors"] == 2
