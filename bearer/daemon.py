@@ -363,8 +363,7 @@ class BearerDaemon:
             self.cpu_percent = 100.0 * (cpu_now - cpu) / (now - then)
         self._cpu = (now, cpu_now)
         then, pk = self._pkts
-        c = self.relay.counters()
-        pk_now = int(c["packets"]) + int(c["packets_generated"])
+        pk_now = self.relay.packet_total()
         if now > then:
             self.pps = (pk_now - pk) / (now - then)
         self._pkts = (now, pk_now)

@@ -134,7 +134,11 @@ class Scenario:
             cpu.append(cpu_seconds_of(pid))
 
         r = self.gen.run(
-            warmup, window, on_window=on_window, collect_foreign=self.kind == "conference"
+            warmup,
+            window,
+            on_window=on_window,
+            collect_foreign=self.kind == "conference",
+            on_idle=self.ctl.pump,
         )
         after = self.ctl.stats()
         row: dict[str, Any] = {

@@ -102,6 +102,24 @@ class Control:
                     done += 1
         return replies  # type: ignore[return-value]
 
+    def pump(self) -> int:
+        """Ack whatever events arrived (non-blocking), so the bearer stops retransmitting."""
+        n = 0
+        for _ in range(1024):  # bounded batch
+            try:
+                raw = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            try:
+                pkt = decode(raw)
+            except ProtocolError:
+                continue
+            if isinstance(pkt.message, Event):
+                self.sock.sendto(encode(EventAck(), pkt.request_id, self.epoch), self.path)
+                self.events.append(pkt.message)
+                n += 1
+        return n
+
     def request(self, msg: Message) -> Message:
         return self.many([msg])[0]
 

@@ -293,11 +293,13 @@ class Generator:
         drain: float = 0.5,
         on_window: Any = None,
         collect_foreign: bool = False,
+        on_idle: Any = None,
     ) -> Result:
         """Send for warmup + measure + drain seconds; measure the middle window.
 
         ``on_window(start: bool)`` is called when the window opens and closes
-        (the caller samples the bearer's CPU there).
+        (the caller samples the bearer's CPU there); ``on_idle()`` every
+        100 ms (the caller acks the bearer's events there).
         """
         slot_dt = self.interval / self.slots
         counts = np.zeros(self.n, dtype=np.int64)
@@ -316,6 +318,7 @@ class Generator:
         next_at = start
         opened = closed = False
         cpu0 = cpu1 = 0.0
+        next_idle = start
         while True:  # bounded by t_end
             now = time.perf_counter()
             if now >= t_end:
@@ -347,6 +350,9 @@ class Generator:
                 burst += 1
             got, _ = self._drain(w0, w1, lat, counts, foreign)
             received += got
+            if on_idle is not None and now >= next_idle:
+                next_idle = now + 0.1
+                on_idle()
             delay = next_at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
