@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import random
 import secrets
 import time
 from collections import Counter
@@ -210,6 +211,9 @@ class Switch:
             secret if secret is not None else secrets.token_bytes(32),
             self.realm,
             nonce_ttl=float(sip.nonce_ttl),
+            # Salts need uniqueness, not secrecy (the MAC protects the nonce):
+            # no getrandom() syscall per 401.
+            rand=random.Random(secrets.token_bytes(16)).randbytes,
         )
         self.registrar = Registrar(
             location=self.location,

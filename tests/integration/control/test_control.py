@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from softswitch.sip.message import Request, make_response, parse
+from tests.integration.bearer.harness import start_bearer
 from tests.integration.control.harness import (
     CONTROL_EXE,
     DOMAIN,
@@ -345,3 +346,42 @@ def test_invite_reaches_a_tcp_registered_phone_on_its_own_connection(
     assert alice.final().status == 486
     alice.close()
     bob.close()
+
+
+def test_udp_bearers_with_hmac_one_key_right_one_wrong(tmp_path: Path) -> None:
+    good = start_bearer(tmp_path / "b0", udp=True)
+    bad = start_bearer(tmp_path / "b1", udp=True)  # its own random key
+    control_port = free_sip_port()
+    key_file = tmp_path / "control.key"
+    key_file.write_bytes((good.config_dir / "control.key").read_bytes())
+    key_file.chmod(0o600)
+    etc = write_control_config(
+        tmp_path,
+        free_sip_port(),
+        [],
+        bearers={
+            "endpoints": f"udp:127.0.0.1:{good.control[1]}, udp:127.0.0.1:{bad.control[1]}",
+            "local": f"udp:127.0.0.1:{control_port}",
+            "key_file": str(key_file),
+            "heartbeat_interval": 0.2,
+        },
+    )
+    add_users(tmp_path, {})
+    control = ControlProcess(tmp_path, etc, 0)
+    try:
+        control.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # bounded: three missed heartbeats
+            rows = control.admin("bearers")
+            if rows[0]["state"] == "up" and rows[1]["reason"] != "not heard from yet":
+                break
+            time.sleep(0.1)
+        assert rows[0]["state"] == "up", rows
+        assert rows[1]["state"] == "down" and "wrong key" in rows[1]["reason"], rows
+        text = control.ctl("bearers").stdout
+        assert f"udp:127.0.0.1:{bad.control[1]}" in text and "never answered" in text
+        control.wait_log(f"bearer udp:127.0.0.1:{bad.control[1]} down: never answered")
+    finally:
+        assert control.stop() == 0, control.log()
+        good.stop()
+        bad.stop()
