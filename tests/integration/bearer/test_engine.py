@@ -1,0 +1,127 @@
+"""The relay engine in-process (real loopback sockets, no daemon): what control cannot reach."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bearer.codecs import ULAW_TO_ALAW
+from bearer.ports import PortPool, PortsExhausted
+from bearer.protocol import AllocFlags, Direction, Event, Latched, PayloadType
+from bearer.relay import Relay, RelayError
+from bearer.session import IDENTITY, Mode, remap_table
+from tests.integration.bearer.harness import PCMA, PCMU, TEL_EVENT, Phone, free_port_base, leg_spec
+
+
+@pytest.fixture
+def relay() -> Iterator[tuple[Relay, list[Event]]]:
+    events: list[Event] = []
+    base = free_port_base(100)
+    r = Relay("127.0.0.1", base, base + 99, max_sessions=10, on_event=events.append)
+    yield r, events
+    r.close()
+
+
+def _spin(relay: Relay, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    relay.run(until=lambda: time.monotonic() >= end)
+
+
+def test_port_pool_hands_out_even_pairs_and_reuses_released_ports_last() -> None:
+    pool = PortPool(30001, 30010)  # odd start: the first RTP port is 30002
+    ports = [pool.take() for _ in range(4)]
+    assert ports == [30002, 30004, 30006, 30008]
+    with pytest.raises(PortsExhausted):
+        pool.take()
+    pool.release(30004)
+    pool.busy(30006)  # held by someone else: parked behind
+    assert [pool.take(), pool.take()] == [30004, 30006]
+    with pytest.raises(ValueError):
+        pool.release(31000)
+    with pytest.raises(ValueError):
+        PortPool(30000, 30000)
+
+
+def test_remap_table_maps_dynamic_types_and_transcodes_g711() -> None:
+    a = leg_spec(("127.0.0.1", 1), codec=PCMU, dtmf=PayloadType(101, "telephone-event", 8000))
+    b = leg_spec(("127.0.0.1", 2), codec=PCMA, dtmf=PayloadType(96, "telephone-event", 8000))
+    table, xcode, audio_pt, dtmf_ok = remap_table(a, b)
+    assert table[0] == 8 and table[0x80] == 0x88  # PCMU -> PCMA, marker kept
+    assert table[101] == 96 and table[0x80 | 101] == 0x80 | 96
+    assert table[13] == 13  # comfort noise, not negotiated: untouched
+    assert xcode == ULAW_TO_ALAW and audio_pt == 0 and dtmf_ok
+    same = remap_table(a, a)
+    assert same[0] == IDENTITY and same[1] is None
+    no_dtmf = leg_spec(("127.0.0.1", 3), dtmf=None)
+    assert remap_table(a, no_dtmf)[3] is False  # DTMF cannot be delivered there
+    assert TEL_EVENT.pt == 101
+
+
+def test_plain_call_runs_on_the_fast_path_once_latched(relay: tuple[Relay, list[Event]]) -> None:
+    r, events = relay
+    a, b = Phone(), Phone()
+    try:
+        pa, pb = r.allocate(1, "c", (leg_spec(a.addr), leg_spec(b.addr)), AllocFlags.NONE)
+        a.send(pa, b"\x01" * 160)
+        b.send(pb, b"\x02" * 160)
+        _spin(r, 0.1)
+        kinds = {r._fdmap[leg.rtp.fileno()][0] for leg in r.sessions[1].legs}
+        assert kinds == {0}  # K_FAST: connected both ways, nothing to rewrite
+        assert {(e.leg, e.port) for e in events if isinstance(e, Latched)} == {
+            (0, a.addr[1]),
+            (1, b.addr[1]),
+        }
+        assert b.recv(0.5) is not None and a.recv(0.5) is not None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_mode_is_internal_and_only_user_space_exists_yet(relay: tuple[Relay, list[Event]]) -> None:
+    r, _ = relay
+    r.allocate(1, "c", (leg_spec(), leg_spec()), AllocFlags.NONE)
+    with pytest.raises(RelayError):
+        r.set_mode(1, Mode.KERNEL)
+    r.set_mode(1, Mode.RELAY)
+    assert r.sessions[1].mode is Mode.RELAY
+    assert r.session_counters(1)["mode_kernel"] == 0
+
+
+def test_inactive_phone_sends_nothing_through(relay: tuple[Relay, list[Event]]) -> None:
+    r, _ = relay
+    a, b = Phone(), Phone()
+    try:
+        pa, _ = r.allocate(
+            1,
+            "c",
+            (leg_spec(a.addr, direction=Direction.INACTIVE), leg_spec(b.addr)),
+            AllocFlags.NONE,
+        )
+        a.send(pa, b"\x01" * 160)
+        _spin(r, 0.1)
+        assert b.recv(0.2) is None
+        assert r.session_counters(1)["leg0_drop_inactive"] == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_delete_closes_every_socket_and_returns_ports(relay: tuple[Relay, list[Event]]) -> None:
+    r, _ = relay
+    a, b = Phone(), Phone()
+    try:
+        free = len(r.ports)
+        pa, pb = r.allocate(1, "c", (leg_spec(a.addr), leg_spec(b.addr)), AllocFlags.NONE)
+        a.send(pa, b"\x01" * 160)
+        b.send(pb, b"\x01" * 160)
+        _spin(r, 0.1)
+        fds = {s.fileno() for leg in r.sessions[1].legs for s in (leg.rtp, leg.rtcp, leg.catcher)}
+        assert len(fds) == 6  # RTP, RTCP and catcher per leg
+        stats = r.delete(1)
+        assert stats[0].packets_in == 1 and stats[1].packets_out == 1
+        assert len(r.ports) == free and not fds & set(r._fdmap)
+    finally:
+        a.close()
+        b.close()
