@@ -144,7 +144,7 @@ class PhoneCall(pj.Call):
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         ci = self.getInfo()
         for i, mi in enumerate(ci.media):
-            if mi.type != pj.PJMEDIA_TYPE_AUDIO or i in self.connected_media:
+            if mi.type != pj.PJMEDIA_TYPE_AUDIO:
                 continue
             if mi.status not in (
                 pj.PJSUA_CALL_MEDIA_ACTIVE,
