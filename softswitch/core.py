@@ -34,7 +34,6 @@ stops the loop.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import random
 import secrets
@@ -49,6 +48,7 @@ from typing import Any
 from bearer.protoclient import ProtocolClient
 from bearer.protocol import ProtocolError
 from softswitch.bearers import BearerPool
+from softswitch.calls import CallManager
 from softswitch.cdr import Cdr
 from softswitch.dbthread import DbFatal, DbStatus, Loaded, UsersChanged
 from softswitch.location import LocalAddress, Location
@@ -158,16 +158,6 @@ CORE_ANSWERS: dict[CoreRefusal, tuple[int, str | None]] = {
 }
 
 
-def _find_call_manager() -> Callable[..., Any] | None:
-    """softswitch.calls.CallManager when that module exists; import errors
-    inside it are real bugs and propagate."""
-    if importlib.util.find_spec("softswitch.calls") is None:
-        return None
-    from softswitch.calls import CallManager  # type: ignore[import-not-found,unused-ignore]
-
-    return CallManager  # type: ignore[no-any-return]
-
-
 class Switch:
     """The control daemon's whole state machine; see the module docstring."""
 
@@ -180,13 +170,12 @@ class Switch:
         bearer_key: bytes | None = None,
         secret: bytes | None = None,
         bearer_endpoints: list | None = None,
-        calls_factory: Callable[..., Any] | str | None = "auto",
+        calls_factory: Callable[..., Any] | None = CallManager,
         features: dict[str, bool] | None = None,
     ) -> None:
         """``bearer_endpoints`` defaults to ``config.bearers.endpoints`` (the
-        daemon passes them with host names resolved); ``calls_factory``
-        defaults to ``softswitch.calls.CallManager`` when that module exists
-        (tests pass fakes, or None for no calls at all)."""
+        daemon passes them with host names resolved); ``calls_factory`` is
+        the B2BUA's class (tests pass fakes, or None for no calls at all)."""
         sip = config.sip
         self.config = config
         self.started = now
@@ -231,10 +220,9 @@ class Switch:
         )
         endpoints = config.bearers.endpoints if bearer_endpoints is None else bearer_endpoints
         self.bearers = BearerPool(self.client, list(endpoints), now)
-        factory = _find_call_manager() if calls_factory == "auto" else calls_factory
         self.calls: Any = None
-        if factory is not None:
-            self.calls = factory(
+        if calls_factory is not None:
+            self.calls = calls_factory(
                 layer=self.layer,
                 location=self.location,
                 directory=self.directory,
