@@ -46,6 +46,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from bearer.ports import raise_fd_limit
 from bearer.protoclient import EventSender, RequestReceived
 from bearer.protocol import (
     MAX_DATAGRAM,
@@ -76,7 +77,7 @@ from bearer.protocol import (
     load_key,
 )
 from bearer.recorder import RecorderWriter, Recording
-from bearer.relay import Relay, RelayError, raise_fd_limit
+from bearer.relay import Relay, RelayError
 from bearer.session import Session
 from bearer.settings import load_bearer_config
 from softswitch.config import ConfigError, resolve_config_dir

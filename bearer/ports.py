@@ -15,9 +15,10 @@ free port has been tried once.
 
 from __future__ import annotations
 
+import resource
 from collections import deque
 
-__all__ = ["PortPool", "PortsExhausted"]
+__all__ = ["PortPool", "PortsExhausted", "raise_fd_limit"]
 
 
 class PortsExhausted(Exception):
@@ -66,3 +67,15 @@ class PortPool:
     def busy(self, port: int) -> None:
         """A taken port could not be bound (held elsewhere): park it at the back."""
         self.release(port)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit towards ``wanted`` (6 fds per call); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(max(soft, wanted), hard) if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if target != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+    return target

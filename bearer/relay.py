@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import random
 import select
 import socket
 import struct
@@ -51,10 +50,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from bearer import session as S
-from bearer.mixer import FRAME_SAMPLES, Mixer
+from bearer.mixer import Mixer
 from bearer.ports import PortPool, PortsExhausted
 from bearer.protocol import (
     AllocFlags,
@@ -68,7 +65,7 @@ from bearer.protocol import (
     MediaTimeout,
 )
 from bearer.rtp import parse_header, parse_rtcp, payload_end
-from bearer.session import IDENTITY, Leg, Mode, Session, remap_table
+from bearer.session import IDENTITY, ConferenceOut, Leg, Mode, Session, remap_table
 
 __all__ = ["LATCH_GRACE", "TICK", "Relay", "RelayError"]
 
@@ -93,7 +90,6 @@ K_RTCP = 4
 K_READER = 5  # a callback (control socket, signal fd)
 
 _SEQ_TS = struct.Struct("!2xHI")
-_CONF_HDR = np.dtype([("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])
 
 
 class RelayError(Exception):
@@ -152,7 +148,7 @@ class Relay:
         self.totals[S.JITTER] = 0.0
         self.totals[S.TRANSIT] = 0.0
         self.recordings: set[Session] = set()
-        self._conf = _ConferenceOut(self)
+        self._conf = ConferenceOut(self.mixer)
         self.loop_iterations = 0
         self.ticks = 0
         self.late_ticks = 0
@@ -648,21 +644,7 @@ class Relay:
             leg.c[S.RTCP_INVALID] += 1
             return
         other = leg.session.other(leg)
-        for p in packets:
-            reports = getattr(p, "reports", ())
-            lsr = getattr(p, "lsr", None)
-            if lsr is not None and other is not None:
-                other.sr_forwarded[lsr] = now
-                if len(other.sr_forwarded) > 8:
-                    del other.sr_forwarded[next(iter(other.sr_forwarded))]
-            for block in reports:
-                st = leg.rtcp_stats
-                st["rtcp_fraction_lost"] = round(block.fraction_lost / 256.0, 4)
-                st["rtcp_cumulative_lost"] = block.cumulative_lost
-                st["rtcp_jitter"] = block.jitter
-                sent = leg.sr_forwarded.get(block.lsr)
-                if block.lsr and sent is not None:
-                    st["rtcp_rtt_ms"] = round((now - sent - block.dlsr / 65536.0) * 1000.0, 3)
+        leg.account_rtcp(packets, other, now)
         if other is not None and other.rtcp is not None and other.receives:
             dest = other.rtcp_destination
             if dest is not None:
@@ -825,113 +807,3 @@ class Relay:
                     log.info("session %d (%s): no RTP for %.0f s", s.id, s.call_ref, timeout)
                     self.on_event(MediaTimeout(s.id, first.index))
         self._hk_pos = end
-
-
-class _ConferenceOut:
-    """The bearer's own RTP streams to conference participants.
-
-    Each participant gets its own SSRC, sequence numbers and timestamps
-    (RFC 3550 §5.1: a mixer is a new synchronisation source).  Headers for
-    all participants are built with one numpy structured-array pass per
-    tick; only the send is per participant.
-    """
-
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-        self.dest: dict[tuple[int, int], list[Any]] = {}  # pid -> [send, dest, counters, deaf]
-        self.pids: list[Any] | None = None
-        self.hdr = np.zeros(0, dtype=_CONF_HDR)
-        self.rows: dict[Any, int] = {}
-        self.senders: list[list[Any]] = []
-
-    def update(self, s: Session) -> None:
-        """Refresh where a participant's mix goes (after latching, UPDATE, JOIN/LEAVE)."""
-        for leg in s.legs:
-            pid = (s.id, leg.index)
-            if s.room is None or leg.rtp is None:
-                self.dest.pop(pid, None)
-                continue
-            d = self.dest.setdefault(pid, [None, None, leg.c, False, leg])
-            if not leg.receives or s.room_flags & JoinFlags.DEAF:
-                d[0], d[1] = None, None
-            elif leg.final:
-                d[0], d[1] = leg.rtp.send, None
-            elif leg.destination is not None:
-                d[0], d[1] = leg.rtp.sendto, leg.destination
-            else:
-                d[0], d[1] = None, None
-        self.pids = None  # realign at the next tick
-
-    def push(self, s: Session, leg: Leg, seq: int, ts: int, payload: memoryview) -> None:
-        sel = leg.spec.selected
-        self.relay.mixer.push((s.id, leg.index), seq, ts, payload, sel.name if sel else "PCMU")
-
-    def _realign(self, pids: list[Any]) -> None:
-        old_rows, old_hdr = self.rows, self.hdr
-        hdr = np.zeros(len(pids), dtype=_CONF_HDR)
-        hdr["b0"] = 0x80
-        for i, pid in enumerate(pids):
-            j = old_rows.get(pid)
-            if j is not None:
-                hdr[i] = old_hdr[j]
-            else:
-                d = self.dest.get(pid)
-                leg = d[4] if d is not None else None
-                pt = (
-                    leg.spec.selected_pt
-                    if leg is not None and leg.spec.selected_pt is not None
-                    else 0
-                )
-                hdr[i] = (
-                    0x80,
-                    pt,
-                    random.getrandbits(16),
-                    random.getrandbits(32),
-                    random.getrandbits(32),
-                )
-        self.hdr = hdr
-        self.rows = {pid: i for i, pid in enumerate(pids)}
-        self.senders = [self.dest.get(pid) or [None, None, None, True, None] for pid in pids]
-        self.pids = pids
-
-    def tick(self) -> None:
-        pids, enc = self.relay.mixer.tick_array()
-        if pids is not self.pids:
-            self._realign(pids)
-        n = len(pids)
-        hdr = self.hdr
-        hdr["seq"] += 1
-        hdr["ts"] += FRAME_SAMPLES
-        pkts = np.empty((n, 12 + FRAME_SAMPLES), dtype=np.uint8)
-        pkts[:, :12] = hdr.view(np.uint8).reshape(n, 12)
-        pkts[:, 12:] = enc
-        size = 12 + FRAME_SAMPLES
-        mv = memoryview(pkts.reshape(-1))
-        OUT_PKTS, OUT_BYTES, SEND_ERROR = S.OUT_PKTS, S.OUT_BYTES, S.SEND_ERROR
-        for i in range(n):
-            send, dest, c, _deaf, _leg = self.senders[i]
-            if send is None:
-                continue
-            try:
-                if dest is None:
-                    send(mv[i * size : (i + 1) * size])
-                else:
-                    send(mv[i * size : (i + 1) * size], dest)
-                c[OUT_PKTS] += 1
-                c[OUT_BYTES] += size
-            except OSError:
-                c[SEND_ERROR] += 1
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """Raise RLIMIT_NOFILE's soft limit towards ``wanted`` (6 fds per call); returns it."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(max(soft, wanted), hard) if hard != resource.RLIM_INFINITY else max(soft, wanted)
-    if target != soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            return soft
-    return target

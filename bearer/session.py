@@ -26,16 +26,21 @@ from __future__ import annotations
 
 import enum
 import functools
+import random
 import socket
 from typing import Any
 
+import numpy as np
+
 from bearer.codecs import transcode_table
-from bearer.protocol import AllocFlags, Direction, LegSpec, LegStats, PayloadType
+from bearer.mixer import FRAME_SAMPLES, Mixer
+from bearer.protocol import AllocFlags, Direction, JoinFlags, LegSpec, LegStats, PayloadType
 from bearer.rtp import DtmfDetector
 
 __all__ = [
     "COUNTER_NAMES",
     "DROP_REASONS",
+    "ConferenceOut",
     "Leg",
     "Mode",
     "Session",
@@ -164,6 +169,7 @@ def _remap(
 
 
 IDENTITY = bytes(range(256))
+_CONF_HDR = np.dtype([("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])
 
 
 class Leg:
@@ -277,6 +283,30 @@ class Leg:
         dropped = sum(c[i] for i in _AFTER_RX)
         return c[PKTS] - dropped, c[BYTES] - c[DROP_BYTES]
 
+    def account_rtcp(self, packets: list[Any], other: Leg | None, now: float) -> None:
+        """Take what this phone's RTCP says (RFC 3550 §6.4) before it is relayed.
+
+        An SR's LSR is remembered on the *other* leg with the time we relay it,
+        so that when the other phone's RR echoes it the round trip between the
+        bearer and that phone is ``now - relayed - DLSR`` (§6.4.1, Figure 2),
+        measured on our clock alone.  Report blocks give the phone's view of
+        the stream it receives from us: fraction lost, cumulative loss, jitter.
+        """
+        for p in packets:
+            lsr = getattr(p, "lsr", None)
+            if lsr is not None and other is not None:
+                other.sr_forwarded[lsr] = now
+                if len(other.sr_forwarded) > 8:
+                    del other.sr_forwarded[next(iter(other.sr_forwarded))]
+            for block in getattr(p, "reports", ()):
+                st = self.rtcp_stats
+                st["rtcp_fraction_lost"] = round(block.fraction_lost / 256.0, 4)
+                st["rtcp_cumulative_lost"] = block.cumulative_lost
+                st["rtcp_jitter"] = block.jitter
+                sent = self.sr_forwarded.get(block.lsr)
+                if block.lsr and sent is not None:
+                    st["rtcp_rtt_ms"] = round((now - sent - block.dlsr / 65536.0) * 1000.0, 3)
+
     def counters(self) -> dict[str, int | float]:
         """This leg's counters as flat names (STATS replies)."""
         c = self.c
@@ -369,3 +399,100 @@ class Session:
             out[f"leg{leg.index}_packets_out"] = st.packets_out
             out[f"leg{leg.index}_bytes_out"] = st.bytes_out
         return out
+
+
+class ConferenceOut:
+    """The bearer's own RTP streams to conference participants.
+
+    Each participant gets its own SSRC, sequence numbers and timestamps
+    (RFC 3550 §5.1: a mixer is a new synchronisation source).  Headers for
+    all participants are built with one numpy structured-array pass per
+    tick; only the send is per participant.
+    """
+
+    def __init__(self, mixer: Mixer) -> None:
+        self.mixer = mixer
+        self.dest: dict[tuple[int, int], list[Any]] = {}  # pid -> [send, dest, counters, deaf]
+        self.pids: list[Any] | None = None
+        self.hdr = np.zeros(0, dtype=_CONF_HDR)
+        self.rows: dict[Any, int] = {}
+        self.senders: list[list[Any]] = []
+
+    def update(self, s: Session) -> None:
+        """Refresh where a participant's mix goes (after latching, UPDATE, JOIN/LEAVE)."""
+        for leg in s.legs:
+            pid = (s.id, leg.index)
+            if s.room is None or leg.rtp is None:
+                self.dest.pop(pid, None)
+                continue
+            d = self.dest.setdefault(pid, [None, None, leg.c, False, leg])
+            if not leg.receives or s.room_flags & JoinFlags.DEAF:
+                d[0], d[1] = None, None
+            elif leg.final:
+                d[0], d[1] = leg.rtp.send, None
+            elif leg.destination is not None:
+                d[0], d[1] = leg.rtp.sendto, leg.destination
+            else:
+                d[0], d[1] = None, None
+        self.pids = None  # realign at the next tick
+
+    def push(self, s: Session, leg: Leg, seq: int, ts: int, payload: memoryview) -> None:
+        """One received frame of a participant into the mixer (its jitter buffer)."""
+        sel = leg.spec.selected
+        self.mixer.push((s.id, leg.index), seq, ts, payload, sel.name if sel else "PCMU")
+
+    def _realign(self, pids: list[Any]) -> None:
+        old_rows, old_hdr = self.rows, self.hdr
+        hdr = np.zeros(len(pids), dtype=_CONF_HDR)
+        hdr["b0"] = 0x80
+        for i, pid in enumerate(pids):
+            j = old_rows.get(pid)
+            if j is not None:
+                hdr[i] = old_hdr[j]
+            else:
+                d = self.dest.get(pid)
+                leg = d[4] if d is not None else None
+                pt = (
+                    leg.spec.selected_pt
+                    if leg is not None and leg.spec.selected_pt is not None
+                    else 0
+                )
+                hdr[i] = (
+                    0x80,
+                    pt,
+                    random.getrandbits(16),
+                    random.getrandbits(32),
+                    random.getrandbits(32),
+                )
+        self.hdr = hdr
+        self.rows = {pid: i for i, pid in enumerate(pids)}
+        self.senders = [self.dest.get(pid) or [None, None, None, True, None] for pid in pids]
+        self.pids = pids
+
+    def tick(self) -> None:
+        """Mix every room and send each participant its packet (every 20 ms)."""
+        pids, enc = self.mixer.tick_array()
+        if pids is not self.pids:
+            self._realign(pids)
+        n = len(pids)
+        hdr = self.hdr
+        hdr["seq"] += 1
+        hdr["ts"] += FRAME_SAMPLES
+        pkts = np.empty((n, 12 + FRAME_SAMPLES), dtype=np.uint8)
+        pkts[:, :12] = hdr.view(np.uint8).reshape(n, 12)
+        pkts[:, 12:] = enc
+        size = 12 + FRAME_SAMPLES
+        mv = memoryview(pkts.reshape(-1))
+        for i in range(n):
+            send, dest, c, _deaf, _leg = self.senders[i]
+            if send is None:
+                continue
+            try:
+                if dest is None:
+                    send(mv[i * size : (i + 1) * size])
+                else:
+                    send(mv[i * size : (i + 1) * size], dest)
+                c[OUT_PKTS] += 1
+                c[OUT_BYTES] += size
+            except OSError:
+                c[SEND_ERROR] += 1
