@@ -319,17 +319,7 @@ class ControlDaemon:
                 sock.sendto(data, addr)
             except OSError as exc:  # a bearer not started yet: heartbeats will find it
                 sw.drops["bearer_send_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
-        for cmd in sw.db_commands():
-            kind = type(cmd)
-            try:
-                if kind is SaveBinding:
-                    self.db.save_binding(cmd.binding)
-                elif kind is DeleteBinding:
-                    self.db.delete_binding(cmd.username, cmd.domain, cmd.contact)
-                elif kind is WriteCdr:
-                    self.db.write_cdr(cmd.cdr)
-            except ValueError as exc:
-                log.warning("not persisted: %s", exc)
+        self._hand_to_db()
         self._rearm()
 
     def _send_sip(self, data: bytes, peer: Peer) -> None:
@@ -484,19 +474,25 @@ class ControlDaemon:
         db = getattr(self, "db", None)
         if db is not None:
             if sw is not None:
-                self._flush_db_only()
+                self._hand_to_db()
             if not await self.loop.run_in_executor(None, db.stop, DB_STOP_TIMEOUT):
                 log.error("database writes lost at stop (%d dropped)", db.dropped)
         log.info("stopped")
 
-    def _flush_db_only(self) -> None:
+    def _hand_to_db(self) -> None:
+        """The Switch's DB commands, to the DB thread's queue (never blocks)."""
+        db = self.db
         for cmd in self.switch.db_commands():
-            if type(cmd) is SaveBinding:
-                self.db.save_binding(cmd.binding)
-            elif type(cmd) is DeleteBinding:
-                self.db.delete_binding(cmd.username, cmd.domain, cmd.contact)
-            elif type(cmd) is WriteCdr:
-                self.db.write_cdr(cmd.cdr)
+            kind = type(cmd)
+            try:
+                if kind is SaveBinding:
+                    db.save_binding(cmd.binding)
+                elif kind is DeleteBinding:
+                    db.delete_binding(cmd.username, cmd.domain, cmd.contact)
+                elif kind is WriteCdr:
+                    db.write_cdr(cmd.cdr)
+            except ValueError as exc:
+                log.warning("not persisted: %s", exc)
 
 
 # --------------------------------------------------------------------------- SIP transports

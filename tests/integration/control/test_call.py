@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 
 from softswitch.sip.message import Request, Response, make_response, parse
@@ -72,13 +73,18 @@ def next_request(client: SipClient, method: str) -> Request:
     raise AssertionError(f"no {method}")
 
 
-def test_answered_call_relays_rtp_and_leaves_a_cdr(switch: ControlProcess) -> None:
-    bob = SipClient(switch.port, "bob", "hunter2")
-    assert bob.register(contact=f"<sip:bob@127.0.0.1:{bob.local[1]}>").status == 200
-    alice = SipClient(switch.port, "alice", "secret")
-    a_rtp, b_rtp = Phone(), Phone()
-    caller = Caller(alice, a_rtp.addr[1])
-    try:
+class Call:
+    """An answered call between Alice and Bob, media flowing."""
+
+    def __init__(self, switch: ControlProcess) -> None:
+        self.bob = SipClient(switch.port, "bob", "hunter2")
+        assert self.bob.register(contact=f"<sip:bob@127.0.0.1:{self.bob.local[1]}>").status == 200
+        self.alice = SipClient(switch.port, "alice", "secret")
+        self.a_rtp, self.b_rtp = Phone(), Phone()
+        self.caller = Caller(self.alice, self.a_rtp.addr[1])
+
+    def establish(self) -> None:
+        alice, bob, caller = self.alice, self.bob, self.caller
         # INVITE, 407, ACK for the 407 (§17.1.1.3: same branch), INVITE with credentials.
         alice.send(caller.request("INVITE", "z9hG4bKa1", cseq=1))
         challenge = alice.final()
@@ -90,15 +96,14 @@ def test_answered_call_relays_rtp_and_leaves_a_cdr(switch: ControlProcess) -> No
 
         # Bob's phone rings, then answers with its media port.
         invite = next_request(bob, "INVITE")
-        bearer_port_for_bob = media_port(invite.body)
-        ringing = make_response(invite, 180, to_tag="bobtag")
-        bob.send(bytes(ringing))
+        self.bearer_port_for_bob = media_port(invite.body)
+        bob.send(bytes(make_response(invite, 180, to_tag="bobtag")))
         ok = make_response(invite, 200, to_tag="bobtag")
         ok.headers += [
             ["Contact", f"<sip:bob@127.0.0.1:{bob.local[1]}>"],
             ["Content-Type", "application/sdp"],
         ]
-        ok.body = sdp(b_rtp.addr[1])
+        ok.body = sdp(self.b_rtp.addr[1])
         bob.send(bytes(ok))
 
         # Alice gets 180 then the 200 with the bearer's address.
@@ -114,37 +119,66 @@ def test_answered_call_relays_rtp_and_leaves_a_cdr(switch: ControlProcess) -> No
         assert answer is not None and 180 in statuses, statuses
         caller.remote_tag = answer.to.tag
         caller.target = str(answer.contacts[0].uri)
-        bearer_port_for_alice = media_port(answer.body)
+        self.bearer_port_for_alice = media_port(answer.body)
         alice.send(caller.request("ACK", "z9hG4bKa3", cseq=2))
         assert next_request(bob, "ACK").cseq == invite.cseq
 
-        # Media both ways through the bearer.
+    def talk(self) -> tuple[int, int]:
+        """RTP both ways through the bearer; packets (Bob got, Alice got)."""
         for _ in range(5):
-            a_rtp.send(bearer_port_for_alice, b"\xff" * 160)
-            b_rtp.send(bearer_port_for_bob, b"\x7f" * 160)
+            self.a_rtp.send(self.bearer_port_for_alice, b"\xff" * 160)
+            self.b_rtp.send(self.bearer_port_for_bob, b"\x7f" * 160)
             time.sleep(0.02)
-        assert len(b_rtp.recv_all()) >= 4
-        assert len(a_rtp.recv_all()) >= 4
-        calls = switch.admin("calls")
-        assert len(calls) == 1, calls
+        return len(self.b_rtp.recv_all()), len(self.a_rtp.recv_all())
 
+    def close(self) -> None:
+        for s in (self.a_rtp, self.b_rtp, self.alice, self.bob):
+            s.close()
+
+
+def wait_cdrs(switch: ControlProcess, timeout: float = 5.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded: CDRs are batched within a second
+        out = switch.ctl("cdr", "--json")
+        if out.returncode == 0 and json.loads(out.stdout):
+            return json.loads(out.stdout)
+        time.sleep(0.2)
+    return []
+
+
+def test_answered_call_relays_rtp_and_leaves_a_cdr(switch: ControlProcess) -> None:
+    call = Call(switch)
+    try:
+        call.establish()
+        got_b, got_a = call.talk()
+        assert got_b >= 4 and got_a >= 4
+        assert len(switch.admin("calls")) == 1
         # Alice hangs up; Bob's phone gets the BYE.
-        alice.send(caller.request("BYE", "z9hG4bKa4", cseq=3))
-        bye = next_request(bob, "BYE")
-        bob.send(bytes(make_response(bye, 200)))
-        assert alice.final().status == 200
-        deadline = time.monotonic() + 5
-        cdrs: list = []
-        while time.monotonic() < deadline:  # bounded: the CDR batch is written within a second
-            out = switch.ctl("cdr", "--json")
-            cdrs = json.loads(out.stdout) if out.returncode == 0 else []
-            if cdrs:
-                break
-            time.sleep(0.2)
+        call.alice.send(call.caller.request("BYE", "z9hG4bKa4", cseq=3))
+        bye = next_request(call.bob, "BYE")
+        call.bob.send(bytes(make_response(bye, 200)))
+        assert call.alice.final().status == 200
+        cdrs = wait_cdrs(switch)
         assert cdrs and cdrs[0]["disposition"] == "answered", cdrs
         assert switch.admin("calls") == []
     finally:
-        a_rtp.close()
-        b_rtp.close()
-        alice.close()
-        bob.close()
+        call.close()
+
+
+def test_sigterm_hangs_up_both_phones_and_keeps_the_cdr(switch: ControlProcess) -> None:
+    call = Call(switch)
+    try:
+        call.establish()
+        call.talk()
+        switch.send_signal(signal.SIGTERM)
+        # Both phones get a BYE from the stopping switch and answer it.
+        for phone in (call.alice, call.bob):
+            bye = next_request(phone, "BYE")
+            phone.send(bytes(make_response(bye, 200)))
+        assert switch.proc.wait(15) == 0, switch.log()
+        assert "unfinished at stop" not in switch.log()
+        switch.start()  # the CDR was flushed by the DB thread at stop
+        cdrs = wait_cdrs(switch)
+        assert cdrs and cdrs[0]["disposition"] == "answered", cdrs
+    finally:
+        call.close()
