@@ -119,7 +119,9 @@ def run(
             stdin=None if input is not None else subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as e:
-        raise HarnessError(f"timed out after {timeout:g} s: {' '.join(argv)}\n{e.stdout or ''}")
+        raise HarnessError(
+            f"timed out after {timeout:g} s: {' '.join(argv)}\n{e.stdout or ''}"
+        ) from None
     if check and cp.returncode != 0:
         raise HarnessError(
             f"exit {cp.returncode}: {' '.join(argv)}\n--- stdout ---\n{cp.stdout[-4000:]}"
@@ -140,7 +142,9 @@ def locked(name: str, timeout: float = 600.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise HarnessError(f"{CACHE / name}: still locked after {timeout:g} s")
+                    raise HarnessError(
+                        f"{CACHE / name}: still locked after {timeout:g} s"
+                    ) from None
                 time.sleep(0.2)
         try:
             yield
@@ -445,7 +449,9 @@ class Container:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out, _ = proc.communicate()
-                raise HarnessError(f"timed out after {timeout:g} s: {' '.join(argv)}\n{out!r}")
+                raise HarnessError(
+                    f"timed out after {timeout:g} s: {' '.join(argv)}\n{out!r}"
+                ) from None
             if proc.returncode != 0:
                 text = out.decode(errors="replace")[-4000:]
                 raise HarnessError(f"exit {proc.returncode}: {' '.join(argv)}\n{text}")

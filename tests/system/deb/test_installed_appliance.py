@@ -78,7 +78,8 @@ def phones(machine: Container) -> Iterator[dict[str, object]]:
     from tests.system.phone import Phone
 
     for user, (password, _, _) in USERS.items():
-        machine.run(["softswitchctl", "user", "add", user, "--password", password])
+        record = ["--record"] if user == "alice" else []  # her calls are recorded
+        machine.run(["softswitchctl", "user", "add", user, "--password", password, *record])
     with ExitStack() as stack:
         started = {}
         for user, (_, tone, rtp_port) in USERS.items():
@@ -220,6 +221,22 @@ def test_two_phones_register_and_call_with_rtp(machine: Container, phones) -> No
     call_with_audio(phones["bob"], phones["alice"])
 
 
+def test_recordings_land_in_the_spool_readable_by_the_group_only(machine: Container) -> None:
+    """alice is recorded: ProtectSystem=strict leaves the spool writable, UMask=0027."""
+    deadline = time.monotonic() + 10
+    while True:
+        listing = machine.sh(
+            "find /var/spool/softswitch/recordings -name '*.wav' -size +1k -printf '%u:%g %m %f\\n'"
+        ).split("\n")
+        wavs = [line for line in listing if line]
+        if len(wavs) >= 2:
+            break
+        assert time.monotonic() < deadline, f"recordings: {wavs}"
+        time.sleep(0.5)
+    for line in wavs:
+        assert line.startswith("softswitch:softswitch 640 "), wavs
+
+
 def test_killed_bearer_is_restarted_and_new_calls_succeed(
     machine: Container, bearers: list[int], phones
 ) -> None:
@@ -275,6 +292,23 @@ def test_optional_features_absent_are_reported_not_fatal(machine: Container) -> 
     status = json.loads(machine.run(["softswitchctl", "--json", "status"]).stdout)
     assert status["feature_uvloop"] is False and status["feature_aiortc"] is False, status
     assert status["state"] == "serving", status
+
+
+def test_reinstall_keeps_key_settings_and_registrations(
+    machine: Container, deb: Path, bearers: list[int]
+) -> None:
+    """The upgrade path (postinst configure with an old version): daemons restart."""
+    key = machine.run(["cat", "/etc/softswitch/control.key"]).stdout
+    pids = {u: machine.show(u, "MainPID") for u in [CONTROL, *(bearer(n) for n in bearers)]}
+    machine.run(["apt-get", "install", "-y", "-q", "--reinstall", f"/debs/{deb.name}"], timeout=120)
+    assert machine.run(["cat", "/etc/softswitch/control.key"]).stdout == key
+    assert "sip_trace = yes" in machine.run(["cat", "/etc/softswitch/softswitch.conf"]).stdout
+    for unit, pid in pids.items():
+        machine.wait_for(unit, "SubState", "running")
+        assert machine.show(unit, "MainPID") != pid, f"{unit} was not restarted"
+    # Registrations survive a control restart (the database has them).
+    regs = json.loads(machine.run(["softswitchctl", "--json", "registrations"]).stdout)
+    assert {r["aor"] for r in regs} >= {f"alice@{DOMAIN}", f"bob@{DOMAIN}"}, regs
 
 
 def test_journal_shows_the_daemons_log_lines(machine: Container, bearers: list[int]) -> None:
