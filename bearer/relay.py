@@ -149,7 +149,8 @@ class Relay:
         self.totals[S.TRANSIT] = 0.0
         self.recordings: set[Session] = set()
         self._conf = ConferenceOut(self.mixer)
-        self.loop_iterations = 0
+        self.internal_errors = 0
+        self._bug_logged = -1e9
         self.ticks = 0
         self.late_ticks = 0
 
@@ -330,6 +331,7 @@ class Relay:
             "packets_generated": sums[S.OUT_PKTS],
             "ticks": self.ticks,
             "late_ticks": self.late_ticks,
+            "internal_errors": self.internal_errors,
         }
         for name, slot in S.DROP_REASONS.items():
             out[f"drop_{name}"] = sums[slot]
@@ -581,12 +583,15 @@ class Relay:
         elif pt == audio_pt and (
             s.recording is not None or s.room is not None or xcode is not None
         ):
-            try:
-                _pt, _seq, _ts, _ssrc, _m, hlen = parse_header(buf, n)
-                end = payload_end(buf, n)
-            except ValueError:
-                c[S.INVALID] += 1
-                return
+            if buf[0] == 0x80:  # no CSRC, extension or padding: what phones send
+                hlen, end = 12, n
+            else:
+                try:
+                    _pt, _seq, _ts, _ssrc, _m, hlen = parse_header(buf, n)
+                    end = payload_end(buf, n)
+                except ValueError:
+                    c[S.INVALID] += 1
+                    return
             if s.recording is not None:
                 sel = leg.spec.selected
                 s.recording.push(
@@ -723,20 +728,34 @@ class Relay:
                     self._socket_error(fd, e)
 
     def _slow(self, kind: int, fd: int, now: float) -> None:
-        e = self._fdmap[fd]
-        leg = e[8]
-        if kind == K_PATH:
-            n = e[1](self._buf)
-            self._deliver(e, n, now)
-        elif kind == K_LATCH:
-            n, src = e[1](self._buf)
-            self._sourced(e, leg, n, src, now)
-        elif kind == K_CATCH:
-            self._catch(leg, now)
-        elif kind == K_RTCP:
-            self._rtcp(leg, now)
-        elif kind == K_READER:
-            e[1]()
+        """Every entry kind but K_FAST.  A bug here costs one packet, not the bearer."""
+        try:
+            e = self._fdmap[fd]
+            leg = e[8]
+            if kind == K_PATH:
+                n = e[1](self._buf)
+                self._deliver(e, n, now)
+            elif kind == K_LATCH:
+                n, src = e[1](self._buf)
+                self._sourced(e, leg, n, src, now)
+            elif kind == K_CATCH:
+                self._catch(leg, now)
+            elif kind == K_RTCP:
+                self._rtcp(leg, now)
+            elif kind == K_READER:
+                e[1]()
+        except (OSError, KeyError):
+            raise  # the loop counts these
+        except Exception:
+            self._bug("packet path")
+
+    def _bug(self, where: str) -> None:
+        """Count an unexpected exception; log its traceback at most every 10 s."""
+        self.internal_errors += 1
+        now = self.clock()
+        if now >= self._bug_logged + 10.0:
+            self._bug_logged = now
+            log.exception("internal error in the %s (%d so far)", where, self.internal_errors)
 
     def _socket_error(self, fd: int, exc: OSError) -> None:
         """recv failed: ICMP port unreachable reported on a connected socket, usually."""
@@ -768,19 +787,25 @@ class Relay:
         if now - self._next_tick > TICK:  # fell behind by more than a tick: resync
             self.late_ticks += 1
             self._next_tick = now + TICK
-        if len(self.mixer):
-            self._conf.tick()
-        for s in list(self.recordings):
-            if s.recording is not None:
-                s.recording.tick()
-        for leg in list(self._provisional):
-            if now - leg.latched_at >= LATCH_GRACE:
-                self._finalize(leg, now)
-        self._housekeep(now)
+        try:
+            if len(self.mixer):
+                self._conf.tick()
+            for s in list(self.recordings):
+                if s.recording is not None:
+                    s.recording.tick()
+            for leg in list(self._provisional):
+                if now - leg.latched_at >= LATCH_GRACE:
+                    self._finalize(leg, now)
+            self._housekeep(now)
+        except Exception:
+            self._bug("tick")
         for t in self._timers:
             if now >= t[0]:
                 t[0] = max(t[0] + t[1], now)
-                t[2](now)
+                try:
+                    t[2](now)
+                except Exception:
+                    self._bug(f"timer {getattr(t[2], '__name__', t[2])}")
 
     def _housekeep(self, now: float) -> None:
         """Loss accounting and media timeouts, a slice of the sessions per tick."""
