@@ -149,6 +149,7 @@ class Relay:
         self.totals[S.TRANSIT] = 0.0
         self.recordings: set[Session] = set()
         self._conf = ConferenceOut(self.mixer)
+        self.lost_total = 0  # RFC 3550 A.3 loss of deleted legs
         self.internal_errors = 0
         self._bug_logged = -1e9
         self.ticks = 0
@@ -240,6 +241,7 @@ class Relay:
             for i in range(S.NCOUNTERS):
                 if i not in (S.SEQ, S.TRANSIT, S.JITTER):
                     totals[i] += leg.c[i]
+            self.lost_total += max(leg.lost, 0)
         return stats
 
     def record(self, session_id: int, start: bool, path: str) -> bool:
@@ -314,12 +316,17 @@ class Relay:
     def counters(self) -> dict[str, int | float]:
         """STATS for the whole bearer: live sessions plus everything deleted."""
         sums = list(self.totals)
+        lost = self.lost_total
+        jitters: list[float] = []
         for s in self.sessions.values():
             for leg in s.legs:
                 c = leg.c
                 for i in range(S.NCOUNTERS):
                     if i not in (S.SEQ, S.TRANSIT, S.JITTER):
                         sums[i] += c[i]
+                lost += max(leg.lost, 0)
+                if c[S.PKTS]:
+                    jitters.append(c[S.JITTER] * 1000.0 / leg.clock)
         out: dict[str, int | float] = {
             "sessions": len(self.sessions),
             "capacity": self.max_sessions,
@@ -329,6 +336,9 @@ class Relay:
             "packets": sums[S.PKTS],
             "bytes": sums[S.BYTES],
             "packets_generated": sums[S.OUT_PKTS],
+            "lost": lost,
+            "jitter_ms_mean": round(sum(jitters) / len(jitters), 3) if jitters else 0.0,
+            "jitter_ms_max": round(max(jitters), 3) if jitters else 0.0,
             "ticks": self.ticks,
             "late_ticks": self.late_ticks,
             "internal_errors": self.internal_errors,
@@ -576,6 +586,8 @@ class Relay:
         s = leg.session
         if pt == tev:
             self._dtmf(leg, n, ts)
+            if s.room is not None:
+                return  # digits are for control; the mix carries audio only
             if not dtmf_ok:
                 c[S.UNSUPPORTED] += 1
                 c[S.DROP_BYTES] += n

@@ -35,6 +35,8 @@ def test_sequence_gaps_count_as_loss_and_irregular_timing_as_jitter(
     st = ctl.stats(1)
     assert st["leg0_lost"] == 4
     assert st["leg0_jitter_ms"] >= 3.0
+    whole = ctl.stats(0)
+    assert whole["lost"] == 4 and whole["jitter_ms_max"] >= 3.0
     reply = ctl.request(Delete(1))
     assert isinstance(reply, Deleted)
     assert reply.legs[0].packets_lost == 4 and reply.legs[0].jitter_us >= 3000
