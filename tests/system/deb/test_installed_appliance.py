@@ -194,28 +194,6 @@ def test_each_bearer_is_pinned_to_its_own_core(machine: Container, bearers: list
         assert re.search(rf"^Cpus_allowed_list:\s+{n}$", status, re.M), status
 
 
-def test_generator_starts_the_instances_bearer_conf_lists(machine: Container) -> None:
-    gen = "/lib/systemd/system-generators/softswitch-generator"
-    cores = int(machine.run(["nproc"]).stdout)
-    cases = {
-        "": [str(i) for i in range(min(cores, 2))],
-        "instances = auto": [str(i) for i in range(min(cores, 2))],
-        "instances = 1, 03": ["1", "3"],
-        "instances = none": [],
-        "instances = one": [],
-    }
-    for line, expect in cases.items():
-        got = machine.sh(
-            "d=$(mktemp -d); printf '[bearer]\\n%s\\n[log]\\ninstances = 7\\n' "
-            f"'{line}' >$d/bearer.conf; SOFTSWITCH_BEARER_CONF=$d/bearer.conf {gen} $d 2>&1; "
-            "ls $d/softswitch.target.wants 2>/dev/null; rm -rf $d"
-        )
-        names = re.findall(r"softswitch-bearer@(\d+)\.service", got)
-        assert names == expect, (line, got)
-        if line == "instances = one":
-            assert "not auto, none or a list of core numbers" in got
-
-
 def test_two_phones_register_and_call_with_rtp(machine: Container, phones) -> None:
     call_with_audio(phones["alice"], phones["bob"])
     call_with_audio(phones["bob"], phones["alice"])

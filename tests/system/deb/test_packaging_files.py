@@ -1,0 +1,145 @@
+"""The packaging's own files, checked without root or a container (fast).
+
+The full proof is test_installed_appliance.py; these catch the cheap
+mistakes first: the generator's reading of bearer.conf, man pages that
+drift from ``--help``, units that lose their hardening.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+GENERATOR = ROOT / "systemd" / "softswitch-generator"
+UNITS = ROOT / "systemd"
+MAN = ROOT / "debian" / "man"
+COMMANDS = {
+    "softswitch-control": ["softswitch.daemon"],
+    "softswitch-bearer": ["bearer.daemon"],
+    "softswitchctl": ["softswitch.ctl"],
+}
+
+
+def generate(tmp_path: Path, conf_text: str | None, nproc: int = 2) -> tuple[list[str], str]:
+    """Run the generator on a bearer.conf: the instances it wants, and its stderr."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ)
+    if conf_text is not None:
+        conf = tmp_path / "bearer.conf"
+        conf.write_text(conf_text)
+        env["SOFTSWITCH_BEARER_CONF"] = str(conf)
+    else:
+        env["SOFTSWITCH_BEARER_CONF"] = str(tmp_path / "absent.conf")
+    # A fake getconf decides how many cores "auto" sees.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "getconf"
+    fake.write_text(f"#!/bin/sh\necho {nproc}\n")
+    fake.chmod(0o755)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    cp = subprocess.run(
+        ["sh", str(GENERATOR), str(out), str(out), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert cp.returncode == 0, cp.stderr
+    wants = out / "softswitch.target.wants"
+    names = sorted(p.name for p in wants.iterdir()) if wants.exists() else []
+    for name in names:
+        assert os.readlink(wants / name) == "/lib/systemd/system/softswitch-bearer@.service"
+    return [n.removeprefix("softswitch-bearer@").removesuffix(".service") for n in names], cp.stderr
+
+
+@pytest.mark.parametrize(
+    ("conf", "nproc", "expect"),
+    [
+        (None, 2, ["0", "1"]),  # no bearer.conf at all: the default
+        ("[bearer]\nmedia_address = 10.0.0.1\n", 8, ["0", "1"]),  # auto: at most two
+        ("[bearer]\ninstances = auto\n", 1, ["0"]),  # one core, one bearer
+        ("[bearer]\ninstances = 1, 3\n", 2, ["1", "3"]),
+        ("[bearer]\ninstances: 02,1\n", 2, ["1", "2"]),  # INI colon, leading zero
+        ("[bearer]\ninstances = none\n", 2, []),  # a control-only server
+        ("[bearer]\n# instances = 5\n[log]\ninstances = 7\n", 2, ["0", "1"]),  # not ours
+    ],
+)
+def test_generator_wants_the_instances_bearer_conf_lists(
+    tmp_path: Path, conf: str | None, nproc: int, expect: list[str]
+) -> None:
+    assert generate(tmp_path, conf, nproc) == (expect, "")
+
+
+def test_generator_starts_no_bearer_on_a_bad_value_and_says_why(tmp_path: Path) -> None:
+    instances, stderr = generate(tmp_path, "[bearer]\ninstances = first\n")
+    assert instances == []
+    assert "not auto, none or a list of core numbers: 'first'" in stderr
+
+
+def help_options(module: str) -> set[str]:
+    """Every --option a command's --help mentions (subcommands included for ctl)."""
+    texts = [
+        subprocess.run(
+            [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())", *a],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        ).stdout
+        for a in (
+            [["--help"]]
+            if module != "softswitch.ctl"
+            else [
+                ["--help"],
+                *[["user", a, "--help"] for a in ("add", "del", "list", "passwd", "set")],
+                ["cdr", "--help"],
+            ]
+        )
+    ]
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", "\n".join(texts)))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_man_page_documents_every_option_of_help(command: str) -> None:
+    page = (MAN / f"{command}.8").read_text().replace("\\-", "-")
+    options = help_options(COMMANDS[command][0])
+    assert "--help" in options and len(options) > 1, options
+    missing = sorted(o for o in options if o not in page)
+    assert not missing, f"{command}.8 does not mention {missing}"
+
+
+@pytest.mark.parametrize("unit", ["softswitch-control.service", "softswitch-bearer@.service"])
+def test_units_keep_their_hardening(unit: str) -> None:
+    text = (UNITS / unit).read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    directives = {}
+    for ln in lines:
+        if "=" in ln:
+            k, v = ln.split("=", 1)
+            directives.setdefault(k, []).append(v)
+    expect = {
+        "Type": ["notify"],
+        "Restart": ["on-failure"],
+        "User": ["softswitch"],
+        "NoNewPrivileges": ["yes"],
+        "ProtectSystem": ["strict"],
+        "PrivateTmp": ["yes"],
+        "ProtectHome": ["yes"],
+        "CapabilityBoundingSet": [""],
+        "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
+        "SystemCallFilter": ["@system-service", "~@privileged"],
+        "ExecReload": ["/bin/kill -HUP $MAINPID"],
+        "RuntimeDirectory": ["softswitch"],
+        "RuntimeDirectoryPreserve": ["yes"],
+    }
+    for key, value in expect.items():
+        assert directives.get(key) == value, (key, directives.get(key))
+    assert "WatchdogSec" in directives and "LimitNOFILE" in directives
+    assert int(directives["LimitNOFILE"][0]) >= 500 * 6 + 64
