@@ -63,7 +63,7 @@ FULL_STEPS = {
     "recorded": [100, 250, 500, 750, 1000, 1250, 1500],
     "conference": [10, 25, 50, 75, 100, 125, 150],
 }
-QUICK_STEPS = {"relay": [20, 50], "recorded": [20], "conference": [2]}
+QUICK_STEPS = {"relay": [50], "recorded": [20], "conference": [2]}
 
 
 def _spec(addr: tuple[str, int] | None) -> LegSpec:
@@ -220,7 +220,14 @@ def run_scenario(
             row = {"n": n, "setup_seconds": round(time.monotonic() - t0, 2)}
             row.update(sc.measure(warmup, window))
             if kind != "conference":
-                row["baseline"] = baseline(gen.n, min(warmup, 1.0), min(window, 3.0), gen_cpu)
+                base = baseline(gen.n, min(warmup, 1.0), min(window, 3.0), gen_cpu)
+                row["baseline"] = base
+                row["added_latency_p50_ms"] = round(
+                    row["latency_p50_ms"] - base["latency_p50_ms"], 3
+                )
+                row["added_latency_p99_ms"] = round(
+                    row["latency_p99_ms"] - base["latency_p99_ms"], 3
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
             if not row["fits"]:
@@ -253,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     bearer_cpu, gen_cpu = (0, 1) if cores >= 2 else (None, None)
     _pin(gen_cpu)
-    warmup, window = (0.5, 1.5) if args.quick else (2.0, 10.0)
+    warmup, window = (0.3, 1.0) if args.quick else (2.0, 10.0)
     if args.window:
         window = args.window
     table = QUICK_STEPS if args.quick else FULL_STEPS
