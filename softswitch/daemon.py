@@ -74,6 +74,8 @@ TCP_IDLE = 600.0
 MAX_TCP = 4096
 #: Bytes queued for one TCP connection (or one still connecting) before we give up on it.
 MAX_TCP_BACKLOG = 1 << 20
+#: SIP datagrams read per wake-up of one UDP socket.
+UDP_BATCH = 64
 #: Bearer datagrams read per wake-up, so SIP is never starved.
 BEARER_BATCH = 64
 #: Timer wake-ups are at least this far apart, so thousands of transaction
@@ -117,8 +119,8 @@ class ControlDaemon:
         self.loop: asyncio.AbstractEventLoop
         self._stop = asyncio.Event()
         self._loaded = asyncio.Event()
-        self._udp: dict[int, asyncio.DatagramTransport] = {}  # family -> first UDP socket
-        self._transports: list[asyncio.BaseTransport] = []
+        self._udp: dict[int, socket.socket] = {}  # family -> first UDP socket
+        self._udp_socks: list[socket.socket] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._tcp: dict[tuple[str, int], SipTcp] = {}
         self._bearer_sock: socket.socket | None = None
@@ -218,14 +220,7 @@ class ControlDaemon:
         for host in sip.listen:
             try:
                 if "udp" in sip.transports:
-                    transport, _ = await self.loop.create_datagram_endpoint(
-                        lambda: SipUdp(self), local_addr=(host, sip.port)
-                    )
-                    sock = transport.get_extra_info("socket")
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-                    self._udp.setdefault(sock.family, transport)
-                    self._transports.append(transport)
+                    self._open_udp(host, sip.port)
                 if "tcp" in sip.transports:
                     server = await self.loop.create_server(
                         lambda: SipTcp(self), host=host, port=sip.port, backlog=1024
@@ -233,6 +228,23 @@ class ControlDaemon:
                     self._servers.append(server)
             except OSError as exc:
                 raise StartupError(f"SIP {host}:{sip.port}: {exc.strerror or exc}") from None
+
+    def _open_udp(self, host: str, port: int) -> None:
+        """A UDP SIP socket read in batches (asyncio's datagram transport
+        costs one loop iteration per datagram; this costs one per batch)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._udp.setdefault(family, sock)
+        self._udp_socks.append(sock)
+        self.loop.add_reader(sock.fileno(), self._on_udp, sock)
 
     def _serving(self) -> None:
         sw = self.switch
@@ -252,6 +264,20 @@ class ControlDaemon:
 
     def sip_received(self, data: bytes, peer: Peer, stream: bool) -> None:
         self.switch.receive_sip(data, peer, time.time(), stream=stream)
+        self._kick()
+
+    def _on_udp(self, sock: socket.socket) -> None:
+        receive = self.switch.receive_sip
+        now = time.time()
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # an ICMP error from an earlier send
+                self.switch.drops["udp_recv_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
+                continue
+            receive(data, Peer("udp", addr[0], addr[1]), now)
         self._kick()
 
     def _on_bearer(self) -> None:
@@ -330,11 +356,14 @@ class ControlDaemon:
             else:
                 conn.write(data)
             return
-        transport = self._udp.get(socket.AF_INET6 if ":" in peer.host else socket.AF_INET)
-        if transport is None:
+        sock = self._udp.get(socket.AF_INET6 if ":" in peer.host else socket.AF_INET)
+        if sock is None:
             self.switch.drops["no_udp_socket_for_family"] += 1
             return
-        transport.sendto(data, (peer.host, peer.port))
+        try:
+            sock.sendto(data, (peer.host, peer.port))
+        except OSError as exc:  # EAGAIN (buffer full), unreachable: the transaction retransmits
+            self.switch.drops["udp_send_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
 
     def _connect(self, peer: Peer, data: bytes) -> None:
         """Open a TCP connection for a request to a peer we have none with."""
@@ -458,8 +487,11 @@ class ControlDaemon:
             server.close()
         for conn in list(self._tcp.values()):
             conn.close()
-        for transport in self._transports:
-            transport.close()
+        for sock in self._udp_socks:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._udp_socks.clear()
+        self._udp.clear()
         if self._admin is not None:
             await self._admin.close()
         if self._timer is not None:
@@ -496,19 +528,6 @@ class ControlDaemon:
 
 
 # --------------------------------------------------------------------------- SIP transports
-
-
-class SipUdp(asyncio.DatagramProtocol):
-    """One UDP SIP socket: every datagram is one message (§18.3)."""
-
-    def __init__(self, daemon: ControlDaemon) -> None:
-        self.daemon = daemon
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.daemon.sip_received(data, Peer("udp", addr[0], addr[1]), False)
-
-    def error_received(self, exc: Exception) -> None:  # ICMP errors from earlier sends
-        self.daemon.switch.drops["udp_icmp_error"] += 1
 
 
 class SipTcp(asyncio.Protocol):
