@@ -88,6 +88,9 @@ K_LATCH = 2  # not yet final: recvfrom + source policy
 K_CATCH = 3  # the catcher socket of a final leg: bleed counting
 K_RTCP = 4
 K_READER = 5  # a callback (control socket, signal fd)
+K_CONF = 6  # final latch, in a room (not recorded): inlined, frames go to the mixer
+
+_MUTED = int(JoinFlags.MUTED)
 
 _SEQ_TS = struct.Struct("!2xHI")
 
@@ -469,6 +472,14 @@ class Relay:
                 and s.room is None
             )
             kind = K_FAST if plain else K_PATH
+            if s.room is not None and s.recording is None and s.mode is Mode.RELAY:
+                # A participant's entry: out is the mixer's push (None when muted),
+                # dest its participant id, remap (audio PT, codec name).
+                kind = K_CONF
+                out = None if s.room_flags & _MUTED else self.mixer.push
+                dest = (s.id, leg.index)
+                sel = leg.spec.selected
+                remap = (sel.pt if sel else -1, sel.name.upper() if sel else "PCMU")
         return (kind, recv, out, leg.c, dest, tev, float(leg.clock), remap, leg)
 
     # ------------------------------------------------------------------ latching
@@ -562,8 +573,11 @@ class Relay:
 
     def _deliver(self, e: tuple[Any, ...], n: int, now: float) -> None:
         """Everything a packet from a phone may need besides the plain relay."""
-        _kind, _recv, out, c, dest, tev, clk, remap, leg = e
+        kind, _recv, out, c, dest, tev, clk, remap, leg = e
         buf = self._buf
+        if kind == K_CONF:
+            self._deliver_conf(e, n, now)
+            return
         if n < 12 or buf[0] & 0xC0 != 0x80:
             c[S.INVALID] += 1
             return
@@ -610,7 +624,7 @@ class Relay:
                     leg.index, seq, ts, self._mv[hlen:end], sel.name if sel else "PCMU"
                 )
             if s.room is not None:
-                if not s.room_flags & JoinFlags.MUTED:
+                if not s.room_flags & _MUTED:
                     self._conf.push(s, leg, seq, ts, self._mv[hlen:end])
                 return
             if xcode is not None:
@@ -630,6 +644,40 @@ class Relay:
         except OSError:
             c[S.SEND_ERROR] += 1
             c[S.DROP_BYTES] += n
+
+    def _deliver_conf(self, e: tuple[Any, ...], n: int, now: float) -> None:
+        """What the loop's inlined K_CONF branch does, for packets read elsewhere."""
+        _kind, _recv, push, c, pid, tev, _clk, (audio_pt, codec), leg = e
+        buf = self._buf
+        if n < 12 or buf[0] & 0xC0 != 0x80:
+            c[S.INVALID] += 1
+            return
+        seq, ts = _SEQ_TS.unpack_from(buf)
+        if c[S.PKTS] == 0:
+            leg.h_seq = (seq - 1) & 0xFFFF
+        c[S.PKTS] += 1
+        c[S.BYTES] += n
+        c[S.SEQ] = seq
+        pt = buf[1] & 0x7F
+        if pt == audio_pt and buf[0] == 0x80:
+            if push is not None:
+                push(pid, seq, ts, self._mv[12:n], codec)
+        elif pt == tev:
+            self._dtmf(leg, n, ts)
+        elif pt == audio_pt:
+            self._conf_frame(leg, n, seq, ts)
+
+    def _conf_frame(self, leg: Leg, n: int, seq: int, ts: int) -> None:
+        """A participant's frame with CSRCs, an extension or padding (rare)."""
+        try:
+            _pt, _seq, _ts, _ssrc, _m, hlen = parse_header(self._buf, n)
+            end = payload_end(self._buf, n)
+        except ValueError:
+            leg.c[S.INVALID] += 1
+            return
+        s = leg.session
+        if not s.room_flags & _MUTED:
+            self._conf.push(s, leg, seq, ts, self._mv[hlen:end])
 
     def _dtmf(self, leg: Leg, n: int, ts: int) -> None:
         """Feed an RFC 4733 telephone-event to the leg's detector; report digits once."""
@@ -692,7 +740,7 @@ class Relay:
         buf = self._buf
         mv = self._mv
         unpack = _SEQ_TS.unpack_from
-        FAST = K_FAST
+        FAST, CONF = K_FAST, K_CONF
         PKTS, BYTES, SEQ, TRANSIT, JITTER = S.PKTS, S.BYTES, S.SEQ, S.TRANSIT, S.JITTER
         SEND_ERROR, DROP_BYTES, INVALID = S.SEND_ERROR, S.DROP_BYTES, S.INVALID
         self._next_tick = clock() + TICK
@@ -707,7 +755,7 @@ class Relay:
             now = clock()
             for fd, _ev in events:
                 try:
-                    kind, recv, out, c, _dest, tev, clk, _remap, leg = fdmap[fd]
+                    kind, recv, out, c, dest, tev, clk, remap, leg = fdmap[fd]
                     if kind == FAST:
                         n = recv(buf)
                         if n < 12 or buf[0] & 0xC0 != 0x80:
@@ -732,6 +780,30 @@ class Relay:
                             d = -d
                         if d < 1e6:
                             c[JITTER] += (d - c[JITTER]) * 0.0625
+                    elif kind == CONF:
+                        n = recv(buf)
+                        if n < 12 or buf[0] & 0xC0 != 0x80:
+                            c[INVALID] += 1
+                            continue
+                        c[PKTS] += 1
+                        c[BYTES] += n
+                        seq, ts = unpack(buf)
+                        c[SEQ] = seq
+                        tr = now * clk - ts
+                        d = tr - c[TRANSIT]
+                        c[TRANSIT] = tr
+                        if d < 0:
+                            d = -d
+                        if d < 1e6:
+                            c[JITTER] += (d - c[JITTER]) * 0.0625
+                        pt = buf[1] & 0x7F
+                        if pt == remap[0] and buf[0] == 0x80:
+                            if out is not None:
+                                out(dest, seq, ts, mv[12:n], remap[1])
+                        elif pt == tev:
+                            self._dtmf(leg, n, ts)
+                        elif pt == remap[0]:
+                            self._conf_frame(leg, n, seq, ts)
                     else:
                         self._slow(kind, fd, now)
                 except KeyError:
