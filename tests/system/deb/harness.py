@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -236,26 +237,64 @@ def build_deb(outdir: Path, root: Path = ROOT) -> Path:
 
 # ---------------------------------------------------------------- the container
 
+PREFIX = "sstdeb"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale() -> list[str]:
+    """Remove what a killed earlier run left: its container, cgroups and netns name.
+
+    Every trace carries the creating test process's pid (``sstdebPID``); a
+    trace whose pid is gone is stale.  Returns what was removed.
+    """
+    names: set[str] = set()
+    for where in [CACHE, *cgroup_roots(), Path("/run/netns")]:
+        if where.exists():
+            for p in where.iterdir():
+                m = re.match(rf"^({PREFIX}(\d+))(-|$)", p.name)
+                if m and not _pid_alive(int(m.group(2))):
+                    names.add(m.group(1))
+    for name in sorted(names):
+        for workdir in [*CACHE.glob(f"{name}-*"), None]:
+            Container(None, name, workdir=workdir).close()
+    return sorted(names)
+
 
 class Container:
     """A booted copy of the base image; every method has a deadline."""
 
-    def __init__(self, base: Path, name: str | None = None) -> None:
-        self.name = name or f"sstdeb{os.getpid()}"
+    def __init__(
+        self, base: Path | None, name: str | None = None, workdir: Path | None = None
+    ) -> None:
+        """A new container from ``base``; with ``workdir``, adopt a dead run's (to remove it)."""
+        self.name = name or f"{PREFIX}{os.getpid()}"
         CACHE.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=CACHE))
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=CACHE))
+        self.workdir = workdir
         self.root = self.workdir / "root"
         self.log_path = self.workdir / "nspawn.log"
         self.base = base
         self.cgroups = [r / self.name for r in cgroup_roots()]
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.leader: int | None = None
-        self.netns: str | None = None
+        # The name a network namespace would have (close() removes it if it exists).
+        self.netns: str | None = self.name
 
     # -------------------------------------------------------------- life cycle
 
     def prepare(self, deb: Path) -> None:
         """Copy the base image and download what the .deb depends on (host network)."""
+        assert self.base is not None
         run(["cp", "-a", "--reflink=auto", str(self.base), str(self.root)], timeout=120)
         (self.root / "debs").mkdir()
         shutil.copy(deb, self.root / "debs" / deb.name)
@@ -335,13 +374,13 @@ class Container:
         if state == "degraded":
             failed = self.run(["systemctl", "--failed", "--no-legend"], check=False).stdout
             raise HarnessError(f"container booted degraded: {failed}")
-        self.netns = self.name
-        run(["ip", "netns", "attach", self.netns, str(self.leader)], timeout=10)
+        run(["ip", "netns", "attach", self.name, str(self.leader)], timeout=10)
 
     def close(self) -> None:
         """Power off (or kill) the container and remove every trace of it."""
         if self.netns is not None:
-            run(["ip", "netns", "delete", self.netns], timeout=10, check=False)
+            if Path("/run/netns", self.netns).exists():
+                run(["ip", "netns", "delete", self.netns], timeout=10, check=False)
             self.netns = None
         proc = self.nspawn
         if proc is not None and proc.poll() is None:

@@ -27,6 +27,7 @@ from tests.system.deb.harness import (
     Container,
     base_rootfs,
     build_deb,
+    cleanup_stale,
     require_prerequisites,
     run,
 )
@@ -53,6 +54,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def machine(deb: Path) -> Iterator[Container]:
+    cleanup_stale()  # what a killed earlier run left behind
     base = base_rootfs()
     with Container(base) as c:
         c.prepare(deb)
