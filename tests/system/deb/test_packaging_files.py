@@ -143,3 +143,23 @@ def test_units_keep_their_hardening(unit: str) -> None:
         assert directives.get(key) == value, (key, directives.get(key))
     assert "WatchdogSec" in directives and "LimitNOFILE" in directives
     assert int(directives["LimitNOFILE"][0]) >= 500 * 6 + 64
+
+
+def test_system_test_fails_without_root_naming_what_to_do(monkeypatch) -> None:
+    from tests.system.deb import harness
+
+    monkeypatch.setattr(harness.os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.fail.Exception, match="needs root"):
+        harness.require_prerequisites()
+
+
+def test_system_test_fails_on_a_missing_tool_naming_the_package(monkeypatch) -> None:
+    from tests.system.deb import harness
+
+    real = harness.shutil.which
+    monkeypatch.setattr(harness.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(
+        harness.shutil, "which", lambda t: None if t in ("nsenter", "debootstrap") else real(t)
+    )
+    with pytest.raises(pytest.fail.Exception, match="apt-get install debootstrap util-linux"):
+        harness.require_prerequisites()
