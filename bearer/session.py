@@ -169,7 +169,17 @@ def _remap(
 
 
 IDENTITY = bytes(range(256))
-_CONF_HDR = np.dtype([("b0", "u1"), ("b1", "u1"), ("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])
+_CONF_PKT = np.dtype(
+    [
+        ("b0", "u1"),
+        ("b1", "u1"),
+        ("seq", ">u2"),
+        ("ts", ">u4"),
+        ("ssrc", ">u4"),
+        ("payload", "u1", (FRAME_SAMPLES,)),
+    ]
+)
+"""One conference output packet: RTP header (RFC 3550 §5.1) + 20 ms of G.711."""
 
 
 class Leg:
@@ -406,17 +416,17 @@ class ConferenceOut:
 
     Each participant gets its own SSRC, sequence numbers and timestamps
     (RFC 3550 §5.1: a mixer is a new synchronisation source).  Headers for
-    all participants are built with one numpy structured-array pass per
-    tick; only the send is per participant.
+    all participants are updated with one numpy structured-array pass per
+    tick, in place; only the send is per participant.
     """
 
     def __init__(self, mixer: Mixer) -> None:
         self.mixer = mixer
         self.dest: dict[tuple[int, int], list[Any]] = {}  # pid -> [send, dest, counters, deaf]
         self.pids: list[Any] | None = None
-        self.hdr = np.zeros(0, dtype=_CONF_HDR)
+        self.pk = np.zeros(0, dtype=_CONF_PKT)
         self.rows: dict[Any, int] = {}
-        self.senders: list[list[Any]] = []
+        self.out: list[tuple[Any, Any, list[Any], memoryview]] = []
 
     def update(self, s: Session) -> None:
         """Refresh where a participant's mix goes (after latching, UPDATE, JOIN/LEAVE)."""
@@ -442,31 +452,36 @@ class ConferenceOut:
         self.mixer.push((s.id, leg.index), seq, ts, payload, sel.name if sel else "PCMU")
 
     def _realign(self, pids: list[Any]) -> None:
-        old_rows, old_hdr = self.rows, self.hdr
-        hdr = np.zeros(len(pids), dtype=_CONF_HDR)
-        hdr["b0"] = 0x80
+        """New participant order from the mixer: carry each stream's header state over.
+
+        The packets live in one persistent structured array (header fields +
+        payload); ``out`` holds, per participant that receives, its send
+        callable, destination, counters and a memoryview of its row.
+        """
+        old_rows, old_pk = self.rows, self.pk
+        pk = np.zeros(len(pids), dtype=_CONF_PKT)
         for i, pid in enumerate(pids):
             j = old_rows.get(pid)
             if j is not None:
-                hdr[i] = old_hdr[j]
+                pk[i] = old_pk[j]
             else:
                 d = self.dest.get(pid)
                 leg = d[4] if d is not None else None
-                pt = (
-                    leg.spec.selected_pt
-                    if leg is not None and leg.spec.selected_pt is not None
-                    else 0
-                )
-                hdr[i] = (
-                    0x80,
-                    pt,
-                    random.getrandbits(16),
-                    random.getrandbits(32),
-                    random.getrandbits(32),
-                )
-        self.hdr = hdr
+                pt = leg.spec.selected_pt if leg is not None else None
+                pk[i]["b0"] = 0x80
+                pk[i]["b1"] = pt if pt is not None else 0
+                pk[i]["seq"] = random.getrandbits(16)
+                pk[i]["ts"] = random.getrandbits(32)
+                pk[i]["ssrc"] = random.getrandbits(32)
+        self.pk = pk
         self.rows = {pid: i for i, pid in enumerate(pids)}
-        self.senders = [self.dest.get(pid) or [None, None, None, True, None] for pid in pids]
+        flat = memoryview(pk.view(np.uint8).reshape(-1))
+        size = _CONF_PKT.itemsize
+        self.out = []
+        for i, pid in enumerate(pids):
+            d = self.dest.get(pid)
+            if d is not None and d[0] is not None:
+                self.out.append((d[0], d[1], d[2], flat[i * size : (i + 1) * size]))
         self.pids = pids
 
     def tick(self) -> None:
@@ -474,24 +489,17 @@ class ConferenceOut:
         pids, enc = self.mixer.tick_array()
         if pids is not self.pids:
             self._realign(pids)
-        n = len(pids)
-        hdr = self.hdr
-        hdr["seq"] += 1
-        hdr["ts"] += FRAME_SAMPLES
-        pkts = np.empty((n, 12 + FRAME_SAMPLES), dtype=np.uint8)
-        pkts[:, :12] = hdr.view(np.uint8).reshape(n, 12)
-        pkts[:, 12:] = enc
-        size = 12 + FRAME_SAMPLES
-        mv = memoryview(pkts.reshape(-1))
-        for i in range(n):
-            send, dest, c, _deaf, _leg = self.senders[i]
-            if send is None:
-                continue
+        pk = self.pk
+        pk["seq"] += 1
+        pk["ts"] += FRAME_SAMPLES
+        pk["payload"] = enc
+        size = _CONF_PKT.itemsize
+        for send, dest, c, row in self.out:
             try:
                 if dest is None:
-                    send(mv[i * size : (i + 1) * size])
+                    send(row)
                 else:
-                    send(mv[i * size : (i + 1) * size], dest)
+                    send(row, dest)
                 c[OUT_PKTS] += 1
                 c[OUT_BYTES] += size
             except OSError:

@@ -15,6 +15,7 @@ from bearer.protocol import (
     Delete,
     Join,
     Joined,
+    JoinFlags,
     Record,
     RecordingDone,
     RecordReply,
@@ -123,3 +124,24 @@ def test_recording_puts_caller_left_and_callee_right(
     assert abs(dominant_frequency(left) - 500.0) < 5
     assert abs(dominant_frequency(right) - 900.0) < 9
     assert band_energy(left, 900.0) < 0.01 * band_energy(left, 500.0)
+
+
+def test_muted_participant_is_heard_by_nobody_but_hears_the_room(
+    bearer: BearerProcess, phones: list[Phone]
+) -> None:
+    ctl = bearer.client()
+    freqs = [500.0, 1300.0]
+    members = phones[:2]
+    ports = []
+    for i, phone in enumerate(members):
+        ports.append(
+            ctl.allocate(20 + i, (leg_spec(phone.addr),), flags=AllocFlags.CONFERENCE).ports[0]
+        )
+        flags = JoinFlags.MUTED if i == 1 else JoinFlags.NONE
+        assert isinstance(ctl.request(Join("room-2", 20 + i, 0, flags)), Joined)
+    senders = [(p, port, tone(f, 1.5)) for p, port, f in zip(members, ports, freqs, strict=True)]
+    got = _stream(senders, members, 1.5)
+    heard_by_0 = _pcm(got[members[0]])[20 * 160 :]
+    heard_by_1 = _pcm(got[members[1]])[20 * 160 :]
+    assert band_energy(heard_by_0, 1300.0) < 1e-3 * max(band_energy(heard_by_1, 500.0), 1.0)
+    assert abs(dominant_frequency(heard_by_1) - 500.0) < 5
