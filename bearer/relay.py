@@ -556,6 +556,7 @@ class Relay:
         if n < 12 or buf[0] & 0xC0 != 0x80:
             leg.c[S.INVALID] += 1
             return
+        src = src[:2]  # IPv6 sources come with flow info and scope id
         latched = leg.latched
         finalize = False
         if latched is None or (src != latched and not leg.final and src == leg.remote):
@@ -694,6 +695,7 @@ class Relay:
         """RTCP (RFC 3550 §6): parsed for stats, relayed to the other phone's RTCP port."""
         assert leg.rtcp is not None
         n, src = leg.rtcp.recvfrom_into(self._buf)
+        src = src[:2]
         if leg.rtcp_remote is None:
             if leg.latched is not None and src[0] != leg.latched[0]:
                 leg.c[S.BLEED] += 1
@@ -722,6 +724,7 @@ class Relay:
         """A datagram on the catcher: from the phone (in the connect window) or bleed."""
         assert leg.catcher is not None and leg.rtp is not None
         n, src = leg.catcher.recvfrom_into(self._buf)
+        src = src[:2]
         if n < 12 or self._buf[0] & 0xC0 != 0x80:
             leg.c[S.INVALID] += 1
         elif src == leg.latched:

@@ -125,6 +125,7 @@ def start_bearer(
     log_level: str = "info",
     log_file: Path | None = None,
     wait: bool = True,
+    media_address: str = "127.0.0.1",
 ) -> BearerProcess:
     """Write a bearer.conf into ``tmp`` and start instance 0; wait until it answers."""
     conf_dir = tmp / "etc"
@@ -152,7 +153,7 @@ def start_bearer(
         "[bearer]\n"
         f"control = {control_line}\n"
         f"key_file = {key_file}\n"
-        "media_address = 127.0.0.1\n"
+        f"media_address = {media_address}\n"
         f"port_min = {base}\n"
         f"ports_per_instance = {ports}\n"
         f"max_sessions = {max_sessions}\n"
@@ -310,11 +311,13 @@ class ControlClient:
 class Phone:
     """A UDP socket standing in for a phone's RTP port."""
 
-    def __init__(self, ssrc: int | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+    def __init__(self, ssrc: int | None = None, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.host = host
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.addr: tuple[str, int] = self.sock.getsockname()
+        self.addr: tuple[str, int] = self.sock.getsockname()[:2]
         self.ssrc = ssrc if ssrc is not None else random.getrandbits(32)
         self.seq = random.getrandbits(16)
         self.ts = random.getrandbits(32)
@@ -325,12 +328,12 @@ class Phone:
     def send(self, port: int, payload: bytes, pt: int = 0, marker: bool = False) -> None:
         """One RTP packet to the bearer port; seq and timestamp advance as a phone's do."""
         pkt = build_rtp(pt, self.seq, self.ts, self.ssrc, payload, marker)
-        self.sock.sendto(pkt, ("127.0.0.1", port))
+        self.sock.sendto(pkt, (self.host, port))
         self.seq = (self.seq + 1) & 0xFFFF
         self.ts = (self.ts + len(payload)) & 0xFFFFFFFF
 
     def send_raw(self, port: int, data: bytes) -> None:
-        self.sock.sendto(data, ("127.0.0.1", port))
+        self.sock.sendto(data, (self.host, port))
 
     def recv_all(self, timeout: float = 0.3, limit: float = 3.0) -> list[bytes]:
         """Everything that arrives until ``timeout`` of silence (at most ``limit`` seconds)."""

@@ -142,3 +142,24 @@ def test_rtp_from_the_phone_before_the_answer_is_counted_not_sent(
     st = ctl.stats(1)
     assert st["leg0_packets"] == 1 and st["leg0_drop_no_peer"] == 1
     assert struct.calcsize("!BBHII") == 12
+
+
+def test_ipv6_media_latches_and_relays(tmp_path: Path) -> None:
+    bp = start_bearer(tmp_path, media_address="::1")
+    a, b = Phone(host="::1"), Phone(host="::1")
+    try:
+        ctl = bp.client()
+        alloc = ctl.allocate(1, (leg_spec(a.addr), leg_spec(b.addr)))
+        assert alloc.address == "::1"
+        pa, pb = alloc.ports
+        a.send(pa, b"\x01" * 160)
+        b.send(pb, b"\x02" * 160)
+        assert b.recv()[12] == 1 and a.recv()[12] == 2
+        st = ctl.stats(1)
+        assert st["leg0_latched"] == 1 and st["leg1_latched"] == 1
+        a.send(pa, b"\x03" * 160)  # the latch is final at once: the signalled source
+        assert b.recv()[12] == 3
+    finally:
+        a.close()
+        b.close()
+        assert bp.stop() == 0, bp.log()
