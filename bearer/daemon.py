@@ -371,11 +371,15 @@ class BearerDaemon:
         cap = self.relay.max_sessions
         self.proto.set_load(len(self.relay.sessions), cap, int(self.cpu_percent), int(self.pps))
 
-    def _status(self, now: float) -> None:
-        self.notifier.status(
+    def _status_text(self) -> str:
+        return (
             f"{len(self.relay.sessions)} calls, {self.pps:.0f} packets/s, "
             f"{self.cpu_percent:.0f}% CPU, {len(self.relay.mixer.rooms)} rooms"
         )
+
+    def _status(self, now: float) -> None:
+        """STATUS= for systemctl status, every STATUS_PERIOD seconds."""
+        self.notifier.status(self._status_text())
 
     # ------------------------------------------------------------------ signals and life
 
@@ -419,7 +423,7 @@ class BearerDaemon:
             b.port_last,
             sorted(os.sched_getaffinity(0)),
         )
-        self.notifier.ready(f"serving on {where}")
+        self.notifier.ready(f"{self._status_text()}; control on {where}")
         try:
             relay.run()
         finally:
