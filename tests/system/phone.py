@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import random
 import select
 import subprocess
 import sys
@@ -37,6 +38,12 @@ from tests.audio import MARKER_BAND, Recording
 
 ROOT = Path(__file__).resolve().parents[2]
 STATES = ("CALLING", "EARLY", "CONNECTING", "CONFIRMED", "DISCONNECTED")
+
+# Phones' RTP ports: clear of the bearer's (30000-37999 by default, and in the
+# benchmarks, which bind the whole pool) and of the bearer integration tests'
+# (20000-27999), and below the kernel's ephemeral range.  Once a bearer held
+# every pair pjsua tried, and calls failed locally with 500.
+RTP_PORTS = (16000, 20000)
 
 _live: weakref.WeakSet[Phone] = weakref.WeakSet()
 
@@ -102,8 +109,10 @@ class Phone:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         if rtp_port == 0:
-            # pjsua counts up from its base; spread phones so they rarely race.
-            rtp_port = 30000 + (os.getpid() * 7 + len(_live) * 101 + hash(name)) % 4000 * 2
+            # pjsua counts up from its base (within RTP_PORTS); a random base
+            # keeps parallel phones from racing for the same pairs.
+            lo, hi = RTP_PORTS
+            rtp_port = lo + 2 * random.randrange((hi - lo) // 4)
         self.config = {
             "name": name,
             "tone_hz": tone_hz,
@@ -111,6 +120,7 @@ class Phone:
             "bind": bind,
             "sip_port": sip_port,
             "rtp_port": rtp_port,
+            "rtp_port_range": RTP_PORTS[1] - rtp_port,
             "workdir": str(self.workdir),
             "auto_answer": auto_answer,
             "auto_reject": auto_reject,

@@ -368,7 +368,7 @@ class Worker:
         mt = ac.mediaConfig.transportConfig
         mt.boundAddress = cfg["bind"]
         mt.port = cfg["rtp_port"]
-        mt.portRange = 2000
+        mt.portRange = cfg.get("rtp_port_range", 2000)
         ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_INACTIVE
         if reg is not None:
             ac.regConfig.registrarUri = reg["registrar"]
@@ -389,7 +389,16 @@ class Worker:
         call.saved = call.recording().save(self.workdir / f"{self.name}-call{call.key}.wav")
 
     def shutdown(self) -> None:
+        """Goodbyes on the network (bounded), then the library, in a safe order."""
         try:
+            # Stop the audio clock first: it is the thread that sends RTP and
+            # calls our media ports, and a stream still sending while
+            # libDestroy tears its socket down trips pj_ioqueue_sendto's
+            # assertion (seen when both ends of a call quit at once).
+            try:
+                self.ep.audDevManager().setNoDev()
+            except pj.Error:
+                pass
             self.ep.hangupAllCalls()
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline and any(
