@@ -11,10 +11,13 @@ Each registered fd maps to ONE tuple of locals (its *entry*)::
 
     (kind, recv, out, counters, dest, tev_pt, clock, remap, leg)
 
+(for K_FAST, ``dest`` holds the 256-byte table rewriting the marker/PT byte;
+for K_CONF, the participant id)
 rebuilt whenever something about the leg changes (latching, UPDATE, RECORD,
 JOIN), never per packet.  The hot loop does one dict lookup per event and
-unpacks the tuple; the common case, ``K_FAST`` (a latched plain call whose
-payload types agree), is inlined: ``recv_into`` a preallocated buffer, send a
+unpacks the tuple; the common case, ``K_FAST`` (a latched call needing no
+transcoding, recording or mixing; payload type numbers are remapped by one
+table lookup), is inlined: ``recv_into`` a preallocated buffer, send a
 memoryview slice out of the *other* leg's socket, bump list counters and the
 RFC 3550 A.8 jitter estimate.  Everything else (latching, PT remapping,
 transcoding, DTMF, recording, conferences) goes through ``_deliver``.
@@ -465,13 +468,14 @@ class Relay:
             plain = (
                 out is not None
                 and dest is None
-                and remap[0] == IDENTITY
                 and remap[1] is None
                 and remap[3]
                 and s.recording is None
                 and s.room is None
             )
             kind = K_FAST if plain else K_PATH
+            if plain:
+                dest = remap[0]  # K_FAST keeps its byte-1 (marker + PT) table in dest's slot
             if s.room is not None and s.recording is None and s.mode is Mode.RELAY:
                 # A participant's entry: out is the mixer's push (None when muted),
                 # dest its participant id, remap (audio PT, codec name).
@@ -764,9 +768,11 @@ class Relay:
                         if n < 12 or buf[0] & 0xC0 != 0x80:
                             c[INVALID] += 1
                             continue
-                        if buf[1] & 0x7F == tev:
+                        b1 = buf[1]
+                        if b1 & 0x7F == tev:
                             seq, ts = unpack(buf)
                             self._dtmf(leg, n, ts)
+                        buf[1] = dest[b1]  # payload type remap (identity for most calls)
                         try:
                             out(mv[:n])
                         except OSError:
