@@ -79,13 +79,17 @@ class LogSetup:
             respect_handler_level=False,
         )
         self._started = False
+        self._saved: tuple[list[logging.Handler], int] = ([], logging.WARNING)
+        self._queue_handler: logging.Handler | None = None
 
     def start(self) -> LogSetup:
         """Route the root logger through the queue and start the writer thread."""
         root = logging.getLogger()
-        for old in list(root.handlers):
+        self._saved = (list(root.handlers), root.level)
+        for old in self._saved[0]:
             root.removeHandler(old)
-        root.addHandler(logging.handlers.QueueHandler(self.queue))  # type: ignore[arg-type]
+        self._queue_handler = logging.handlers.QueueHandler(self.queue)  # type: ignore[arg-type]
+        root.addHandler(self._queue_handler)
         root.setLevel(self.level)
         self.listener.start()
         self._started = True
@@ -104,9 +108,19 @@ class LogSetup:
                 self.handler.reopen()
 
     def stop(self) -> None:
-        """Write out everything queued, stop the thread, close the file."""
+        """Write out everything queued, stop the thread, close the file.
+
+        The root logger gets back the handlers it had before ``start()``.
+        """
         if self._started:
             self._started = False
+            root = logging.getLogger()
+            if self._queue_handler is not None:
+                root.removeHandler(self._queue_handler)
+            handlers, level = self._saved
+            for h in handlers:
+                root.addHandler(h)
+            root.setLevel(level)
             self.listener.stop()
             self.handler.close()
 

@@ -106,3 +106,43 @@ def test_sighup_reopens_the_log_file_and_affinity_is_logged(tmp_path: Path) -> N
     finally:
         assert bp.stop() == 0
     assert "stopped" in log.read_text()
+
+
+def test_notifier_path_socket_watchdog_rate_and_pid_check(tmp_path: Path) -> None:
+    from softswitch.sdnotify import Notifier, watchdog_interval
+
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000"}) == 1.5
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval({}) is None
+    assert not Notifier({}).ready()  # no NOTIFY_SOCKET: a no-op
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    listener.settimeout(1)
+    n = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
+    assert n.ready("up") and listener.recv(100) == b"READY=1\nSTATUS=up"
+    assert n.watchdog(100.0) and not n.watchdog(100.4) and n.watchdog(100.5)
+    assert [listener.recv(100), listener.recv(100)] == [b"WATCHDOG=1"] * 2
+    assert n.reloading() and listener.recv(100).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+    listener.close()
+    assert not n.stopping() and n.failures == 1  # the manager went away: counted, not fatal
+    n.close()
+
+
+def test_log_reopen_is_ordered_behind_queued_records(tmp_path: Path) -> None:
+    import logging
+
+    from softswitch.logsetup import LogSetup
+
+    path = tmp_path / "x.log"
+    logs = LogSetup("info", str(path)).start()
+    try:
+        log = logging.getLogger("test.reopen")
+        log.info("before")
+        path.rename(tmp_path / "x.log.1")
+        logs.reopen()
+        log.info("after")
+    finally:
+        logs.stop()
+    assert "before" in (tmp_path / "x.log.1").read_text()
+    assert "after" in path.read_text() and "before" not in path.read_text()
