@@ -66,6 +66,10 @@ class Location:
     that would expire first (the oldest registration), so a phone that
     re-registers with a fresh contact at each reboot pushes out its own
     stale bindings instead of locking its user out.
+
+    Memory matters (DESIGN.md: 100,000 users with their registrations in
+    memory): an AOR's contacts are a short list (scanned, at most
+    ``max_contacts``) rather than a dict, and only TCP sources are indexed.
     """
 
     __slots__ = ("_aors", "_count", "_heap", "_sources", "max_contacts")
@@ -74,12 +78,13 @@ class Location:
         if max_contacts < 1:
             raise ValueError("max_contacts must be at least 1")
         self.max_contacts = max_contacts
-        self._aors: dict[AorKey, dict[str, Binding]] = {}
+        self._aors: dict[AorKey, list[Binding]] = {}
+        # (expires_at, username, domain, contact): the binding's own objects.
         self._heap: list[tuple[float, str, str, str]] = []
         self._count = 0
-        # (transport, host, port) -> bindings registered from there, so the
-        # daemon keeps a TCP connection open while a phone is reachable on it.
-        self._sources: Counter[tuple[str, str, int]] = Counter()
+        # (host, port) of TCP registrations -> how many bindings came from
+        # there: the daemon keeps such a connection open (§18.2.2).
+        self._sources: Counter[tuple[str, int]] = Counter()
 
     def __len__(self) -> int:
         """Number of bindings (expired ones not yet collected included)."""
@@ -98,47 +103,49 @@ class Location:
         contacts = self._aors.get((username, domain.lower()))
         if not contacts:
             return []
-        return [b for b in contacts.values() if b.expires_at > now]
+        return [b for b in contacts if b.expires_at > now]
 
     def get(self, username: str, domain: str, contact: str) -> Binding | None:
         """One binding by its exact contact text (expired or not), or None."""
-        contacts = self._aors.get((username, domain.lower()))
-        return None if contacts is None else contacts.get(contact)
+        for b in self._aors.get((username, domain.lower()), ()):
+            if b.contact == contact:
+                return b
+        return None
 
     def has_source(self, transport: str, host: str, port: int) -> bool:
-        """Whether any binding was registered from this address (a TCP
-        connection the daemon must keep open)."""
-        return (transport, host, port) in self._sources
+        """Whether any binding was registered over TCP from this address (a
+        connection the daemon must keep open).  Always False for UDP."""
+        return transport == "tcp" and (host, port) in self._sources
 
     def __iter__(self) -> Iterator[Binding]:
         for contacts in self._aors.values():
-            yield from contacts.values()
+            yield from contacts
 
     # ------------------------------------------------------------------ writes
 
     def save(self, binding: Binding) -> list[Binding]:
         """Insert or replace ``binding``; returns the bindings evicted to stay
         within ``max_contacts`` (the caller deletes them from the database)."""
-        key = (binding.username, binding.domain.lower())
-        if binding.domain != key[1]:
+        key = (binding.username, binding.domain)
+        if binding.domain != binding.domain.lower():
             raise ValueError("binding domains are stored lower-case")
         contacts = self._aors.get(key)
         if contacts is None:
-            contacts = self._aors[key] = {}
-        old = contacts.pop(binding.contact, None)
-        if old is not None:
-            self._unsource(old)
-            self._count -= 1
-        contacts[binding.contact] = binding
+            contacts = self._aors[key] = []
+        for i, old in enumerate(contacts):
+            if old.contact == binding.contact:
+                del contacts[i]
+                self._unsource(old)
+                self._count -= 1
+                break
+        contacts.append(binding)
         self._count += 1
-        self._sources[_source(binding)] += 1
+        if binding.source_transport == "tcp":
+            self._sources[(binding.source_host, binding.source_port)] += 1
         self._push(binding)
         evicted: list[Binding] = []
         while len(contacts) > self.max_contacts:  # bounded: shrinks by one per turn
-            victim = min(
-                (b for b in contacts.values() if b is not binding),
-                key=lambda b: b.expires_at,
-            )
+            victim = min(contacts[:-1], key=lambda b: b.expires_at)
             self._drop(key, contacts, victim.contact)
             evicted.append(victim)
         return evicted
@@ -147,21 +154,19 @@ class Location:
         """Forget one binding; returns it, or None if there was none."""
         key = (username, domain.lower())
         contacts = self._aors.get(key)
-        if contacts is None or contact not in contacts:
+        if contacts is None:
             return None
         return self._drop(key, contacts, contact)
 
     def remove_aor(self, username: str, domain: str) -> list[Binding]:
         """Forget every binding of username@domain (user deleted or disabled)."""
-        key = (username, domain.lower())
-        contacts = self._aors.pop(key, None)
+        contacts = self._aors.pop((username, domain.lower()), None)
         if not contacts:
             return []
-        removed = list(contacts.values())
-        for b in removed:
+        for b in contacts:
             self._unsource(b)
-        self._count -= len(removed)
-        return removed
+        self._count -= len(contacts)
+        return contacts
 
     def expire(self, now: float, limit: int = 100_000) -> list[Binding]:
         """Remove and return the bindings whose ``expires_at`` is ``now`` or
@@ -172,11 +177,11 @@ class Location:
             if not heap or heap[0][0] > now or len(out) >= limit:
                 break
             at, username, domain, contact = heapq.heappop(heap)
-            contacts = self._aors.get((username, domain))
-            b = None if contacts is None else contacts.get(contact)
-            if b is None or b.expires_at != at:
+            key = (username, domain)
+            b = self._live(key, contact, at)
+            if b is None:
                 continue  # stale entry: refreshed or removed since
-            self._drop((username, domain), contacts, contact)  # type: ignore[arg-type]
+            self._drop(key, self._aors[key], contact)
             out.append(b)
         return out
 
@@ -199,9 +204,7 @@ class Location:
         heap = self._heap
         while heap:  # drop stale entries from the top; bounded by the heap's size
             at, username, domain, contact = heap[0]
-            contacts = self._aors.get((username, domain))
-            b = None if contacts is None else contacts.get(contact)
-            if b is not None and b.expires_at == at:
+            if self._live((username, domain), contact, at) is not None:
                 return at
             heapq.heappop(heap)
         return None
@@ -212,7 +215,7 @@ class Location:
         """Every live binding as flat rows for ``softswitchctl registrations``."""
         rows = []
         for (username, domain), contacts in sorted(self._aors.items()):
-            for b in contacts.values():
+            for b in contacts:
                 if b.expires_at <= now:
                     continue
                 rows.append(
@@ -228,6 +231,13 @@ class Location:
 
     # ------------------------------------------------------------------ internals
 
+    def _live(self, key: AorKey, contact: str, at: float) -> Binding | None:
+        """The binding a heap entry stands for, if the entry is not stale."""
+        for b in self._aors.get(key, ()):
+            if b.contact == contact:
+                return b if b.expires_at == at else None
+        return None
+
     def _push(self, b: Binding) -> None:
         heapq.heappush(self._heap, (b.expires_at, b.username, b.domain, b.contact))
         if len(self._heap) > 2 * self._count + 1024:
@@ -235,25 +245,26 @@ class Location:
             self._heap = [(b.expires_at, b.username, b.domain, b.contact) for b in self]
             heapq.heapify(self._heap)
 
-    def _drop(self, key: AorKey, contacts: dict[str, Binding], contact: str) -> Binding:
-        b = contacts.pop(contact)
-        if not contacts:
-            del self._aors[key]
-        self._unsource(b)
-        self._count -= 1
-        return b
+    def _drop(self, key: AorKey, contacts: list[Binding], contact: str) -> Binding | None:
+        for i, b in enumerate(contacts):
+            if b.contact == contact:
+                del contacts[i]
+                if not contacts:
+                    del self._aors[key]
+                self._unsource(b)
+                self._count -= 1
+                return b
+        return None
 
     def _unsource(self, b: Binding) -> None:
-        src = _source(b)
+        if b.source_transport != "tcp":
+            return
+        src = (b.source_host, b.source_port)
         n = self._sources[src] - 1
         if n > 0:
             self._sources[src] = n
         else:
             del self._sources[src]
-
-
-def _source(b: Binding) -> tuple[str, str, int]:
-    return (b.source_transport, b.source_host, b.source_port)
 
 
 def _source_text(b: Binding) -> str:
