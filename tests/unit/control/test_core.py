@@ -450,3 +450,14 @@ def test_a_bug_below_the_dispatcher_is_counted_not_raised(
     switch.handle_timer(NOW)  # the other parts still run
     assert ("timer", NOW) in switch.calls.seen
     assert switch.counters["internal_errors"] == 2
+
+
+def test_digest_algorithm_order_follows_the_config_when_set() -> None:
+    # For clients that read only the first challenge (SIPp 3.6.1: MD5 only).
+    switch = make_switch(digest_algorithms=["MD5", "SHA-256"])
+    switch.receive_sip(Phone().register(auth=False), NAT, NOW)
+    (r,) = answers(switch)
+    assert [v.split("algorithm=")[1].split(",")[0] for v in r.get_all("WWW-Authenticate")] == [
+        "MD5",
+        "SHA-256",
+    ]
