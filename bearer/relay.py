@@ -245,8 +245,7 @@ class Relay:
         totals = self.totals
         for leg in s.legs:
             for i in range(S.NCOUNTERS):
-                if i not in (S.SEQ, S.TRANSIT, S.JITTER):
-                    totals[i] += leg.c[i]
+                totals[i] += leg.c[i]  # SEQ/TRANSIT/JITTER sums are meaningless, never read
             self.lost_total += max(leg.lost, 0)
         return stats
 
@@ -321,18 +320,14 @@ class Relay:
 
     def counters(self) -> dict[str, int | float]:
         """STATS for the whole bearer: live sessions plus everything deleted."""
+        legs = [leg for s in self.sessions.values() for leg in s.legs]
+        # Column sums in C (zip/sum): a STATS poll must not stall the loop at 1000 calls.
         sums = list(self.totals)
-        lost = self.lost_total
-        jitters: list[float] = []
-        for s in self.sessions.values():
-            for leg in s.legs:
-                c = leg.c
-                for i in range(S.NCOUNTERS):
-                    if i not in (S.SEQ, S.TRANSIT, S.JITTER):
-                        sums[i] += c[i]
-                lost += max(leg.lost, 0)
-                if c[S.PKTS]:
-                    jitters.append(c[S.JITTER] * 1000.0 / leg.clock)
+        if legs:
+            columns = zip(*(leg.c for leg in legs), strict=True)
+            sums = [t + sum(col) for t, col in zip(sums, columns, strict=True)]
+        lost = self.lost_total + sum(max(leg.lost, 0) for leg in legs)
+        jitters = [leg.c[S.JITTER] * 1000.0 / leg.clock for leg in legs if leg.c[S.PKTS]]
         out: dict[str, int | float] = {
             "sessions": len(self.sessions),
             "capacity": self.max_sessions,
