@@ -39,7 +39,7 @@ TARGET = "softswitch.target"
 REGISTRAR = "sip:127.0.0.1:5060"
 DOMAIN = "127.0.0.1"  # [sip] domain is empty: the first listen address
 BEARER_PORTS = (30000, 37999)  # [bearer] port_min, two instances of 4000 ports
-USERS = {"alice": ("alice-s3cret", 440.0, 40000), "bob": ("bob-s3cret", 660.0, 41000)}
+USERS = {"alice": ("alice-s3cret", 440.0), "bob": ("bob-s3cret", 660.0)}
 
 
 def bearer(n: int) -> str:
@@ -79,13 +79,13 @@ def phones(machine: Container) -> Iterator[dict[str, object]]:
     """alice and bob, registered: pjsua2 phones in the container's network namespace."""
     from tests.system.phone import Phone
 
-    for user, (password, _, _) in USERS.items():
+    for user, (password, _) in USERS.items():
         record = ["--record"] if user == "alice" else []  # her calls are recorded
         machine.run(["softswitchctl", "user", "add", user, "--password", password, *record])
     with ExitStack() as stack:
         started = {}
-        for user, (_, tone, rtp_port) in USERS.items():
-            p = Phone(user, tone_hz=tone, netns=machine.netns, rtp_port=rtp_port)
+        for user, (_, tone) in USERS.items():
+            p = Phone(user, tone_hz=tone, netns=machine.netns)
             stack.callback(p.kill)
             p.spawn()
             started[user] = p
@@ -165,6 +165,17 @@ def test_units_verify_clean(machine: Container, bearers: list[int]) -> None:
 
 
 # ---------------------------------------------------------------- systemd
+
+
+def test_database_made_by_root_is_given_back_to_the_daemon(machine: Container) -> None:
+    """softswitchctl as root with the daemon stopped creates the SQLite file as root."""
+    machine.run(["systemctl", "stop", CONTROL])
+    machine.sh("rm -f /var/lib/softswitch/softswitch.db*")
+    machine.run(["softswitchctl", "user", "add", "carol", "--password", "carol-s3cret"])
+    assert machine.run(["stat", "-c", "%U", "/var/lib/softswitch/softswitch.db"]).stdout == "root\n"
+    machine.run(["systemctl", "start", CONTROL], timeout=60)
+    owners = machine.sh("stat -c '%U %n' /var/lib/softswitch/softswitch.db*").splitlines()
+    assert all(o.startswith("softswitch ") for o in owners), owners
 
 
 def test_target_starts_control_and_bearers_after_ready(
@@ -279,10 +290,12 @@ def test_reinstall_keeps_key_settings_and_registrations(
 ) -> None:
     """The upgrade path (postinst configure with an old version): daemons restart."""
     key = machine.run(["cat", "/etc/softswitch/control.key"]).stdout
+    machine.sh("echo '# edited by the administrator' >>/etc/softswitch/bearer.conf")
     pids = {u: machine.show(u, "MainPID") for u in [CONTROL, *(bearer(n) for n in bearers)]}
     machine.run(["apt-get", "install", "-y", "-q", "--reinstall", f"/debs/{deb.name}"], timeout=120)
     assert machine.run(["cat", "/etc/softswitch/control.key"]).stdout == key
-    assert "sip_trace = yes" in machine.run(["cat", "/etc/softswitch/softswitch.conf"]).stdout
+    edited = machine.run(["cat", "/etc/softswitch/bearer.conf"]).stdout
+    assert edited.endswith("# edited by the administrator\n"), edited
     for unit, pid in pids.items():
         machine.wait_for(unit, "SubState", "running")
         assert machine.show(unit, "MainPID") != pid, f"{unit} was not restarted"
