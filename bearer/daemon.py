@@ -374,7 +374,7 @@ class BearerDaemon:
     def _status_text(self) -> str:
         return (
             f"{len(self.relay.sessions)} calls, {self.pps:.0f} packets/s, "
-            f"{self.cpu_percent:.0f}% CPU, {len(self.relay.mixer.rooms)} rooms"
+            f"{self.cpu_percent:.0f}% CPU, {len(self.relay.rooms)} rooms"
         )
 
     def _status(self, now: float) -> None:

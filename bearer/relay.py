@@ -139,6 +139,7 @@ class Relay:
         self.clock = clock
         self.sessions: dict[int, Session] = {}
         self.mixer = Mixer(capacity=64)
+        self.rooms: dict[str, int] = {}  # room -> participants (the mixer's view costs O(rooms))
         self._ep = select.epoll()
         self._fdmap: dict[int, tuple[Any, ...]] = {}
         self._buf = bytearray(2048)
@@ -282,10 +283,11 @@ class Relay:
             except ValueError as e:
                 raise RelayError(ErrorCode.BAD_REQUEST, str(e)) from None
             s.room = room
+            self.rooms[room] = self.rooms.get(room, 0) + 1
         s.room_flags = int(flags)
         self._wire(s)
         self._conf.update(s)
-        return self.mixer.rooms.get(room, 0)
+        return self.rooms[room]
 
     def leave(self, room: str, session_id: int, leg_index: int) -> int:
         """Take a session out of its room; returns the room's remaining participants."""
@@ -294,9 +296,14 @@ class Relay:
             raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} is not in {room!r}")
         self.mixer.leave((session_id, leg_index))
         s.room = None
+        left = self.rooms[room] - 1
+        if left:
+            self.rooms[room] = left
+        else:
+            del self.rooms[room]
         self._conf.update(s)
         self._wire(s)
-        return self.mixer.rooms.get(room, 0)
+        return left
 
     def set_mode(self, session_id: int, mode: Mode) -> None:
         """Move a session between user-space relaying and kernel forwarding.
@@ -332,7 +339,7 @@ class Relay:
             "sessions": len(self.sessions),
             "capacity": self.max_sessions,
             "ports_free": len(self.ports),
-            "rooms": len(self.mixer.rooms),
+            "rooms": len(self.rooms),
             "recordings": len(self.recordings),
             "packets": sums[S.PKTS],
             "bytes": sums[S.BYTES],
