@@ -253,9 +253,9 @@ def test_sipp_behind_nat_calls_out_and_responses_and_rtp_come_back_through_the_n
 
 @pytest.mark.xfail(
     strict=True,
-    reason="switch offers SHA-256 before MD5 with no option to change the order; SIPp 3.6.1 "
+    reason="by default the switch offers SHA-256 before MD5 (RFC 8760 order); SIPp 3.6.1 "
     "reads only the first algorithm= and gives up (createAuthHeader: authentication must "
-    "use MD5 or AKAv1-MD5)",
+    "use MD5 or AKAv1-MD5); such clients need [sip] digest_algorithms = MD5, SHA-256",
 )
 def test_sipp_answers_the_switchs_default_digest_challenge(
     net: Topology, switch: NetSwitch, tmp_path: Path

@@ -37,8 +37,13 @@ __all__ = ["as_root", "make_phone"]  # fixtures, imported to be found by pytest
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-USERS = {"alice": "alice-2srv-pw", "bob": "bob-2srv-pw"}
-TONES = {"alice": 440.0, "bob": 1000.0}
+USERS = {
+    "alice": "alice-2srv-pw",
+    "bob": "bob-2srv-pw",
+    "carol": "carol-2srv-pw",
+    "dave": "dave-2srv-pw",
+}
+TONES = {"alice": 440.0, "bob": 1000.0, "carol": 1700.0, "dave": 700.0}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +75,18 @@ def phone_on(sw: NetSwitch, make_phone, user: str, **kw) -> Phone:
     code = p.register(sw.registrar, user, USERS[user], sw.domain, expires=300, timeout=8)
     assert code == 200, f"{user} could not register: {code}\n{sw.logs()}"
     return p
+
+
+def wait_reported_sessions(sw: NetSwitch, n: int, timeout: float = 5.0) -> dict[int, int]:
+    """Wait until the bearers' heartbeats report ``n`` sessions in all; by bearer id."""
+    deadline = time.monotonic() + timeout
+    live: dict[int, int] = {}
+    while time.monotonic() < deadline:  # bounded
+        live = {r["id"]: r["sessions"] for r in sw.ctl_json("bearers")}
+        if sum(live.values()) == n:
+            break
+        time.sleep(0.1)
+    return live
 
 
 def test_bearers_on_the_media_host_are_up_over_udp_hmac_and_pinned_one_core_each(
@@ -139,26 +156,51 @@ def test_phones_call_each_other_with_media_through_the_media_host_not_ctl(
     assert row["bearer"].startswith(f"udp:{sw.media_addr}:"), row
 
 
-def test_bob_calls_alice_back_on_the_same_servers(two_servers: NetSwitch, make_phone) -> None:
+def test_two_calls_at_once_are_spread_over_both_bearers_and_each_pair_hears_the_other(
+    two_servers: NetSwitch, make_phone
+) -> None:
+    """Bob calls Alice back, then Dave calls Carol while the first call is up:
+    the least-loaded choice puts the second call on the other bearer of the
+    media host, and both carry audio.
+
+    The second call waits until a heartbeat has reported the first one: the
+    bearers compute the load they report once a second, so a heartbeat sent
+    just after an ALLOCATE still says 0 sessions and wipes out control's own
+    count (two calls within about a second both land on one bearer; reported).
+    """
     sw = two_servers
     alice = phone_on(sw, make_phone, "alice", auto_answer=0.3)
     bob = phone_on(sw, make_phone, "bob")
+    carol = phone_on(sw, make_phone, "carol", auto_answer=0.3)
+    dave = phone_on(sw, make_phone, "dave")
     mark = sw.cdr_mark()
-    cb = bob.call(sw.uri("alice"))
-    info = bob.wait_state("CONFIRMED", 10, call=cb)
-    assert info["state"] == "CONFIRMED", f"{info}\n{sw.logs()}"
-    ca = alice.incoming(2)
+    pairs = [(bob, alice), (dave, carol)]
+    calls = []
+    for caller, callee in pairs:
+        c = caller.call(sw.uri(callee.name))
+        info = caller.wait_state("CONFIRMED", 10, call=c)
+        assert info["state"] == "CONFIRMED", f"{caller.name}: {info}\n{sw.logs()}"
+        calls.append((c, callee.incoming(2)))
+        live = wait_reported_sessions(sw, len(calls))
     bob.pump(2.5)
-    bob.hangup(cb)
-    alice.wait_state("DISCONNECTED", 5, call=ca)
-    assert_hears(alice.recording(ca), TONES["bob"], not_hz=[TONES["alice"]])
-    assert_hears(bob.recording(cb), TONES["alice"], not_hz=[TONES["bob"]])
-    row = sw.wait_cdr(mark, caller="bob@")
-    assert (row["disposition"], row["a_packets"] > 0, row["b_packets"] > 0) == (
-        "answered",
-        True,
-        True,
-    ), row
+    for (caller, callee), (c, d) in zip(pairs, calls, strict=True):
+        caller.hangup(c)
+        callee.wait_state("DISCONNECTED", 5, call=d)
+    for (caller, callee), (c, d) in zip(pairs, calls, strict=True):
+        assert_hears(callee.recording(d), caller.tone_hz, not_hz=[callee.tone_hz])
+        assert_hears(caller.recording(c), callee.tone_hz, not_hz=[caller.tone_hz])
+
+    rows = [sw.wait_cdr(mark, caller=f"{who}@") for who in ("bob", "dave")]
+    for row in rows:
+        assert (row["disposition"], row["a_packets"] > 0, row["b_packets"] > 0) == (
+            "answered",
+            True,
+            True,
+        ), row
+    used = sorted(row["bearer"] for row in rows)
+    assert used == [sw.bearer_endpoint(0), sw.bearer_endpoint(1)], (
+        f"both calls on one bearer: {used} (sessions while up: {live})"
+    )
 
 
 # ------------------------------------------------------------------------------ wrong key
