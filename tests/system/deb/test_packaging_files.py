@@ -68,6 +68,7 @@ def generate(tmp_path: Path, conf_text: str | None, nproc: int = 2) -> tuple[lis
         ("[bearer]\ninstances = 1, 3\n", 2, ["1", "3"]),
         ("[bearer]\ninstances: 02,1\n", 2, ["1", "2"]),  # INI colon, leading zero
         ("[bearer]\ninstances = none\n", 2, []),  # a control-only server
+        ("[bearer]\ninstances = Auto\n", 2, ["0", "1"]),  # like configparser's words
         ("[bearer]\n# instances = 5\n[log]\ninstances = 7\n", 2, ["0", "1"]),  # not ours
     ],
 )
@@ -78,9 +79,11 @@ def test_generator_wants_the_instances_bearer_conf_lists(
 
 
 def test_generator_starts_no_bearer_on_a_bad_value_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "spaces").mkdir()
     instances, stderr = generate(tmp_path, "[bearer]\ninstances = first\n")
     assert instances == []
-    assert "not auto, none or a list of core numbers: 'first'" in stderr
+    assert "not auto, none or a comma-separated list of core numbers: 'first'" in stderr
+    assert generate(tmp_path / "spaces", "[bearer]\ninstances = 0 1\n")[0] == []
 
 
 def help_options(module: str) -> set[str]:
