@@ -138,6 +138,7 @@ class BearerUnderTest:
         ports: int,
         max_sessions: int,
         cpu: int | None = None,
+        nice: int = 0,
         port_min: int = 30000,
         media_timeout: float = 600,
     ) -> None:
@@ -163,6 +164,8 @@ class BearerUnderTest:
         def pin() -> None:
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
+            if nice:
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
 
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
