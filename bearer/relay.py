@@ -11,16 +11,25 @@ Each registered fd maps to ONE tuple of locals (its *entry*)::
 
     (kind, recv, out, counters, dest, tev_pt, clock, remap, leg)
 
-(for K_FAST, ``dest`` holds the 256-byte table rewriting the marker/PT byte;
-for K_CONF, the participant id)
 rebuilt whenever something about the leg changes (latching, UPDATE, RECORD,
 JOIN), never per packet.  The hot loop does one dict lookup per event and
-unpacks the tuple; the common case, ``K_FAST`` (a latched call needing no
-transcoding, recording or mixing; payload type numbers are remapped by one
-table lookup), is inlined: ``recv_into`` a preallocated buffer, send a
-memoryview slice out of the *other* leg's socket, bump list counters and the
-RFC 3550 A.8 jitter estimate.  Everything else (latching, PT remapping,
-transcoding, DTMF, recording, conferences) goes through ``_deliver``.
+unpacks the tuple.  Two kinds are inlined in the loop:
+
+* ``K_FAST``, a latched call needing no transcoding, recording or mixing:
+  ``recv_into`` a preallocated buffer, rewrite the marker/PT byte through a
+  256-byte table (identity for most calls; ``dest`` holds it), send a
+  memoryview slice out of the *other* leg's socket, bump list counters and
+  the RFC 3550 A.8 jitter estimate;
+* ``K_CONF``, a conference participant: the same accounting, then the
+  payload goes straight to the mixer's jitter buffer (``out`` is the
+  mixer's push, ``dest`` the participant id).
+
+Everything else (latching, transcoding, DTMF, recording, RTCP, bleed on the
+catcher) goes through ``_slow``/``_deliver``.
+
+Measured on the 2-vCPU development VM, per relayed packet in a batch: about
+5.3 us for the two syscalls alone (recv 1.4, send 4: a loopback send also
+runs the receiver's network stack), 6.4 us with all of the above.
 
 Symmetric RTP (DESIGN.md "Media"): a leg latches to the source of its first
 valid RTP packet (version 2, at least a header).  While a leg is latched
@@ -29,7 +38,8 @@ signalled address wins; after ``LATCH_GRACE`` seconds, or at once when the
 source is the signalled one, the latch is final: the RTP socket is
 ``connect()``ed to the phone.  The kernel then delivers only that phone's
 packets to it, ``recv_into`` needs no address object and ``send`` no route
-lookup (measured: about a third less CPU per packet than recvfrom/sendto).
+lookup (measured: 6.4-6.9 us per packet against 7.8-8.2 us for
+recvfrom_into/sendto with a source check, same work otherwise).
 So that RTP bleed is still *counted*, a second socket ("catcher") is bound to
 the same port with SO_REUSEPORT: the connected socket wins the kernel's
 lookup for the phone's address and port, the catcher gets everything else,
@@ -85,7 +95,7 @@ MAX_EVENTS = 1024
 _BIND_ATTEMPTS = 16
 
 # Entry kinds.  K_FAST is tested first in the hot loop.
-K_FAST = 0  # final latch, connected out, no remapping: inlined
+K_FAST = 0  # final latch, connected out, at most a PT remap: inlined
 K_PATH = 1  # final latch, anything else: _deliver
 K_LATCH = 2  # not yet final: recvfrom + source policy
 K_CATCH = 3  # the catcher socket of a final leg: bleed counting
