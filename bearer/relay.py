@@ -595,6 +595,8 @@ class Relay:
         if kind == K_CONF:
             self._deliver_conf(e, n, now)
             return
+        if kind == K_FAST:
+            dest = None  # that slot holds the PT table (remap[0]); out is connected
         if n < 12 or buf[0] & 0xC0 != 0x80:
             c[S.INVALID] += 1
             return

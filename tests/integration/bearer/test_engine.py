@@ -125,3 +125,24 @@ def test_delete_closes_every_socket_and_returns_ports(relay: tuple[Relay, list[E
     finally:
         a.close()
         b.close()
+
+
+def test_packets_queued_before_the_latch_is_final_are_all_relayed(
+    relay: tuple[Relay, list[Event]],
+) -> None:
+    """Regression: the drain at connect() time handed a fast-path entry to the
+    generic path, which took its PT table for a destination address."""
+    r, _ = relay
+    a, b = Phone(), Phone()
+    try:
+        pa, pb = r.allocate(1, "c", (leg_spec(a.addr), leg_spec(b.addr)), AllocFlags.NONE)
+        b.send(pb, b"\x00" * 160)
+        _spin(r, 0.05)  # b's leg is final: a's packets can take the fast path
+        for i in range(5):
+            a.send(pa, bytes([i + 1]) * 160)  # queued before the loop reads any
+        _spin(r, 0.1)
+        assert [p[12] for p in b.recv_all(0.2)] == [1, 2, 3, 4, 5]
+        assert r.internal_errors == 0
+    finally:
+        a.close()
+        b.close()
