@@ -161,6 +161,7 @@ class Scenario:
             "bearer_rss_mib": round(rss_kib_of(pid) / 1024, 1),
             "generator_cpu_percent": round(r.gen_cpu_percent, 1),
             "generator_max_lag_ms": round(r.max_lag_ms, 2),
+            "generator_lag_p99_ms": round(r.lag_p99_ms, 3),
             "generator_saturated": r.saturated,
             "bearer_drops": {
                 k: after[k] - before.get(k, 0)

@@ -120,6 +120,7 @@ class Result:
     latencies_ns: np.ndarray
     gen_cpu_percent: float
     max_lag_ms: float
+    lag_p99_ms: float
     send_shortfall: int
     received_per_stream: np.ndarray
     foreign: dict[str, Any] = field(default_factory=dict)
@@ -136,8 +137,13 @@ class Result:
 
     @property
     def saturated(self) -> bool:
-        """The generator could not keep its schedule: the figure is not the bearer's."""
-        return self.gen_cpu_percent > 90.0 or self.max_lag_ms > 5.0 or self.send_shortfall > 0
+        """The generator could not keep its schedule: the figure is not the bearer's.
+
+        Judged on the 99th percentile of the send lag, not its maximum: one
+        preemption by a neighbour is noise in the latency tail, a generator
+        that is behind on 1 % of its sends is not keeping up.
+        """
+        return self.gen_cpu_percent > 90.0 or self.lag_p99_ms > 2.0 or self.send_shortfall > 0
 
 
 class Generator:
@@ -318,6 +324,7 @@ class Generator:
         w1 = w0 + int(measure * 1e9)
         sent_in = shortfall = received = 0
         max_lag = 0.0
+        lags: list[float] = []
         k = 0
         next_at = start
         opened = closed = False
@@ -342,6 +349,7 @@ class Generator:
                 lag = now - next_at
                 if opened and not closed:
                     max_lag = max(max_lag, lag)
+                    lags.append(lag)
                 slot = k % self.slots
                 stamp = time.time_ns()
                 n = self._send_slot(slot, stamp)
@@ -373,6 +381,7 @@ class Generator:
             latencies_ns=latencies,
             gen_cpu_percent=100.0 * (cpu1 - cpu0) / measure,
             max_lag_ms=max_lag * 1000.0,
+            lag_p99_ms=float(np.percentile(lags, 99)) * 1000.0 if lags else 0.0,
             send_shortfall=shortfall,
             received_per_stream=counts,
             foreign=fstats,
