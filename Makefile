@@ -44,9 +44,16 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The Debian package from a scratch copy of the working tree (tracked and new
+# files; the checkout never sees build artefacts): dist/softswitch_*_all.deb,
+# checked by lintian. Build dependencies: see .ci/run.
 deb:
-	dpkg-buildpackage -us -uc -b
-	mkdir -p dist && mv ../softswitch_*.deb ../softswitch_*.buildinfo ../softswitch_*.changes dist/ 2>/dev/null || true
+	rm -rf build/deb dist/softswitch_* && mkdir -p build/deb/src dist
+	git ls-files -z --cached --others --exclude-standard | \
+		tar --null -T - --ignore-failed-read -cf - | tar -xf - -C build/deb/src
+	cd build/deb/src && dpkg-buildpackage -us -uc -b
+	mv build/deb/softswitch_* dist/
+	lintian --fail-on error dist/softswitch_*_all.deb
 
 clean:
 	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache

@@ -18,13 +18,31 @@ from softswitch.config import (
     endpoint,
     integer,
     ip_address,
+    listof,
     load,
     number,
     optional,
     render_defaults,
 )
 
+
+def _instances(text: str) -> str | list[int]:
+    """auto, none, or a list of core numbers (read by the systemd generator)."""
+    word = text.strip().lower()
+    if word in ("", "auto", "none"):
+        return word or "auto"
+    return listof(integer(0, 4095))(text)
+
+
 BEARER_OPTIONS: list[Option] = [
+    Option(
+        "bearer",
+        "instances",
+        _instances,
+        "auto",
+        "Instances softswitch.target starts on this host (read at boot and daemon-reload): "
+        "auto = one per core, at most two; none; or core numbers, e.g. 0, 1.",
+    ),
     Option(
         "bearer",
         "control",

@@ -200,10 +200,9 @@ class Switch:
             secret if secret is not None else secrets.token_bytes(32),
             self.realm,
             nonce_ttl=float(sip.nonce_ttl),
-            # Offered in this order (RFC 8760 §2.3: preferred first).  Some
-            # clients (SIPp 3.6) read only the first, hence the option, once
-            # settings.py declares it: [sip] digest_algorithms = MD5, SHA-256.
-            algorithms=tuple(getattr(sip, "digest_algorithms", None) or ("SHA-256", "MD5")),
+            # Offered in this order (RFC 8760: preferred first).  Some clients
+            # (SIPp 3.6) read only the first: [sip] digest_algorithms = MD5, SHA-256.
+            algorithms=tuple(sip.digest_algorithms),
             # Salts need uniqueness, not secrecy (the MAC protects the nonce):
             # no getrandom() syscall per 401.
             rand=random.Random(secrets.token_bytes(16)).randbytes,

@@ -23,6 +23,12 @@ from softswitch.config import (
     render_defaults,
 )
 
+
+def _algorithm(text: str) -> str:
+    """One digest algorithm name, spelled as RFC 7616 spells it."""
+    return choice("sha-256", "md5")(text).upper()
+
+
 CONTROL_OPTIONS: list[Option] = [
     # [sip]
     Option(
@@ -90,6 +96,14 @@ CONTROL_OPTIONS: list[Option] = [
         "Seconds a digest nonce stays valid before the phone is told stale=true.",
     ),
     Option("sip", "user_agent", str, "softswitch", "Server / User-Agent header value."),
+    Option(
+        "sip",
+        "digest_algorithms",
+        listof(_algorithm),
+        "SHA-256, MD5",
+        "Digest algorithms challenged, most preferred first (RFC 8760). Clients that read "
+        "only the first challenge and know only MD5 (SIPp 3.6) need MD5, SHA-256.",
+    ),
     # [calls]
     Option(
         "calls",
