@@ -262,7 +262,11 @@ class BearerDaemon:
             if type(msg) is Allocate:
                 ports = relay.allocate(msg.session_id, msg.call_ref, msg.legs, msg.flags)
                 if msg.flags & AllocFlags.RECORD:
-                    relay.record(msg.session_id, True, "")
+                    try:
+                        relay.record(msg.session_id, True, "")
+                    except RelayError:
+                        relay.delete(msg.session_id)  # all or nothing: control may retry
+                        raise
                 addr = self.cfg.bearer.advertised_address
                 return Allocated(msg.session_id, addr, tuple(ports))
             if type(msg) is Update:

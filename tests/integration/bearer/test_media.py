@@ -145,3 +145,17 @@ def test_muted_participant_is_heard_by_nobody_but_hears_the_room(
     heard_by_1 = _pcm(got[members[1]])[20 * 160 :]
     assert band_energy(heard_by_0, 1300.0) < 1e-3 * max(band_energy(heard_by_1, 500.0), 1.0)
     assert abs(dominant_frequency(heard_by_1) - 500.0) < 5
+
+
+def test_allocate_with_record_flag_records_from_the_start(
+    bearer: BearerProcess, phones: list[Phone]
+) -> None:
+    a, b = phones[0], phones[1]
+    ctl = bearer.client()
+    pa, pb = ctl.allocate(6, (leg_spec(a.addr), leg_spec(b.addr)), flags=AllocFlags.RECORD).ports
+    assert ctl.stats(6)["recording"] == 1
+    _stream([(a, pa, tone(700.0, 0.6)), (b, pb, tone(300.0, 0.6))], [a, b], 0.6)
+    ctl.request(Delete(6))
+    done = ctl.wait_event(lambda e: isinstance(e, RecordingDone), timeout=5)
+    assert done.session_id == 6 and "-6-call-6.wav" in done.path and done.seconds >= 0.4
+    assert Path(done.path).parent == bearer.recordings
