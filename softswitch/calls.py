@@ -13,7 +13,8 @@ Set-up, in the order the caller sees it (every step is a transition of
 ``softswitch.callstate``): 100 Trying; 407 with a digest challenge
 (RFC 3261 §22.3, SHA-256 and MD5 offered, RFC 8760); routing (a conference
 prefix, a user's bindings, or a ``Refusal``); one ALLOCATE round trip to the
-least-loaded bearer; an INVITE to every binding of the callee, each its own
+least-loaded bearer (a conference member: the bearer already hosting its
+room); an INVITE to every binding of the callee, each its own
 Call-ID and client transaction, sent to the address the binding registered
 from (RFC 3581); 1xx relayed (a 183 with SDP becomes early media through the
 bearer); the first 2xx wins and the other forks get CANCEL (§9.1) or, if
@@ -163,6 +164,7 @@ class CallManager(CallSetup, MidCall):
         self._txs: dict[ClientTransaction, tuple[Call, str, Any]] = {}
         self._requests: dict[int, tuple[Call, Message]] = {}  # bearer request id
         self._active: dict[tuple[str, str], int] = {}
+        self._rooms: dict[str, list[Any]] = {}  # conference room -> [its bearer, members]
         self._heap: list[tuple[float, int, Call, Timer]] = []
         self._seq = 0
         self._stale = 0
@@ -543,6 +545,8 @@ class CallManager(CallSetup, MidCall):
                 self._stop_fork(call, fork, now)
         call.step(CallInput.HANGUP)
         self._count(call, -1)
+        if call.room is not None:
+            self._left_room(call.room)
         if call.allocating:
             return  # the DELETE goes when the ALLOCATE is answered
         if call.bearer_lost or call.address is None:
@@ -658,6 +662,15 @@ class CallManager(CallSetup, MidCall):
                 self._active[key] = n
             else:
                 self._active.pop(key, None)
+
+    def _left_room(self, room: str) -> None:
+        """A member of ``room`` is gone; with the last one, so is the room's bearer."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._rooms[room]
 
     def _contact_for(self, peer: Peer) -> str:
         return self._contact[peer.transport]

@@ -9,6 +9,11 @@ hear about problems in, and cheapest first: 100 Trying (§17.2.1), hop count
 (483), a merged request (482, §8.2.2.2), credentials (407/403, §22.3), the
 caller's limit (486), routing (404/480/486), the SDP offer (488), a bearer
 (503 + Retry-After).  Only then does the call exist and cost anything.
+
+A conference room lives on one bearer, the one its first member was put
+on (``_rooms``: room -> [bearer, members]); later members go to that
+bearer or, when it is down or full, get 503 + Retry-After.  The room is
+forgotten when its last member hangs up.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class CallSetup:
 
     layer: Any
     config: Any
+    _rooms: dict[str, list[Any]]
     _via: dict[str, str]
     _contact: dict[str, str]
 
@@ -104,18 +110,19 @@ class CallSetup:
         except SdpError as err:
             refusal = Refusal.MALFORMED if err.status == 400 else Refusal.NOT_ACCEPTABLE
             return self._refuse(tx, request, refusal, now, caller, aor, reason=err.reason)
-        bearer = self.bearers.choose()
+        conference = isinstance(where, Conference)
+        bearer = self._room_bearer(where.room) if conference else self.bearers.choose()
         if bearer is None:
+            hosted = conference and where.room in self._rooms
             return self._refuse(
                 tx,
                 request,
-                Refusal.NO_BEARER,
+                Refusal.ROOM_BEARER_UNAVAILABLE if hosted else Refusal.NO_BEARER,
                 now,
                 caller,
                 aor,
                 headers=[("Retry-After", str(RETRY_AFTER))],
             )
-        conference = isinstance(where, Conference)
         a_tag = secrets.token_hex(8)
         md = sd.media[index]
         a = Leg(peer=peer, sdp=sd, index=index, codecs=codecs, selected=media.real_codec(codecs))
@@ -158,8 +165,27 @@ class CallSetup:
         self._sessions[call.session_id] = call
         self._dialogs[a.dialog.id] = (call, CALLER)
         self._count(call, +1)
+        if conference:
+            self._rooms.setdefault(where.room, [bearer, 0])[1] += 1
         call.allocating = True
         self._bearer(call, Allocate(call.session_id, request.call_id, specs, flags), now)
+        return None
+
+    def _room_bearer(self, room: str) -> Any:
+        """The bearer for a new member of ``room``: the one hosting it, else the least loaded.
+
+        A bearer mixes only the members it carries, so every member of a room
+        must be on the bearer its first member was put on.  If that bearer is
+        down or full the caller gets 503 with Retry-After (None here) rather
+        than a room of its own elsewhere; spreading one large room over
+        several bearers is future work (DESIGN.md).
+        """
+        entry = self._rooms.get(room)
+        if entry is None:
+            return self.bearers.choose()
+        b = entry[0]
+        if b.up and not b.auth_failed and b.sessions < b.capacity:
+            return b
         return None
 
     def _authenticate(self, tx: ServerTransaction, request: Request, now: float) -> User | None:

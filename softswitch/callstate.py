@@ -211,6 +211,7 @@ class Refusal(Enum):
     CALLEE_OVER_LIMIT = auto()
     NOT_ACCEPTABLE = auto()  # no usable SDP offer or codec (§21.4.26)
     NO_BEARER = auto()  # every bearer down or full
+    ROOM_BEARER_UNAVAILABLE = auto()  # the bearer hosting a live room is down or full
     BEARER_FAILED = auto()  # ALLOCATE/UPDATE/JOIN refused or timed out
     CALLEE_FAILED = auto()  # the callee's 2xx came with unusable SDP
     NO_ANSWER = auto()  # rang for calls.no_answer_timeout
@@ -235,6 +236,7 @@ REFUSALS: dict[Refusal, tuple[int, Disposition | None]] = {
     Refusal.CALLEE_OVER_LIMIT: (486, Disposition.REJECTED),
     Refusal.NOT_ACCEPTABLE: (488, Disposition.REJECTED),
     Refusal.NO_BEARER: (503, Disposition.FAILED),
+    Refusal.ROOM_BEARER_UNAVAILABLE: (503, Disposition.FAILED),
     Refusal.BEARER_FAILED: (503, Disposition.FAILED),
     Refusal.CALLEE_FAILED: (502, Disposition.FAILED),
     Refusal.NO_ANSWER: (480, Disposition.NO_ANSWER),

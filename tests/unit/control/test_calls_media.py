@@ -309,3 +309,64 @@ def test_conference_hold_is_answered_by_the_switch_and_updates_the_bearer(sw: Sw
     answer = alice.take(200)
     assert media_of(answer)[2] == "recvonly"
     assert answer.cseq == hold.cseq
+
+
+def join_conference(sw: Switch, phone, room: str) -> Dialog:
+    """``phone`` dials ``room`` and is in (200 and ACK); returns its dialog."""
+    invite = sw.authenticated_invite(phone, room, call_id=f"{phone.name}-{room}")
+    ok = phone.take(200)
+    dialog = Dialog.from_uac(invite, ok)
+    phone.send(dialog.create_ack(invite.cseq, via=phone.via()))
+    return dialog
+
+
+def test_conference_members_all_go_to_the_bearer_hosting_the_room(sw: Switch) -> None:
+    """Used to break: each member went to the least-loaded bearer, so with two
+    bearers a room was split in two halves that could not hear each other."""
+    phones = [sw.phone(n, f"198.51.100.{10 + i}") for i, n in enumerate(("alice", "bob", "carol"))]
+    for p in phones:
+        join_conference(sw, p, "conf7")
+    allocated_on = [b.id for b, m, _ in sw.pool.sent if isinstance(m, Allocate)]
+    assert allocated_on == [1, 1, 1]
+    joined_on = [b.id for b, m, _ in sw.pool.sent if isinstance(m, Join)]
+    assert joined_on == [1, 1, 1]
+    other = sw.phone("dave", "198.51.100.40")
+    join_conference(sw, other, "conf8")  # another room may start on another bearer
+    assert [b.id for b, m, _ in sw.pool.sent if isinstance(m, Allocate)][-1] == 2
+
+
+def test_conference_bearer_full_gets_503_retry_after_not_a_room_elsewhere(sw: Switch) -> None:
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    join_conference(sw, alice, "conf7")
+    host = sw.pool.bearers[0]
+    host.sessions = host.capacity
+    sw.authenticated_invite(bob, "conf7", call_id="bob-conf7")
+    refused = bob.take(503)
+    assert refused.get("Retry-After") == "5"
+    assert len(sw.pool.of(Allocate)) == 1  # nothing on the other bearer
+    assert sw.calls.counters["refused_room_bearer_unavailable"] == 1
+    assert sw.cdrs[-1].disposition is Disposition.FAILED
+
+
+def test_conference_room_forgotten_with_its_last_member_may_move(sw: Switch) -> None:
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    dialog = join_conference(sw, alice, "conf7")
+    sw.pool.bearers[1].sessions = -5  # bearer 2 is now the least loaded
+    alice.send(dialog.create_request("BYE", via=alice.via()))
+    alice.take(200)
+    join_conference(sw, bob, "conf7")
+    assert [b.id for b, m, _ in sw.pool.sent if isinstance(m, Allocate)] == [1, 2]
+
+
+def test_conference_bearer_down_ends_the_room_and_the_next_member_starts_it_anew(
+    sw: Switch,
+) -> None:
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    join_conference(sw, alice, "conf7")
+    sw.bearer_down(0)
+    assert alice.has("BYE")
+    join_conference(sw, bob, "conf7")
+    assert [b.id for b, m, _ in sw.pool.sent if isinstance(m, Allocate)] == [1, 2]
