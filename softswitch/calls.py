@@ -56,7 +56,6 @@ from bearer.protoclient import (
 from bearer.protocol import (
     Allocate,
     Allocated,
-    AllocFlags,
     Delete,
     Deleted,
     Dtmf,
@@ -68,6 +67,7 @@ from bearer.protocol import (
     Message,
     Record,
     RecordingDone,
+    RecordReply,
     Update,
 )
 from softswitch.callsetup import RETRY_AFTER, CallSetup
@@ -360,8 +360,12 @@ class CallManager(CallSetup, MidCall):
         elif isinstance(sent, Update | Join):
             call.pending.discard(rid)
             self._pending_reply(call, sent, reply, raw, now)
-        elif isinstance(sent, Record) and reply is None:
+        elif isinstance(sent, Record) and not (
+            isinstance(reply, RecordReply) and reply.recording == sent.start
+        ):
             log.warning("call %s: RECORD failed: %r", call.a_request.call_id, raw)
+            if sent.start and raw != "timeout" and call.recording == sent.path:
+                call.recording = None  # refused: no such file will exist
 
     def _pending_reply(
         self, call: Call, sent: Message, reply: Message | None, raw: Any, now: float
@@ -387,7 +391,7 @@ class CallManager(CallSetup, MidCall):
         call.ports = reply.ports
         for leg in call.legs:
             leg.origin = LegOrigin(reply.address, sess_id=secrets.randbits(31))
-        if call.flags & AllocFlags.RECORD:
+        if call.record:  # one RECORD, with the path the CDR will name
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
             name = _UNSAFE.sub("_", call.a_request.call_id)[:120]
             directory = self.config.recording.dir.rstrip("/")

@@ -158,8 +158,9 @@ class CallSetup:
             )
             call.legs[CALLEE].spec = b_spec
             specs = (a.spec, b_spec)
-            if caller.record_calls or where.user.record_calls:
-                flags |= AllocFlags.RECORD
+            # Not AllocFlags.RECORD: the bearer would start a file under a name of
+            # its own, and the CDR must name the file control chose (_allocated).
+            call.record = caller.record_calls or where.user.record_calls
         call.flags = flags
         self._by_invite[(request.call_id, request.from_.tag)] = call
         self._sessions[call.session_id] = call

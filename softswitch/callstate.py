@@ -370,6 +370,7 @@ class Call:
     bearer_lost: bool = False  # its session is gone with it: no DELETE
     bindings: tuple[Binding, ...] = ()  # to fork to, once allocated
     flags: int = 0
+    record: bool = False  # recorded from the start: RECORD with our path once allocated
     address: str | None = None  # the bearer's media address
     ports: tuple[int, ...] = ()
     state: CallState = CallState.ALLOCATING

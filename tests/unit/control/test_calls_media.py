@@ -11,6 +11,7 @@ from bearer.protocol import (
     Delete,
     Direction,
     Dtmf,
+    ErrorCode,
     Join,
     Leave,
     MediaTimeout,
@@ -213,18 +214,33 @@ def test_bearer_down_tears_its_calls_down_with_byes(sw: Switch) -> None:
 
 
 def test_recording_flag_sends_record_with_a_path_and_the_cdr_has_it(sw: Switch) -> None:
+    """Used to break: ALLOCATE also carried AllocFlags.RECORD, so the bearer had
+    already started a file under its own default name and ignored our RECORD;
+    the CDR named a file that never existed.  One start, with our path."""
     sw = Switch(recording_users=("bob",))
     alice = sw.phone("alice", "198.51.100.10")
     bob = sw.phone("bob", "198.51.100.20")
     sw.register(bob)
     call = sw.establish(alice, bob)
     (allocate,) = sw.pool.of(Allocate)
-    assert allocate.flags & AllocFlags.RECORD
+    assert not allocate.flags & AllocFlags.RECORD
     (record,) = sw.pool.of(Record)
     assert record.start and record.session_id == allocate.session_id
     assert record.path == "/var/spool/softswitch/recordings/call-1_alice-20231114T221320Z.wav"
     alice.send(call.dialog_a.create_request("BYE", via=alice.via()))
     assert sw.cdrs[0].recording == record.path
+
+
+def test_recording_refused_by_the_bearer_leaves_no_path_in_the_cdr(sw: Switch) -> None:
+    sw = Switch(recording_users=("alice",))
+    sw.pool.errors[Record] = ErrorCode.BAD_REQUEST
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    sw.register(bob)
+    call = sw.establish(alice, bob)  # the call goes on, unrecorded
+    alice.send(call.dialog_a.create_request("BYE", via=alice.via()))
+    (cdr,) = sw.cdrs
+    assert cdr.disposition is Disposition.ANSWERED and cdr.recording is None
 
 
 def test_no_recording_without_the_flag(sw: Switch) -> None:
