@@ -17,6 +17,9 @@ moves bytes and time in and out of it (DESIGN.md principles 3 and 5):
 * The DB thread (softswitch/dbthread.py): results come back through
   ``loop.call_soon_threadsafe``; nothing is served before its ``Loaded``.
 * The admin socket (softswitch/admin.py) for softswitchctl.
+* Optional packages (uvloop, aiortc for Opus/SRTP) are found at start and
+  said in one log line, as ``softswitchctl status`` reports them; a missing
+  one is never an ImportError.
 * One timer handle, re-armed from ``Switch.get_timer()`` after every input.
   Outputs are flushed once per loop iteration however many datagrams came in.
 * systemd: READY=1 once listening with users loaded, WATCHDOG=1 from the
@@ -673,6 +676,23 @@ def _features() -> dict[str, bool]:
     }
 
 
+#: What each optional package brings, for the start-up log line.
+FEATURE_USES = {"uvloop": "faster event loop", "aiortc": "Opus and SRTP"}
+
+
+def features_text(features: dict[str, bool]) -> str:
+    """One line on the optional packages, as ``softswitchctl status`` reports them.
+
+    >>> features_text({"uvloop": True, "aiortc": False})
+    'optional features: uvloop available (faster event loop); aiortc absent (no Opus and SRTP)'
+    """
+    parts = []
+    for name, available in features.items():
+        use = FEATURE_USES.get(name, name)
+        parts.append(f"{name} available ({use})" if available else f"{name} absent (no {use})")
+    return "optional features: " + "; ".join(parts)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softswitch-control",
@@ -706,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     # default) to get it back.  1 ms bounds that stall on the call path.
     sys.setswitchinterval(SWITCH_INTERVAL)
     features = _features()
+    log.info("%s", features_text(features))
     daemon = ControlDaemon(
         cfg, config_path, required=required, key=key, logs=logs, features=features
     )
