@@ -8,6 +8,11 @@ socket (softswitch/admin.py).
 Every failure is one line on stderr and a non-zero exit, never a traceback:
 2 for bad usage or a bad configuration, 1 for everything else (user exists,
 no such user, database unreachable, daemon not running).
+
+Run as root against a SQLite database, it works on the file as the user who
+owns it (or owns its directory, when it does not exist yet: softswitch owns
+/var/lib/softswitch), so that the database and its -wal/-shm files stay
+writable for the daemon, which runs as that user.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import datetime as dt
 import getpass
 import json
 import os
+import pwd
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -214,6 +221,7 @@ class Context:
         self.domain: str = self.cfg.sip.domain or self.cfg.sip.listen[0]
         self.realm: str = self.cfg.sip.realm or self.domain
         self._engine: sa.engine.Engine | None = None
+        self._as: _EffectiveIds | None = None
 
     @property
     def engine(self) -> sa.engine.Engine:
@@ -223,6 +231,9 @@ class Context:
             except (sa.exc.ArgumentError, ImportError) as exc:  # bad URL or missing driver
                 first = str(exc).strip().splitlines()[0]
                 raise ConfigError(f"{self.config_file}: [database] url: {first}") from None
+            owner = sqlite_owner(self.cfg.database.url)
+            if owner is not None:  # until close(): every file SQLite creates is theirs
+                self._as = _EffectiveIds(*owner)
             create_schema(self._engine)
         return self._engine
 
@@ -234,8 +245,67 @@ class Context:
         return name, self.domain.lower()
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        try:
+            if self._engine is not None:
+                self._engine.dispose()
+        finally:
+            if self._as is not None:
+                self._as.restore()
+                self._as = None
+
+
+def sqlite_owner(url: str) -> tuple[int, int] | None:
+    """(uid, gid) to work on a SQLite database as, or None to stay who we are.
+
+    Only when running as root on a database file (or, before it exists, its
+    directory) that another user owns: root-owned files there would be
+    read-only for the daemon.  The group is the owner's primary group.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    name = parsed.database or ""
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or name in ("", ":memory:")
+        or name.startswith("file:")
+    ):
+        return None
+    path = Path(name).absolute()
+    for candidate in (path, path.parent):
+        try:
+            st = candidate.stat()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        if st.st_uid == 0:
+            return None
+        try:
+            gid = pwd.getpwuid(st.st_uid).pw_gid
+        except KeyError:
+            gid = st.st_gid
+        return st.st_uid, gid
+    return None
+
+
+class _EffectiveIds:
+    """Act as (uid, gid) from now until ``restore()`` (root only: seteuid/setegid)."""
+
+    def __init__(self, uid: int, gid: int) -> None:
+        self._saved = (os.geteuid(), os.getegid(), os.getgroups())
+        os.setgroups([gid])
+        os.setegid(gid)
+        os.seteuid(uid)
+
+    def restore(self) -> None:
+        uid, gid, groups = self._saved
+        os.seteuid(uid)
+        os.setegid(gid)
+        os.setgroups(groups)
 
 
 def _ha1s(username: str, realm: str, password: str) -> tuple[str, str]:
