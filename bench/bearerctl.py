@@ -96,8 +96,10 @@ class Control:
                     self.sock.sendto(encode(EventAck(), pkt.request_id, self.epoch), self.path)
                     self.events.append(pkt.message)
                     continue
+                if not pkt.message.REPLY:
+                    continue  # the bearer's heartbeats: its ids are not ours
                 entry = pending.pop(pkt.request_id, None)
-                if entry is not None and pkt.message.REPLY:
+                if entry is not None:
                     replies[entry[0]] = pkt.message
                     done += 1
         return replies  # type: ignore[return-value]
