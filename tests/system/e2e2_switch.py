@@ -68,34 +68,12 @@ finally:
 """
 
 
-#: Digest challenges in the order MD5, SHA-256 instead of the default
-#: SHA-256, MD5.  SIPp 3.6.1 (Debian 12) reads the first "algorithm=" of all
-#: the challenges together and gives up on anything but MD5
-#: ("createAuthHeader: authentication must use MD5 or AKAv1-MD5").  With
-#: ``digest_md5_first`` the config says so in ``[sip] digest_algorithms``
-#: once softswitch/settings.py declares that option; until then control is
-#: started through this wrapper, which sets the same order on the same
-#: constructor.  test_sipp_interop.py keeps a test on the default order.
+#: ``[sip] digest_algorithms`` for ``digest_md5_first``: challenges in the order
+#: MD5, SHA-256 instead of the default SHA-256, MD5.  SIPp 3.6.1 (Debian 12)
+#: reads the first "algorithm=" of all the challenges together and gives up on
+#: anything but MD5 ("createAuthHeader: authentication must use MD5 or
+#: AKAv1-MD5"); test_sipp_interop.py shows both orders.
 MD5_FIRST = ("MD5", "SHA-256")
-MD5_FIRST_CONTROL = r"""
-import sys
-from softswitch.sip import digest
-_init = digest.DigestServer.__init__
-def _md5_first(self, *args, **kw):
-    kw["algorithms"] = ("MD5", "SHA-256")
-    _init(self, *args, **kw)
-digest.DigestServer.__init__ = _md5_first
-from softswitch.daemon import main
-sys.argv[0] = "softswitch-control"
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def has_digest_algorithms_option() -> bool:
-    """Whether softswitch.conf has ``[sip] digest_algorithms`` (see MD5_FIRST_CONTROL)."""
-    from softswitch.settings import CONTROL_OPTIONS
-
-    return any((o.section, o.key) == ("sip", "digest_algorithms") for o in CONTROL_OPTIONS)
 
 
 def _env() -> dict[str, str]:
@@ -219,7 +197,7 @@ class NetSwitch:
             "recording": {"dir": str(self.tmp / "recordings")},
             "log": {"level": "info", "file": ""},
         }
-        if self.digest_md5_first and has_digest_algorithms_option():
+        if self.digest_md5_first:
             sections["sip"]["digest_algorithms"] = ", ".join(MD5_FIRST)
         (self.etc / "softswitch.conf").write_text(
             "".join(
@@ -270,8 +248,6 @@ class NetSwitch:
 
     def _start_control(self, timeout: float = 20.0) -> None:
         argv = [str(CONTROL_EXE), "--config-dir", str(self.etc)]
-        if self.digest_md5_first and not has_digest_algorithms_option():
-            argv = [sys.executable, "-c", MD5_FIRST_CONTROL, "--config-dir", str(self.etc)]
         with open(self.control_log, "wb") as logf:
             self.control = self.net.popen(
                 self.ctl_host, argv, stdout=logf, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT
