@@ -1,60 +1,18 @@
-"""softswitchctl run as root on a SQLite database another user owns (softswitch/ctl.py).
+"""When softswitchctl acts as the owner of a SQLite database (softswitch/ctl.py).
 
-Used to break: `softswitchctl user add` as root before the daemon's first start
-created /var/lib/softswitch/softswitch.db owned by root, which the daemon
-(User=softswitch) could then read but never write.
+Only as root, on a SQLite file (or, before it exists, its directory) owned by
+another user; the real run as root is tests/system/test_ctl_db_owner.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from softswitch import ctl
-from tests.unit.control.dbthread_cases import write_config
-
-NOBODY = 65534  # nobody:nogroup on Debian
-
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="acting as another user needs root (CI runs as root)"
-)
-
-
-@pytest.fixture
-def nobodys_dir() -> Iterator[Path]:
-    """A directory owned by nobody, as /var/lib/softswitch is owned by softswitch.
-
-    Under /tmp itself: pytest's tmp_path sits in a root-only (0700) directory
-    that nobody could not even pass through.
-    """
-    path = Path(tempfile.mkdtemp(prefix="softswitch-owner-", dir="/tmp"))
-    try:
-        os.chown(path, NOBODY, NOBODY)
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
-@needs_root
-def test_root_creates_the_database_as_the_owner_of_its_directory(
-    nobodys_dir: Path, tmp_path: Path
-) -> None:
-    config = write_config(tmp_path / "etc", f"sqlite:///{nobodys_dir / 'softswitch.db'}")
-    assert ctl.main(["--config-dir", str(config), "user", "add", "alice", "--password", "x"]) == 0
-    assert (os.geteuid(), os.getegid()) == (0, 0)  # ourselves again afterwards
-    files = sorted(nobodys_dir.iterdir())
-    assert nobodys_dir / "softswitch.db" in files
-    owners = {f.name: (f.stat().st_uid, f.stat().st_gid) for f in files}
-    assert set(owners.values()) == {(NOBODY, NOBODY)}, owners
-    # Again, now that the file exists (its -wal/-shm are created anew on open).
-    assert ctl.main(["--config-dir", str(config), "user", "add", "bob", "--password", "y"]) == 0
-    owners = {f.name: (f.stat().st_uid, f.stat().st_gid) for f in nobodys_dir.iterdir()}
-    assert set(owners.values()) == {(NOBODY, NOBODY)}, owners
 
 
 def test_no_change_of_user_unless_root_on_someone_elses_sqlite_file(
@@ -66,6 +24,35 @@ def test_no_change_of_user_unless_root_on_someone_elses_sqlite_file(
     monkeypatch.setattr(ctl.os, "geteuid", lambda: 0)
     assert ctl.sqlite_owner("sqlite://") is None  # in memory
     assert ctl.sqlite_owner("mysql+pymysql://u:p@db/softswitch") is None
-    if tmp_path.stat().st_uid == 0:
-        assert ctl.sqlite_owner(f"sqlite:///{mine}") is None  # root's own directory
     assert ctl.sqlite_owner("sqlite:////nonexistent/dir/softswitch.db") is None
+
+
+def test_the_owner_of_the_file_if_it_exists_else_of_its_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its uid and primary group (the file's group without a passwd entry); root's: stay root."""
+    monkeypatch.setattr(ctl.os, "geteuid", lambda: 0)
+    stats = {tmp_path: (1234, 50)}
+
+    class St:
+        def __init__(self, uid: int, gid: int) -> None:
+            self.st_uid, self.st_gid = uid, gid
+
+    def stat(self: Path) -> St:
+        if self not in stats:
+            raise FileNotFoundError(self)
+        return St(*stats[self])
+
+    monkeypatch.setattr(ctl.Path, "stat", stat)
+    groups = {1234: 70}  # uid -> primary gid, as in /etc/passwd
+
+    def getpwuid(uid: int) -> Any:
+        return SimpleNamespace(pw_gid=groups[uid])  # KeyError: no such user
+
+    monkeypatch.setattr(ctl.pwd, "getpwuid", getpwuid)
+    db = tmp_path / "softswitch.db"
+    assert ctl.sqlite_owner(f"sqlite:///{db}") == (1234, 70)  # the directory's owner
+    stats[db] = (4321, 60)
+    assert ctl.sqlite_owner(f"sqlite:///{db}") == (4321, 60)  # the file's (no passwd entry)
+    stats[db] = (0, 0)
+    assert ctl.sqlite_owner(f"sqlite:///{db}") is None  # root's file: stay root
