@@ -119,6 +119,8 @@ class Result:
     received: int
     latencies_ns: np.ndarray
     gen_cpu_percent: float
+    gen_work_percent: float
+    """CPU spent on sending and receiving, busy-waiting excluded: the headroom figure."""
     max_lag_ms: float
     lag_p99_ms: float
     send_shortfall: int
@@ -139,11 +141,13 @@ class Result:
     def saturated(self) -> bool:
         """The generator could not keep its schedule: the figure is not the bearer's.
 
-        Judged on the 99th percentile of the send lag, not its maximum: one
-        preemption by a neighbour is noise in the latency tail, a generator
-        that is behind on 1 % of its sends is not keeping up.
+        Judged on its work CPU and on the 99th percentile of the send lag, not
+        its maximum.  On the development VM a sleeping vCPU wakes up to a few
+        milliseconds late (see the cross-core round trip in the results), so a
+        lag p99 of 2-4 ms is the host's timer jitter and is reported, not
+        disqualifying; 10 ms means the generator is really behind.
         """
-        return self.gen_cpu_percent > 90.0 or self.lag_p99_ms > 2.0 or self.send_shortfall > 0
+        return self.gen_work_percent > 90.0 or self.lag_p99_ms > 10.0 or self.send_shortfall > 0
 
 
 class Generator:
@@ -161,6 +165,7 @@ class Generator:
         slots: int = 40,
         local: tuple[str, int] = ("127.0.0.1", 0),
         pt: int = 0,
+        spin: bool = False,
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -174,6 +179,11 @@ class Generator:
         self.addr: tuple[str, int] = self.sock.getsockname()
         self.interval = interval
         self.slots = slots
+        # Optionally busy-wait between slots instead of sleeping (a sleeping
+        # vCPU may wake late).  Off by default: on the development VM a
+        # spinning vCPU got descheduled by the host for milliseconds, which
+        # made the schedule worse, not better.  Its *work* CPU is reported apart.
+        self.spin = spin
         self.pt = pt
         self._recv_setup()
         self.set_streams(dests)
@@ -329,6 +339,7 @@ class Generator:
         next_at = start
         opened = closed = False
         cpu0 = cpu1 = 0.0
+        spun = 0.0  # seconds busy-waiting inside the window (not work)
         next_idle = start
         while True:  # bounded by t_end
             now = time.perf_counter()
@@ -365,9 +376,16 @@ class Generator:
             if on_idle is not None and now >= next_idle:
                 next_idle = now + 0.1
                 on_idle()
-            delay = next_at - time.perf_counter()
+            t_wait = time.perf_counter()
+            delay = next_at - t_wait
             if delay > 0:
-                time.sleep(delay)
+                if self.spin:
+                    while time.perf_counter() < next_at:  # bounded: next_at is < 1 slot away
+                        pass
+                    if opened and not closed:
+                        spun += time.perf_counter() - t_wait
+                else:
+                    time.sleep(delay)
         got, _ = self._drain(w0, w1, lat, counts, foreign)
         received += got
         if not closed:
@@ -380,6 +398,7 @@ class Generator:
             received=received,
             latencies_ns=latencies,
             gen_cpu_percent=100.0 * (cpu1 - cpu0) / measure,
+            gen_work_percent=100.0 * max(cpu1 - cpu0 - spun, 0.0) / measure,
             max_lag_ms=max_lag * 1000.0,
             lag_p99_ms=float(np.percentile(lags, 99)) * 1000.0 if lags else 0.0,
             send_shortfall=shortfall,
