@@ -93,6 +93,8 @@ HOUSEKEEP_PERIOD = 0.5
 MAX_EVENTS = 1024
 """epoll events per wake-up; more simply wait for the next poll."""
 _BIND_ATTEMPTS = 16
+BUSY_POLL_MIN_EVENTS = 8
+"""With busy polling on, a batch at least this big keeps the loop polling without sleeping."""
 
 # Entry kinds.  K_FAST is tested first in the hot loop.
 K_FAST = 0  # final latch, connected out, at most a PT remap: inlined
@@ -124,7 +126,11 @@ class Relay:
     control; the daemon retransmits them until acknowledged.
     ``recorder`` (optional) is a callable ``(session, path) -> Recording``
     (bearer.recorder: ``push(leg, seq, ts, payload, codec)``, ``tick()``,
-    ``close()``); recordings are ticked from the loop.
+    ``close()``); recordings are ticked from the loop.  ``busy_poll`` (seconds,
+    0 = off) keeps polling without sleeping that long after a big batch, to
+    spare the wake-up latency of an idle vCPU; measured on the development VM
+    it cost 15-25 points of CPU at 750 calls for an inconclusive gain in the
+    latency tail, so it is off by default.
     """
 
     def __init__(
@@ -138,6 +144,7 @@ class Relay:
         on_event: Callable[[Event], None] = lambda event: None,
         recorder: Callable[[Session, str], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        busy_poll: float = 0.0,
     ) -> None:
         self.media_address = media_address
         self.family = socket.AF_INET6 if ":" in media_address else socket.AF_INET
@@ -147,6 +154,7 @@ class Relay:
         self.on_event = on_event
         self.recorder = recorder
         self.clock = clock
+        self.busy_poll = busy_poll
         self.sessions: dict[int, Session] = {}
         self.mixer = Mixer(capacity=64)
         self.rooms: dict[str, int] = {}  # room -> participants (the mixer's view costs O(rooms))
@@ -764,6 +772,8 @@ class Relay:
         FAST, CONF = K_FAST, K_CONF
         PKTS, BYTES, SEQ, TRANSIT, JITTER = S.PKTS, S.BYTES, S.SEQ, S.TRANSIT, S.JITTER
         SEND_ERROR, DROP_BYTES, INVALID = S.SEND_ERROR, S.DROP_BYTES, S.INVALID
+        busy_poll = self.busy_poll
+        spin_until = 0.0
         self._next_tick = clock() + TICK
         while self._running:
             now = clock()
@@ -772,8 +782,10 @@ class Relay:
                 if until is not None and until():
                     break
                 continue
-            events = poll(self._next_tick - now, MAX_EVENTS)
+            events = poll(0 if now < spin_until else self._next_tick - now, MAX_EVENTS)
             now = clock()
+            if busy_poll and len(events) >= BUSY_POLL_MIN_EVENTS:
+                spin_until = now + busy_poll
             for fd, _ev in events:
                 try:
                     kind, recv, out, c, dest, tev, clk, remap, leg = fdmap[fd]

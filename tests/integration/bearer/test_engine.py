@@ -146,3 +146,20 @@ def test_packets_queued_before_the_latch_is_final_are_all_relayed(
     finally:
         a.close()
         b.close()
+
+
+def test_busy_polling_relays_the_same() -> None:
+    base = free_port_base(20)
+    r = Relay("127.0.0.1", base, base + 19, busy_poll=0.001)
+    a, b = Phone(), Phone()
+    try:
+        pa, pb = r.allocate(1, "c", (leg_spec(a.addr), leg_spec(b.addr)), AllocFlags.NONE)
+        b.send(pb, b"\x00" * 160)
+        for i in range(20):
+            a.send(pa, bytes([i]) * 160)
+        _spin(r, 0.1)
+        assert len(b.recv_all(0.2)) == 20 and a.recv(0.5) is not None
+    finally:
+        a.close()
+        b.close()
+        r.close()
