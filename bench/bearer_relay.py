@@ -222,7 +222,9 @@ class Scenario:
             expected = self.gen.n * window / self.gen.interval
             row["mix_packets_expected"] = int(expected)
             row["mix_packets_received"] = f["count"]
-            row["loss_percent"] = round(max(0.0, 100.0 * (1 - f["count"] / expected)), 3)
+            row["mix_packets_missing"] = f["missing"]
+            row["mix_streams"] = f["sources"]
+            row["loss_percent"] = round(100.0 * f["missing"] / max(f["count"] + f["missing"], 1), 4)
             row["mix_interarrival_dev_p99_ms"] = round(f["dev_p99_ms"], 3)
             row["fits"] = (
                 row["loss_percent"] == 0.0 and f["dev_p99_ms"] < P99_LIMIT_MS and not r.saturated

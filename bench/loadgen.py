@@ -266,7 +266,7 @@ class Generator:
         t1: int,
         lat: list[np.ndarray],
         counts: np.ndarray,
-        foreign: list[tuple[np.ndarray, np.ndarray]] | None = None,
+        foreign: list[tuple[np.ndarray, ...]] | None = None,
     ) -> tuple[int, int]:
         """Read everything queued; (packets in window, total packets).
 
@@ -288,7 +288,9 @@ class Generator:
             if foreign is not None:
                 rx = sec * 1_000_000_000 + nsec
                 ok = (rx >= t0) & (rx < t1)
-                foreign.append((pk["ssrc"][ok].astype(np.int64), rx[ok]))
+                foreign.append(
+                    (pk["ssrc"][ok].astype(np.int64), rx[ok], pk["seq"][ok].astype(np.int64))
+                )
                 in_window += int(ok.sum())
                 if r < _RECV_BATCH:
                     break
@@ -324,7 +326,7 @@ class Generator:
         slot_dt = self.interval / self.slots
         counts = np.zeros(self.n, dtype=np.int64)
         lat: list[np.ndarray] = []
-        foreign: list[tuple[np.ndarray, np.ndarray]] | None = [] if collect_foreign else None
+        foreign: list[tuple[np.ndarray, ...]] | None = [] if collect_foreign else None
         start = time.perf_counter()
         t_open = start + warmup
         t_close = t_open + measure
@@ -407,19 +409,28 @@ class Generator:
         )
 
 
-def _foreign_stats(chunks: list[tuple[np.ndarray, np.ndarray]], interval: float) -> dict[str, Any]:
-    """Packets received per SSRC and how regular their arrival was (|gap - interval|)."""
+def _foreign_stats(chunks: list[tuple[np.ndarray, ...]], interval: float) -> dict[str, Any]:
+    """Per SSRC: packets received, packets missing, and arrival regularity.
+
+    Missing packets are gaps in each stream's sequence numbers (RFC 3550 §5.1:
+    +1 per packet, modulo 2^16) between its first and last packet in the
+    window, so the window's edges cannot pass for loss.  Regularity is
+    |inter-arrival - interval| over all streams.
+    """
     if not chunks:
-        return {"count": 0, "sources": 0, "dev_p99_ms": float("nan")}
+        return {"count": 0, "missing": 0, "sources": 0, "dev_p99_ms": float("nan")}
     ssrc = np.concatenate([c[0] for c in chunks])
     rx = np.concatenate([c[1] for c in chunks])
+    seq = np.concatenate([c[2] for c in chunks])
     order = np.lexsort((rx, ssrc))
-    ssrc, rx = ssrc[order], rx[order]
+    ssrc, rx, seq = ssrc[order], rx[order], seq[order]
     same = ssrc[1:] == ssrc[:-1]
     gaps = (rx[1:] - rx[:-1])[same]
+    steps = ((seq[1:] - seq[:-1]) % 65536)[same]
     dev = np.abs(gaps - interval * 1e9) / 1e6
     return {
         "count": len(rx),
+        "missing": int(np.sum(np.maximum(steps - 1, 0))),
         "sources": len(np.unique(ssrc)),
         "dev_p99_ms": float(np.percentile(dev, 99)) if len(dev) else float("nan"),
     }
