@@ -167,12 +167,16 @@ def test_units_verify_clean(machine: Container, bearers: list[int]) -> None:
 # ---------------------------------------------------------------- systemd
 
 
-def test_database_made_by_root_is_given_back_to_the_daemon(machine: Container) -> None:
-    """softswitchctl as root with the daemon stopped creates the SQLite file as root."""
+def test_database_made_by_root_belongs_to_the_daemon(machine: Container) -> None:
+    """softswitchctl as root, daemon stopped, no database yet: the file it creates
+    belongs to softswitch (ctl works as the owner of /var/lib/softswitch), and a
+    root-owned leftover is handed back by the unit's ExecStartPre."""
     machine.run(["systemctl", "stop", CONTROL])
     machine.sh("rm -f /var/lib/softswitch/softswitch.db*")
     machine.run(["softswitchctl", "user", "add", "carol", "--password", "carol-s3cret"])
-    assert machine.run(["stat", "-c", "%U", "/var/lib/softswitch/softswitch.db"]).stdout == "root\n"
+    owner = machine.run(["stat", "-c", "%U", "/var/lib/softswitch/softswitch.db"]).stdout
+    assert owner == "softswitch\n"
+    machine.sh("chown root:root /var/lib/softswitch/softswitch.db*")  # e.g. an old ctl
     machine.run(["systemctl", "start", CONTROL], timeout=60)
     owners = machine.sh("stat -c '%U %n' /var/lib/softswitch/softswitch.db*").splitlines()
     assert all(o.startswith("softswitch ") for o in owners), owners
