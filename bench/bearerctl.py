@@ -10,6 +10,7 @@ thousand calls takes a second, not a thousand round trips of Python.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -36,6 +37,20 @@ from bearer.protocol import (
 __all__ = ["BearerUnderTest", "Control"]
 
 BEARER_EXE = Path(sys.executable).with_name("softswitch-bearer")
+
+
+def render_conf(sections: dict[str, dict[str, Any]]) -> str:
+    """A bearer.conf in the syntax the configuration loader reads (TOML or INI)."""
+    import softswitch.config as config
+
+    toml = hasattr(config, "tomllib")
+    out = []
+    for name, values in sections.items():
+        out.append(f"[{name}]")
+        for key, value in values.items():
+            text = json.dumps(value) if toml and isinstance(value, str) else str(value)
+            out.append(f"{key} = {text}")
+    return "\n".join(out) + "\n"
 
 
 class Control:
@@ -148,15 +163,20 @@ class BearerUnderTest:
         self.sock_path = str(self.tmp / "bearer-0.sock")
         self.recordings = self.tmp / "recordings"
         (self.tmp / "bearer.conf").write_text(
-            "[bearer]\n"
-            f"control = unix:{self.tmp}/bearer-%i.sock\n"
-            "media_address = 127.0.0.1\n"
-            f"port_min = {port_min}\n"
-            f"ports_per_instance = {ports}\n"
-            f"max_sessions = {max_sessions}\n"
-            f"media_timeout = {media_timeout}\n"
-            f"recordings_dir = {self.recordings}\n"
-            "[log]\nlevel = warning\n"
+            render_conf(
+                {
+                    "bearer": {
+                        "control": f"unix:{self.tmp}/bearer-%i.sock",
+                        "media_address": "127.0.0.1",
+                        "port_min": port_min,
+                        "ports_per_instance": ports,
+                        "max_sessions": max_sessions,
+                        "media_timeout": media_timeout,
+                        "recordings_dir": str(self.recordings),
+                    },
+                    "log": {"level": "warning"},
+                }
+            )
         )
         self.log_path = self.tmp / "bearer.log"
         cmd = [str(BEARER_EXE), "--instance", "0", "--config-dir", str(self.tmp)]

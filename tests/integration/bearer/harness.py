@@ -9,6 +9,7 @@ sockets that send RTP built with ``bearer.rtp.build_rtp``.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import select
@@ -68,6 +69,20 @@ def leg_spec(
         dtmf.pt if dtmf is not None else None,
         **kw,
     )
+
+
+def render_conf(sections: dict[str, dict[str, Any]]) -> str:
+    """A bearer.conf in the syntax the configuration loader reads (TOML or INI)."""
+    import softswitch.config as config
+
+    toml = hasattr(config, "tomllib")
+    out = []
+    for name, values in sections.items():
+        out.append(f"[{name}]")
+        for key, value in values.items():
+            text = json.dumps(value) if toml and isinstance(value, str) else str(value)
+            out.append(f"{key} = {text}")
+    return "\n".join(out) + "\n"
 
 
 def free_port_base(span: int) -> int:
@@ -150,19 +165,22 @@ def start_bearer(
         control_line = f"unix:{sock_path}"
         control = str(sock_path).replace("%i", "0")
     (conf_dir / "bearer.conf").write_text(
-        "[bearer]\n"
-        f"control = {control_line}\n"
-        f"key_file = {key_file}\n"
-        f"media_address = {media_address}\n"
-        f"port_min = {base}\n"
-        f"ports_per_instance = {ports}\n"
-        f"max_sessions = {max_sessions}\n"
-        f"media_timeout = {media_timeout}\n"
-        f"recordings_dir = {rec}\n"
-        "heartbeat_interval = 1.0\n"
-        "[log]\n"
-        f"level = {log_level}\n"
-        f"file = {log_file or ''}\n"
+        render_conf(
+            {
+                "bearer": {
+                    "control": control_line,
+                    "key_file": str(key_file),
+                    "media_address": media_address,
+                    "port_min": base,
+                    "ports_per_instance": ports,
+                    "max_sessions": max_sessions,
+                    "media_timeout": media_timeout,
+                    "recordings_dir": str(rec),
+                    "heartbeat_interval": 1.0,
+                },
+                "log": {"level": log_level, "file": str(log_file or "")},
+            }
+        )
     )
     log_path = tmp / "bearer.log"
     env = dict(os.environ)

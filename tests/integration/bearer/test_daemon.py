@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.bearer.harness import BEARER_EXE, start_bearer
+from tests.integration.bearer.harness import BEARER_EXE, render_conf, start_bearer
 
 
 def _run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -28,16 +28,15 @@ def test_bad_argument_prints_usage_and_exits_2() -> None:
 
 
 def test_config_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    (tmp_path / "bearer.conf").write_text("[bearer]\nmax_sessions = lots\n")
+    (tmp_path / "bearer.conf").write_text(render_conf({"bearer": {"max_sessions": "lots"}}))
     r = _run("--instance", "0", "--config-dir", str(tmp_path))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "max_sessions" in r.stderr and "bearer.conf:2" in r.stderr
 
 
 def test_udp_control_without_key_file_refuses_to_start(tmp_path: Path) -> None:
-    (tmp_path / "bearer.conf").write_text(
-        f"[bearer]\ncontrol = udp:127.0.0.1:47999\nkey_file = {tmp_path}/missing.key\n"
-    )
+    conf = {"control": "udp:127.0.0.1:47999", "key_file": f"{tmp_path}/missing.key"}
+    (tmp_path / "bearer.conf").write_text(render_conf({"bearer": conf}))
     r = _run("--instance", "0", "--config-dir", str(tmp_path))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "missing.key" in r.stderr and "Traceback" not in r.stderr
