@@ -560,6 +560,8 @@ class Relay:
     def _unlatch(self, leg: Leg) -> None:
         """Forget the latch: a fresh unconnected socket on the same port."""
         self._provisional.discard(leg)
+        leg.housekeep(self.clock())  # loss up to here; the new source starts afresh
+        leg.h_seq = -1
         if leg.final and leg.rtp is not None:
             fresh = self._socket(leg.port, True)
             for sock in (leg.rtp, leg.catcher):
@@ -609,8 +611,9 @@ class Relay:
             c[S.INVALID] += 1
             return
         seq, ts = _SEQ_TS.unpack_from(buf)
-        if c[S.PKTS] == 0:
+        if leg.h_seq < 0:  # first packet (of this latch): loss is counted from here
             leg.h_seq = (seq - 1) & 0xFFFF
+            leg.h_pkts = c[S.PKTS]
         c[S.PKTS] += 1
         c[S.BYTES] += n
         c[S.SEQ] = seq
@@ -680,8 +683,9 @@ class Relay:
             c[S.INVALID] += 1
             return
         seq, ts = _SEQ_TS.unpack_from(buf)
-        if c[S.PKTS] == 0:
+        if leg.h_seq < 0:
             leg.h_seq = (seq - 1) & 0xFFFF
+            leg.h_pkts = c[S.PKTS]
         c[S.PKTS] += 1
         c[S.BYTES] += n
         c[S.SEQ] = seq

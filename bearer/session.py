@@ -66,6 +66,8 @@ SEND_ERROR = 13  # sendto failed (buffer full, ICMP unreachable reported)
 RECV_ERROR = 14  # recv failed (ICMP port unreachable on a connected socket)
 RTCP_INVALID = 15  # RTCP that did not parse
 NCOUNTERS = 16
+MAX_DROPOUT = 3000
+"""Sequence jumps larger than this are a restarted stream, not loss (RFC 3550 A.1)."""
 
 DROP_REASONS = {
     "bleed": BLEED,
@@ -272,7 +274,10 @@ class Leg:
 
         Loss is the growth of the expected count (the sequence number advance)
         minus the growth of the received count; a pass happens every half
-        second, far less than the 65536 packets it takes seq to wrap.
+        second, far less than the 65536 packets it takes seq to wrap.  An
+        advance beyond MAX_DROPOUT more than what arrived, or backwards, is a
+        new stream (the phone restarted its sender), not loss: the count
+        resynchronises, as RFC 3550 A.1 does for such jumps.
         """
         c = self.c
         pkts = c[PKTS]
@@ -281,7 +286,9 @@ class Leg:
             return False
         seq = c[SEQ]
         if self.h_seq >= 0:  # set by the relay from the first packet: (seq - 1) mod 2^16
-            self.lost += ((seq - self.h_seq) & 0xFFFF) - got
+            expected = (seq - self.h_seq) & 0xFFFF
+            if expected < 0x8000 and expected - got <= MAX_DROPOUT:
+                self.lost += expected - got
         self.h_pkts = pkts
         self.h_seq = seq
         self.last_rx = now
