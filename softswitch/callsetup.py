@@ -69,6 +69,7 @@ class CallSetup:
     _rooms: dict[str, list[Any]]
     _via: dict[str, str]
     _contact: dict[str, str]
+    setup_delay: Any
 
     # ================================================================ initial INVITE
 
@@ -284,6 +285,7 @@ class CallSetup:
         call.bindings = ()
         if not call.forks:
             return self._hangup(call, now, refusal=Refusal.NOT_REGISTERED)
+        self.setup_delay.observe(now - call.start)  # the INVITEs are out
         self._arm(call, Timer.NO_ANSWER, now + self.config.calls.no_answer_timeout)
         return None
 

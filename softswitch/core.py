@@ -186,6 +186,14 @@ class Switch:
         self.locals = [LocalAddress(h, sip.port, tuple(sip.transports)) for h in sip.listen]
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
+        # For softswitch.metrics (read from its HTTP thread, which copies them):
+        # responses received by status, messages sent by method or status
+        # (bytes as on the wire: decoded at scrape time, not per message), and
+        # every CDR by disposition.
+        self.rx_codes: Counter[int] = Counter()
+        self.tx_codes: Counter[bytes] = Counter()
+        self.tx_methods: Counter[bytes] = Counter()
+        self.dispositions: Counter[str] = Counter()
         self.loaded = False
         self.stopping = False
         self.fatal: str | None = None
@@ -262,6 +270,7 @@ class Switch:
             counters["rx_" + (method if method in _COUNTED else "other")] += 1
         else:
             counters["rx_responses"] += 1
+            self.rx_codes[message.status] += 1
         try:
             events = self.layer.receive(message, peer, now)
         except Exception:  # a bug in the layer costs this message, not the daemon
@@ -488,9 +497,14 @@ class Switch:
         if out:
             counters = self.counters
             counters["tx_messages"] += len(out)
+            codes, methods = self.tx_codes, self.tx_methods
             for data, peer in out:
                 if data[:8] == b"SIP/2.0 ":
                     counters["tx_" + chr(data[8]) + "xx"] += 1
+                    codes[data[8:11]] += 1
+                else:  # our own requests: "METHOD uri SIP/2.0"
+                    space = data.find(b" ", 0, 16)
+                    methods[data[:space] if space > 0 else b"other"] += 1
                 if self.trace:
                     trace_log.info("send to %s:\n%s", _peer_text(peer), _text(data))
         return out
@@ -505,6 +519,7 @@ class Switch:
         return out
 
     def _on_cdr(self, cdr: Cdr) -> None:
+        self.dispositions[cdr.disposition.value] += 1
         self._db.append(WriteCdr(cdr))
 
     # ------------------------------------------------------------------ DB results

@@ -235,6 +235,17 @@ class DbThread:
         """Writes lost so far (queue full or rows the database refused)."""
         return self._dropped_put + self._dropped
 
+    @property
+    def backlog(self) -> int:
+        """Writes waiting: handed over but not yet taken, plus taken but not
+        yet written.  Approximate, and safe from any thread (lengths only)."""
+        return self._cmds.qsize() + len(self._bindings) + len(self._cdrs)
+
+    @property
+    def healthy(self) -> bool | None:
+        """The database's state as the thread last saw it (None: not reached yet)."""
+        return self._ok
+
     def _put(self, item: object) -> bool:
         try:
             self._cmds.put_nowait(item)
