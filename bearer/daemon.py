@@ -91,7 +91,8 @@ log = logging.getLogger("bearer.daemon")
 STATUS_PERIOD = 5.0
 """Seconds between STATUS= updates to systemd."""
 LOAD_PERIOD = 1.0
-"""Seconds between load measurements (heartbeat contents)."""
+"""Seconds between CPU and packet-rate measurements (heartbeat contents); the
+session count in heartbeats is updated at every ALLOCATE and DELETE."""
 MAX_CONTROL_BATCH = 64
 """Control datagrams read per wake-up, so RTP is never starved by a flood."""
 MAX_UNSENT_EVENTS = 1000
@@ -146,6 +147,7 @@ class BearerDaemon:
         now = time.monotonic()
         self.proto = EventSender(self.key, self.epoch, now, heartbeat_interval=b.heartbeat_interval)
         self.proto.set_load(0, b.max_sessions, 0, 0)
+        self._reported_sessions = 0
         self.peer: Any = None
         self._unsent: collections.deque[Event] = collections.deque(maxlen=MAX_UNSENT_EVENTS)
         self._sig_r, self._sig_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -240,6 +242,8 @@ class BearerDaemon:
             for ev in events:
                 if isinstance(ev, RequestReceived):
                     reply = self._handle(ev.packet)
+                    if len(self.relay.sessions) != self._reported_sessions:
+                        self._report_load()  # before the reply: no later heartbeat is stale
                     self.proto.reply(ev.peer, ev.packet, reply, now)
         self._flush()
 
@@ -372,8 +376,20 @@ class BearerDaemon:
         if now > then:
             self.pps = (pk_now - pk) / (now - then)
         self._pkts = (now, pk_now)
-        cap = self.relay.max_sessions
-        self.proto.set_load(len(self.relay.sessions), cap, int(self.cpu_percent), int(self.pps))
+        self._report_load()
+
+    def _report_load(self) -> None:
+        """What our heartbeats (and replies to control's) say from now on.
+
+        The session count is current: it is updated after every request that
+        changes it, so a heartbeat sent after an ALLOCATE's reply never says
+        the session is not there (control would undo its own count and send
+        the next call to the same bearer); CPU and packet rate are the last
+        ``LOAD_PERIOD`` measurement.
+        """
+        n = len(self.relay.sessions)
+        self._reported_sessions = n
+        self.proto.set_load(n, self.relay.max_sessions, int(self.cpu_percent), int(self.pps))
 
     def _status_text(self) -> str:
         return (

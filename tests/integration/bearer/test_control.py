@@ -20,6 +20,8 @@ from bearer.protocol import (
     Deleted,
     ErrorCode,
     ErrorReply,
+    Heartbeat,
+    HeartbeatReply,
     MediaTimeout,
     Record,
     Stats,
@@ -52,6 +54,22 @@ def test_retransmitted_allocate_gets_identical_reply_and_allocates_once(
     assert ctl.stats()["sessions"] == 1
     assert isinstance(ctl.request(Delete(7)), Deleted)
     assert ctl.stats()["sessions"] == 0
+
+
+def test_heartbeat_reply_counts_a_session_at_once(
+    bearer: BearerProcess, phones: list[Phone]
+) -> None:
+    """The load a heartbeat reports follows ALLOCATE and DELETE immediately, not
+    at the next once-a-second measurement: control would otherwise take the
+    stale 0 and send the next call to the same bearer."""
+    ctl = bearer.client()
+    for sid in (1, 2):
+        ctl.allocate(sid, (leg_spec(phones[0].addr), leg_spec()))
+        hb = ctl.request(Heartbeat())
+        assert isinstance(hb, HeartbeatReply) and hb.active_sessions == sid
+    assert isinstance(ctl.request(Delete(1)), Deleted)
+    hb = ctl.request(Heartbeat())
+    assert isinstance(hb, HeartbeatReply) and hb.active_sessions == 1
 
 
 def test_unknown_session_is_an_error_reply(bearer: BearerProcess) -> None:
