@@ -13,6 +13,13 @@ heartbeats, epochs); this module keeps the book on top of it, sans-I/O:
 * ``choose`` picks the least-loaded bearer that is up and has room, counting
   the ALLOCATEs sent since its last heartbeat so a burst of calls within one
   heartbeat interval is spread instead of piling onto one bearer;
+* a load report never undoes our own count: the bearer updates the session
+  count it reports at every ALLOCATE and DELETE before replying, and it
+  sends everything from one socket in order, so a report received after a
+  request's reply includes that request.  A report received while requests
+  are still unanswered may have been made before the bearer saw them, so
+  those (``Bearer.pending``: ALLOCATEs minus DELETEs in flight) are added to
+  it;
 * ``note_protocol_error`` is told about datagrams the client refused: when
   one from a bearer's address fails HMAC, that bearer holds another key, so
   it is marked down with that reason and the log says so once (a wrong key
@@ -84,6 +91,8 @@ class Bearer:
     restarts: int = 0
     timeouts: int = 0
     errors: int = 0
+    pending: int = 0
+    """ALLOCATEs minus DELETEs sent and not answered yet (not in any report)."""
 
     @property
     def room(self) -> int:
@@ -104,6 +113,8 @@ class BearerPool:
         self.client = client
         self.bearers: list[Bearer] = []
         self._by_peer: dict[Peer, Bearer] = {}
+        self._inflight: dict[int, tuple[Bearer, int]] = {}
+        """Request id -> (bearer, +1 ALLOCATE / -1 DELETE) until its reply or timeout."""
         for i, endpoint in enumerate(endpoints):
             b = Bearer(i, endpoint_name(endpoint), endpoint_peer(endpoint), since=now)
             self.bearers.append(b)
@@ -139,10 +150,12 @@ class BearerPool:
         """Send a request to ``bearer``; its reply (or timeout) comes back as a
         protoclient event carrying the returned request id."""
         rid = self.client.request(message, bearer.peer, now)
-        if type(message) is Allocate:
-            bearer.sessions += 1  # until the next heartbeat says how many
-        elif type(message) is Delete and bearer.sessions > 0:
-            bearer.sessions -= 1
+        kind = type(message)
+        if kind is Allocate or kind is Delete:
+            delta = 1 if kind is Allocate else -1
+            bearer.sessions = max(bearer.sessions + delta, 0)  # until a report says how many
+            bearer.pending += delta
+            self._inflight[rid] = (bearer, delta)
         return rid
 
     # ------------------------------------------------------------------ events
@@ -154,7 +167,8 @@ class BearerPool:
             return
         kind = type(event)
         if kind is PeerLoad:
-            b.sessions = event.active_sessions
+            # Perhaps made before the bearer saw what is still in flight.
+            b.sessions = max(event.active_sessions + b.pending, 0)
             b.capacity = event.capacity
             b.cpu = float(event.cpu_load)
             b.pps = event.packets_per_second
@@ -185,10 +199,24 @@ class BearerPool:
             )
         elif kind is RequestTimeout:
             b.timeouts += 1
-        elif kind is ReplyReceived and type(event.message) is ErrorReply:
-            b.errors += 1
-            if event.message.code == ErrorCode.NO_CAPACITY:
-                b.sessions = max(b.sessions, b.capacity)  # full until it says otherwise
+            self._answered(event.request_id)
+        elif kind is ReplyReceived:
+            delta = self._answered(event.request_id)
+            if type(event.message) is ErrorReply:
+                b.errors += 1
+                if event.message.code == ErrorCode.NO_CAPACITY:
+                    b.sessions = max(b.sessions, b.capacity)  # full until it says otherwise
+                elif delta > 0:
+                    b.sessions = max(b.sessions - 1, 0)  # that session was not made
+
+    def _answered(self, request_id: int) -> int:
+        """Forget a request of ours that was answered (or timed out); its delta."""
+        entry = self._inflight.pop(request_id, None)
+        if entry is None:
+            return 0
+        b, delta = entry
+        b.pending -= delta
+        return delta
 
     def note_protocol_error(self, peer: Peer, reason: Reason, now: float) -> None:
         """A datagram from ``peer`` was refused by the client (counted by the core).

@@ -128,6 +128,37 @@ def test_choose_takes_the_least_loaded_and_spreads_a_burst() -> None:
     assert [b.sessions for b in w.pool.bearers] == [3, 3]
 
 
+def test_a_load_report_made_before_our_allocate_does_not_undo_it() -> None:
+    """Control's heartbeat goes out just before an ALLOCATE: the bearer answers
+    the heartbeat (0 sessions) before it sees the ALLOCATE, and that reply
+    arrives after we counted the call.  The next call must still go elsewhere."""
+    w = Wire()
+    w.run(0.1)
+    w.now = w.client.get_timer()
+    w.feed(w.client.handle_timer(w.now))  # heartbeats queued, not sent yet
+    first = w.pool.choose()
+    w.pool.request(first, Allocate(1), w.now)
+    w.flush()  # heartbeat replies (made before the ALLOCATE), then Allocated
+    assert any(type(e).__name__ == "PeerLoad" for e in w.events)
+    assert [b.sessions for b in w.pool.bearers] == [1, 0]
+    assert [b.pending for b in w.pool.bearers] == [0, 0]
+    assert w.pool.choose().id != first.id
+    w.run(1.5)  # later reports include it
+    assert [b.sessions for b in w.pool.bearers] == [1, 0]
+
+
+def test_a_lost_allocate_is_no_longer_in_flight() -> None:
+    w = Wire()
+    w.run(0.1)
+    b = w.pool.bearers[0]
+    w.bearers[0].alive = False
+    w.pool.request(b, Allocate(1), w.now)
+    assert b.pending == 1
+    w.run(2.5)  # the request times out
+    assert b.pending == 0 and b.timeouts == 1
+    assert not w.pool._inflight
+
+
 def test_full_bearers_are_not_chosen() -> None:
     w = Wire(
         [FakeBearer(("10.99.0.2", 7700), capacity=1), FakeBearer(("10.99.0.3", 7701), capacity=0)]
