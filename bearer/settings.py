@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from softswitch.config import (
     Option,
     choice,
+    either,
     endpoint,
     integer,
     ip_address,
@@ -23,15 +24,12 @@ from softswitch.config import (
     number,
     optional,
     render_defaults,
+    string,
 )
 
-
-def _instances(text: str) -> str | list[int]:
-    """auto, none, or a list of core numbers (read by the systemd generator)."""
-    word = text.strip().lower()
-    if word in ("", "auto", "none"):
-        return word or "auto"
-    return listof(integer(0, 4095))(text)
+#: "auto", "none", or an array of core numbers (also read by the systemd
+#: generator, systemd/softswitch-generator, which accepts the same spellings).
+_instances = either(choice("auto", "none"), listof(integer(0, 4095)))
 
 
 BEARER_OPTIONS: list[Option] = [
@@ -41,7 +39,7 @@ BEARER_OPTIONS: list[Option] = [
         _instances,
         "auto",
         "Instances softswitch.target starts on this host (read at boot and daemon-reload): "
-        "auto = one per core, at most two; none; or core numbers, e.g. 0, 1.",
+        '"auto" = one per core, at most two; "none"; or core numbers, e.g. [0, 1].',
     ),
     Option(
         "bearer",
@@ -53,7 +51,7 @@ BEARER_OPTIONS: list[Option] = [
     Option(
         "bearer",
         "key_file",
-        str,
+        string,
         "/etc/softswitch/control.key",
         "Shared HMAC key; required for udp: control endpoints.",
     ),
@@ -65,32 +63,32 @@ BEARER_OPTIONS: list[Option] = [
         "",
         "Address given to phones in SDP; empty means media_address (set it behind 1:1 NAT).",
     ),
-    Option("bearer", "port_min", integer(1024, 65534), "30000", "First RTP port of instance 0."),
+    Option("bearer", "port_min", integer(1024, 65534), 30000, "First RTP port of instance 0."),
     Option(
         "bearer",
         "ports_per_instance",
         integer(4, 32768),
-        "4000",
+        4000,
         "RTP+RTCP ports per instance; instance N starts at port_min + N * this.",
     ),
     Option(
         "bearer",
         "max_sessions",
         integer(1, 100000),
-        "1000",
+        1000,
         "Calls this instance accepts before answering NO_CAPACITY.",
     ),
     Option(
         "bearer",
         "media_timeout",
         number(1, 3600),
-        "30",
+        30,
         "Seconds without RTP on an answered call before control is told to hang up.",
     ),
     Option(
         "bearer",
         "recordings_dir",
-        str,
+        string,
         "/var/spool/softswitch/recordings",
         "Where recordings are written (by the writer thread, never the main loop).",
     ),
@@ -98,14 +96,14 @@ BEARER_OPTIONS: list[Option] = [
         "bearer",
         "heartbeat_interval",
         number(0.1, 60),
-        "1.0",
+        1.0,
         "Seconds between heartbeats to control.",
     ),
     Option("log", "level", choice("debug", "info", "warning", "error"), "info", "Log level."),
     Option(
         "log",
         "file",
-        optional(str),
+        optional(string),
         "",
         "Log file; empty logs to stderr (the journal under systemd).",
     ),
@@ -114,6 +112,7 @@ BEARER_OPTIONS: list[Option] = [
 HEADER = """\
 # /etc/softswitch/bearer.conf: the media bearers (softswitch-bearer@N).
 # Shared by every instance on this host; %i stands for the instance number.
+# TOML (https://toml.io): strings in "quotes", lists in [brackets].
 # Every option is shown with its default.
 """
 

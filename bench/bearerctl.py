@@ -10,7 +10,6 @@ thousand calls takes a second, not a thousand round trips of Python.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import shutil
@@ -40,17 +39,10 @@ BEARER_EXE = Path(sys.executable).with_name("softswitch-bearer")
 
 
 def render_conf(sections: dict[str, dict[str, Any]]) -> str:
-    """A bearer.conf in the syntax the configuration loader reads (TOML or INI)."""
-    import softswitch.config as config
+    """A bearer.conf (TOML) with these sections of values."""
+    from softswitch.config import dumps
 
-    toml = hasattr(config, "tomllib")
-    out = []
-    for name, values in sections.items():
-        out.append(f"[{name}]")
-        for key, value in values.items():
-            text = json.dumps(value) if toml and isinstance(value, str) else str(value)
-            out.append(f"{key} = {text}")
-    return "\n".join(out) + "\n"
+    return dumps(sections)
 
 
 class Control:

@@ -20,9 +20,16 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+from softswitch.config import dumps
+
 BEARERS = 2
+_HEADER = """\
+# Development configuration written by `make run`; edit freely (TOML).
+# Every option and its default: etc/softswitch/{name}
+"""
 
 
 def write_dev_config(var: Path, *, sip_port: int = 5060) -> Path:
@@ -36,24 +43,35 @@ def write_dev_config(var: Path, *, sip_port: int = 5060) -> Path:
         key.chmod(0o600)
     control = etc / "softswitch.conf"
     if not control.exists():
-        endpoints = ", ".join(f"unix:{run}/bearer-{i}.sock" for i in range(BEARERS))
         control.write_text(
-            "# Development configuration written by `make run`; edit freely.\n"
-            "# Every option and its default: etc/softswitch/softswitch.conf\n"
-            f"[sip]\nlisten = 127.0.0.1\nport = {sip_port}\n\n"
-            f"[database]\nurl = sqlite:///{var}/softswitch.db\n\n"
-            f"[bearers]\nendpoints = {endpoints}\nlocal = unix:{run}/control.sock\n"
-            f"key_file = {key}\n\n"
-            f"[admin]\nsocket = {run}/admin.sock\n\n"
-            f"[recording]\ndir = {rec}\n"
+            dumps(
+                {
+                    "sip": {"listen": ["127.0.0.1"], "port": sip_port},
+                    "database": {"url": f"sqlite:///{var}/softswitch.db"},
+                    "bearers": {
+                        "endpoints": [f"unix:{run}/bearer-{i}.sock" for i in range(BEARERS)],
+                        "local": f"unix:{run}/control.sock",
+                        "key_file": str(key),
+                    },
+                    "admin": {"socket": f"{run}/admin.sock"},
+                    "recording": {"dir": str(rec)},
+                },
+                header=_HEADER.format(name="softswitch.conf"),
+            )
         )
     bearer = etc / "bearer.conf"
     if not bearer.exists():
         bearer.write_text(
-            "# Development configuration written by `make run`; edit freely.\n"
-            "# Every option and its default: etc/softswitch/bearer.conf\n"
-            f"[bearer]\ncontrol = unix:{run}/bearer-%i.sock\nkey_file = {key}\n"
-            f"recordings_dir = {rec}\n"
+            dumps(
+                {
+                    "bearer": {
+                        "control": f"unix:{run}/bearer-%i.sock",
+                        "key_file": str(key),
+                        "recordings_dir": str(rec),
+                    }
+                },
+                header=_HEADER.format(name="bearer.conf"),
+            )
         )
     return etc
 
@@ -66,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
 
     var = Path(args.var).resolve()
     etc = write_dev_config(var, sip_port=args.sip_port)
+    for name in ("softswitch.conf", "bearer.conf"):
+        try:
+            tomllib.loads((etc / name).read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            print(
+                f"softswitch: {etc / name} is not TOML ({exc}); if an older `make run` "
+                "wrote it (as INI), move it aside and a TOML one is written",
+                file=sys.stderr,
+            )
+            return 2
     env = dict(os.environ, SOFTSWITCH_CONFIG_DIR=str(etc), PYTHONUNBUFFERED="1")
     bindir = Path(sys.executable).parent
     cores = len(os.sched_getaffinity(0))

@@ -21,13 +21,8 @@ from softswitch.config import (
     number,
     optional,
     render_defaults,
+    string,
 )
-
-
-def _algorithm(text: str) -> str:
-    """One digest algorithm name, spelled as RFC 7616 spells it."""
-    return choice("sha-256", "md5")(text).upper()
-
 
 CONTROL_OPTIONS: list[Option] = [
     # [sip]
@@ -35,87 +30,91 @@ CONTROL_OPTIONS: list[Option] = [
         "sip",
         "listen",
         listof(ip_address),
-        "127.0.0.1",
-        "Addresses to listen on for SIP, comma-separated (IPv4 and/or IPv6).",
+        ["127.0.0.1"],
+        "Addresses to listen on for SIP (IPv4 and/or IPv6).",
     ),
-    Option("sip", "port", integer(1, 65535), "5060", "SIP port (UDP and TCP)."),
+    Option("sip", "port", integer(1, 65535), 5060, "SIP port (UDP and TCP)."),
     Option(
-        "sip", "transports", listof(choice("udp", "tcp")), "udp, tcp", "SIP transports to serve."
+        "sip",
+        "transports",
+        listof(choice("udp", "tcp")),
+        ["udp", "tcp"],
+        "SIP transports to serve.",
     ),
     Option(
         "sip",
         "domain",
-        optional(str),
+        optional(string),
         "",
         "SIP domain of the users; empty means the first listen address.",
     ),
     Option(
-        "sip", "realm", optional(str), "", "Digest authentication realm; empty means the domain."
+        "sip", "realm", optional(string), "", "Digest authentication realm; empty means the domain."
     ),
-    Option("sip", "t1", number(0.01, 10), "0.5", "RFC 3261 timer T1 (RTT estimate), seconds."),
+    Option("sip", "t1", number(0.01, 10), 0.5, "RFC 3261 timer T1 (RTT estimate), seconds."),
     Option(
         "sip",
         "t2",
         number(0.1, 60),
-        "4.0",
+        4.0,
         "RFC 3261 timer T2 (max non-INVITE retransmit interval), seconds.",
     ),
     Option(
         "sip",
         "t4",
         number(0.1, 60),
-        "5.0",
+        5.0,
         "RFC 3261 timer T4 (max time a message stays in the network), seconds.",
     ),
     Option(
         "sip",
         "min_expires",
         integer(1, 86400),
-        "60",
+        60,
         "Shortest registration accepted; shorter gets 423 Interval Too Brief.",
     ),
     Option(
         "sip",
         "max_expires",
         integer(1, 604800),
-        "3600",
+        3600,
         "Longest registration granted; longer requests are cut down to this.",
     ),
     Option(
         "sip",
         "default_expires",
         integer(1, 604800),
-        "3600",
+        3600,
         "Registration lifetime when the phone asks for none.",
     ),
     Option(
         "sip",
         "nonce_ttl",
         integer(10, 86400),
-        "300",
+        300,
         "Seconds a digest nonce stays valid before the phone is told stale=true.",
     ),
-    Option("sip", "user_agent", str, "softswitch", "Server / User-Agent header value."),
+    Option("sip", "user_agent", string, "softswitch", "Server / User-Agent header value."),
     Option(
         "sip",
         "digest_algorithms",
-        listof(_algorithm),
-        "SHA-256, MD5",
+        listof(choice("SHA-256", "MD5")),
+        ["SHA-256", "MD5"],
         "Digest algorithms challenged, most preferred first (RFC 8760). Clients that read "
-        "only the first challenge and know only MD5 (SIPp 3.6) need MD5, SHA-256.",
+        'only the first challenge and know only MD5 (SIPp 3.6) need ["MD5", "SHA-256"].',
     ),
     # [calls]
     Option(
         "calls",
         "no_answer_timeout",
         integer(1, 3600),
-        "60",
+        60,
         "Seconds a call may ring before the caller gets 480.",
     ),
     Option(
         "calls",
         "conference_prefix",
-        str,
+        string,
         "conf",
         "Dialled user parts starting with this prefix join a conference room.",
     ),
@@ -123,21 +122,21 @@ CONTROL_OPTIONS: list[Option] = [
         "calls",
         "max_calls_per_user",
         integer(0, 1000),
-        "4",
+        4,
         "Default concurrent-call limit for new users (0 = unlimited).",
     ),
     Option(
         "calls",
         "codecs",
-        listof(str),
-        "PCMU, PCMA, telephone-event",
+        listof(string),
+        ["PCMU", "PCMA", "telephone-event"],
         "Codecs the switch offers and can transcode between, in preference order.",
     ),
     # [database]
     Option(
         "database",
         "url",
-        str,
+        string,
         "sqlite:////var/lib/softswitch/softswitch.db",
         "SQLAlchemy URL: sqlite:////path or mysql+pymysql://user:pw@host/db.",
     ),
@@ -145,14 +144,14 @@ CONTROL_OPTIONS: list[Option] = [
         "database",
         "sync_interval",
         number(0.1, 3600),
-        "2",
+        2,
         "Seconds between polls of the database for changed users.",
     ),
     Option(
         "database",
         "write_queue_max",
         integer(100, 10_000_000),
-        "100000",
+        100000,
         "Writes (registrations, CDRs) held in memory while the database is down.",
     ),
     # [bearers]
@@ -160,7 +159,7 @@ CONTROL_OPTIONS: list[Option] = [
         "bearers",
         "endpoints",
         listof(endpoint),
-        "unix:/run/softswitch/bearer-0.sock, unix:/run/softswitch/bearer-1.sock",
+        ["unix:/run/softswitch/bearer-0.sock", "unix:/run/softswitch/bearer-1.sock"],
         "Bearer control endpoints: unix:/path (same host) or udp:host:port (HMAC).",
     ),
     Option(
@@ -173,7 +172,7 @@ CONTROL_OPTIONS: list[Option] = [
     Option(
         "bearers",
         "key_file",
-        str,
+        string,
         "/etc/softswitch/control.key",
         "Shared HMAC key for udp: endpoints (generated at install, mode 0640).",
     ),
@@ -181,14 +180,14 @@ CONTROL_OPTIONS: list[Option] = [
         "bearers",
         "heartbeat_interval",
         number(0.1, 60),
-        "1.0",
+        1.0,
         "Seconds between heartbeats; three missed mark a bearer down.",
     ),
     # [admin]
     Option(
         "admin",
         "socket",
-        str,
+        string,
         "/run/softswitch/admin.sock",
         "UNIX socket softswitchctl uses for live state (calls, registrations).",
     ),
@@ -196,7 +195,7 @@ CONTROL_OPTIONS: list[Option] = [
     Option(
         "recording",
         "dir",
-        str,
+        string,
         "/var/spool/softswitch/recordings",
         "Directory the bearers write call recordings to.",
     ),
@@ -205,15 +204,16 @@ CONTROL_OPTIONS: list[Option] = [
     Option(
         "log",
         "file",
-        optional(str),
+        optional(string),
         "",
         "Log file; empty logs to stderr (the journal under systemd).",
     ),
-    Option("log", "sip_trace", boolean, "no", "Log every SIP message sent and received."),
+    Option("log", "sip_trace", boolean, False, "Log every SIP message sent and received."),
 ]
 
 HEADER = """\
 # /etc/softswitch/softswitch.conf: the control daemon (softswitch-control).
+# TOML (https://toml.io): strings in "quotes", lists in [brackets].
 # Every option is shown with its default. After editing:
 #     systemctl reload softswitch-control
 """

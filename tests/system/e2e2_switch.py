@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from softswitch.admin import AdminClient, AdminError
+from softswitch.config import dumps
 from tests.system.netns import Topology
 
 BIN = Path(sys.executable).parent
@@ -177,14 +178,14 @@ class NetSwitch:
         self.etc.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_key(self.etc / "control.key", self.key)
-        endpoints = ", ".join(self.bearer_endpoint(i) for i in range(self.n_bearers))
+        endpoints = [self.bearer_endpoint(i) for i in range(self.n_bearers)]
         local = (
             f"udp:{self.addr}:{self.control_bearer_port}"
             if self.udp
             else f"unix:{self.run_dir}/control.sock"
         )
         sections: dict[str, dict[str, Any]] = {
-            "sip": {"listen": self.addr, "port": self.sip_port, "transports": "udp, tcp"},
+            "sip": {"listen": [self.addr], "port": self.sip_port, "transports": ["udp", "tcp"]},
             "calls": self.calls_section,
             "database": {"url": f"sqlite:///{self.tmp / 'softswitch.db'}", "sync_interval": 0.5},
             "bearers": {
@@ -198,13 +199,8 @@ class NetSwitch:
             "log": {"level": "info", "file": ""},
         }
         if self.digest_md5_first:
-            sections["sip"]["digest_algorithms"] = ", ".join(MD5_FIRST)
-        (self.etc / "softswitch.conf").write_text(
-            "".join(
-                f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n"
-                for s, kv in sections.items()
-            )
-        )
+            sections["sip"]["digest_algorithms"] = list(MD5_FIRST)
+        (self.etc / "softswitch.conf").write_text(dumps(sections))
 
     def _bearer_etc(self, i: int) -> Path:
         """The bearers' config dir on the media host; a wrong-key bearer has its own."""
@@ -220,17 +216,22 @@ class NetSwitch:
             else f"unix:{self.run_dir}/bearer-%i.sock"
         )
         (etc / "bearer.conf").write_text(
-            "[bearer]\n"
-            f"control = {control}\n"
-            f"key_file = {key}\n"
-            f"media_address = {self.media_addr}\n"
-            f"port_min = {self.rtp_port_min}\n"
-            "ports_per_instance = 1000\n"
-            "max_sessions = 100\n"
-            "media_timeout = 30\n"
-            f"recordings_dir = {self.tmp / 'recordings'}\n"
-            "heartbeat_interval = 0.5\n"
-            "[log]\nlevel = info\nfile =\n"
+            dumps(
+                {
+                    "bearer": {
+                        "control": control,
+                        "key_file": str(key),
+                        "media_address": self.media_addr,
+                        "port_min": self.rtp_port_min,
+                        "ports_per_instance": 1000,
+                        "max_sessions": 100,
+                        "media_timeout": 30,
+                        "recordings_dir": str(self.tmp / "recordings"),
+                        "heartbeat_interval": 0.5,
+                    },
+                    "log": {"level": "info", "file": ""},
+                }
+            )
         )
         return etc
 

@@ -18,7 +18,7 @@ the bridge with random source ports (tests/system/netns.py).
   callee's media to where its RTP came from (symmetric RTP), since the SDP
   names an address nobody can reach.
 * Digest order: SIPp 3.6.1 answers only an MD5 first challenge.  The module's
-  switch sets ``[sip] digest_algorithms = MD5, SHA-256``; the last test shows
+  switch sets ``[sip] digest_algorithms = ["MD5", "SHA-256"]``; the last test shows
   SIPp refusing the default order (SHA-256 first) with its own message and
   registering with the configured one.
 """
@@ -267,10 +267,10 @@ def test_sipp_3_6_needs_md5_first_the_default_order_is_refused_by_sipp_the_optio
 ) -> None:
     """The switch offers SHA-256 before MD5 by default (RFC 8760 order).  SIPp
     3.6.1 reads only the first algorithm= and gives up on anything but MD5:
-    the limit is SIPp's, and ``[sip] digest_algorithms = MD5, SHA-256`` (the
+    the limit is SIPp's, and ``[sip] digest_algorithms = ["MD5", "SHA-256"]`` (the
     module's switch) is what such clients need."""
     configured = (switch.etc / "softswitch.conf").read_text()
-    assert re.search(r"^digest_algorithms = MD5, SHA-256$", configured, re.M), configured
+    assert re.search(r'^digest_algorithms = \["MD5", "SHA-256"\]$', configured, re.M), configured
     register(switch, "alice", "alice", 5064, tmp_path / "md5-first")
 
     sw = NetSwitch(

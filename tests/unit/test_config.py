@@ -1,4 +1,4 @@
-"""Config files: shipped defaults match the schema; errors name file, line, key."""
+"""Config files (TOML): shipped defaults match the schema; errors name file, line, key, type."""
 
 from pathlib import Path
 
@@ -6,10 +6,24 @@ import pytest
 
 from bearer.settings import BEARER_OPTIONS, load_bearer_config
 from bearer.settings import HEADER as BEARER_HEADER
-from softswitch.config import ConfigError, render_defaults
+from softswitch.config import ConfigError, _key_lines, dumps, render_defaults
 from softswitch.settings import CONTROL_OPTIONS, HEADER, load_control_config
 
 ETC = Path(__file__).resolve().parents[2] / "etc" / "softswitch"
+
+
+def error(tmp_path: Path, text: str, name: str = "softswitch.conf") -> str:
+    """The one-line error loading `text` gives, with the file's path replaced by FILE."""
+    conf = tmp_path / name
+    conf.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        if name == "bearer.conf":
+            load_bearer_config(conf, 0)
+        else:
+            load_control_config(conf)
+    message = str(err.value)
+    assert "\n" not in message
+    return message.replace(str(conf), "FILE")
 
 
 def test_shipped_softswitch_conf_documents_every_option_with_its_default():
@@ -24,7 +38,17 @@ def test_shipped_files_load_to_the_defaults():
     cfg = load_control_config(ETC / "softswitch.conf", required=True)
     assert cfg.sip.port == 5060
     assert cfg.sip.listen == ["127.0.0.1"]
-    assert cfg.bearers.endpoints[0] == ("unix", "/run/softswitch/bearer-0.sock", 0)
+    assert cfg.sip.transports == ["udp", "tcp"]
+    assert cfg.sip.domain is None and cfg.log.file is None
+    assert cfg.sip.digest_algorithms == ["SHA-256", "MD5"]
+    assert cfg.log.sip_trace is False
+    assert cfg.database.sync_interval == 2.0 and isinstance(cfg.database.sync_interval, float)
+    assert cfg.bearers.endpoints == [
+        ("unix", "/run/softswitch/bearer-0.sock", 0),
+        ("unix", "/run/softswitch/bearer-1.sock", 0),
+    ]
+    assert cfg.bearers.local == ("unix", "/run/softswitch/control.sock", 0)
+    assert load_bearer_config(ETC / "bearer.conf", 0).bearer.instances == "auto"
 
 
 def test_missing_file_gives_defaults_unless_required(tmp_path):
@@ -33,45 +57,203 @@ def test_missing_file_gives_defaults_unless_required(tmp_path):
         load_control_config(tmp_path / "none.conf", required=True)
 
 
-def test_bad_value_names_file_line_and_key(tmp_path):
+def test_values_of_every_type_are_read(tmp_path):
     conf = tmp_path / "softswitch.conf"
-    conf.write_text("[sip]\nlisten = 127.0.0.1\n\nport = fivethousand\n")
-    with pytest.raises(ConfigError) as err:
-        load_control_config(conf)
-    assert str(err.value) == f"{conf}:4: [sip] port: not an integer: 'fivethousand'"
+    conf.write_text(
+        "[sip]\n"
+        'listen = ["10.0.0.1", "2001:db8::1"]  # both families\n'
+        "port = 5070\n"
+        "t1 = 1  # an integer is a number too\n"
+        'digest_algorithms = ["md5", "sha-256"]\n'
+        'domain = "example.com"\n'
+        "[bearers]\n"
+        "endpoints = [\n"
+        '    "udp:10.0.0.2:7700",\n'
+        '    "udp:[2001:db8::2]:7701",  # trailing comma\n'
+        "]\n"
+        "[log]\n"
+        "sip_trace = true\n"
+        'level = "DEBUG"\n'
+    )
+    cfg = load_control_config(conf)
+    assert cfg.sip.listen == ["10.0.0.1", "2001:db8::1"]
+    assert (cfg.sip.port, cfg.sip.t1, cfg.sip.domain) == (5070, 1.0, "example.com")
+    assert cfg.sip.digest_algorithms == ["MD5", "SHA-256"]
+    assert cfg.bearers.endpoints == [("udp", "10.0.0.2", 7700), ("udp", "2001:db8::2", 7701)]
+    assert (cfg.log.sip_trace, cfg.log.level) == (True, "debug")
+
+
+def test_bad_value_names_file_line_and_key(tmp_path):
+    assert (
+        error(tmp_path, '[sip]\nlisten = ["127.0.0.1"]\n\nport = "fivethousand"\n')
+        == 'FILE:4: [sip] port: expected an integer, got a string ("fivethousand")'
+    )
+    assert (
+        error(tmp_path, "[sip]\nport = 99999\n") == "FILE:2: [sip] port: 99999 is outside 1..65535"
+    )
+
+
+def test_wrong_types_say_what_was_expected_and_what_was_found(tmp_path):
+    assert (
+        error(tmp_path, "[sip]\nport = 5060.0\n")
+        == "FILE:2: [sip] port: expected an integer, got a float (5060.0)"
+    )
+    assert (
+        error(tmp_path, "[sip]\nuser_agent = 5\n")
+        == "FILE:2: [sip] user_agent: expected a string, got an integer (5)"
+    )
+    assert (
+        error(tmp_path, '[sip]\nlisten = "127.0.0.1"\n')
+        == 'FILE:2: [sip] listen: expected an array of strings, got a string ("127.0.0.1")'
+    )
+    assert (
+        error(tmp_path, '[sip]\n\nt1 = "0.5"\n')
+        == 'FILE:3: [sip] t1: expected a number, got a string ("0.5")'
+    )
+    assert (
+        error(tmp_path, '[log]\nsip_trace = "yes"\n')
+        == 'FILE:2: [log] sip_trace: expected a boolean, got a string ("yes")'
+    )
+    assert (
+        error(tmp_path, "[database]\nurl = [1, 2]\n")
+        == "FILE:2: [database] url: expected a string, got an array ([1, 2])"
+    )
+    assert (
+        error(tmp_path, "[bearer]\ninstances = 2\n", "bearer.conf")
+        == "FILE:2: [bearer] instances: expected a string or an array of integers,"
+        " got an integer (2)"
+    )
+
+
+def test_a_bad_array_element_is_named_by_its_index(tmp_path):
+    assert (
+        error(tmp_path, '[sip]\ntransports = ["udp", 5]\n')
+        == "FILE:2: [sip] transports[1]: expected a string, got an integer (5)"
+    )
+    assert (
+        error(tmp_path, '[sip]\nlisten = ["127.0.0.1", "10.0.0"]\n')
+        == 'FILE:2: [sip] listen[1]: not an IP address: "10.0.0"'
+    )
+    assert (
+        error(tmp_path, '[sip]\ntransports = ["udp", "sctp"]\n')
+        == 'FILE:2: [sip] transports[1]: "sctp" is not one of "udp", "tcp"'
+    )
+    assert (
+        error(tmp_path, '[bearer]\ninstances = [0, "1"]\n', "bearer.conf")
+        == 'FILE:2: [bearer] instances[1]: expected an integer, got a string ("1")'
+    )
+    assert (
+        error(tmp_path, '[bearer]\ninstances = "first"\n', "bearer.conf")
+        == 'FILE:2: [bearer] instances: "first" is not one of "auto", "none"'
+    )
 
 
 def test_unknown_key_and_section_are_errors_not_silent_defaults(tmp_path):
-    conf = tmp_path / "softswitch.conf"
-    conf.write_text("[sip]\nprot = 5060\n")
-    with pytest.raises(ConfigError, match=r":2: \[sip\] prot: unknown key"):
-        load_control_config(conf)
-    conf.write_text("# c\n[sipp]\nport = 5060\n")
-    with pytest.raises(ConfigError, match=r":2: unknown section \[sipp\]"):
-        load_control_config(conf)
+    assert error(tmp_path, "[sip]\nprot = 5060\n") == "FILE:2: [sip] prot: unknown key"
+    assert error(tmp_path, "# c\n[sipp]\nport = 5060\n") == "FILE:2: unknown section [sipp]"
+    assert error(tmp_path, "port = 5060\n") == "FILE:1: port: key outside any [section]"
+    assert (
+        error(tmp_path, "[sip]\nport = 5060\n[log]\nlevel = 'info'\nsip.prot = 1\n")
+        == "FILE:5: [log] sip: unknown key"
+    )
 
 
-def test_syntax_error_is_one_line(tmp_path):
-    conf = tmp_path / "softswitch.conf"
-    conf.write_text("port = 5060\n")
-    with pytest.raises(ConfigError) as err:
-        load_control_config(conf)
-    assert "\n" not in str(err.value) and str(conf) in str(err.value)
+def test_syntax_errors_keep_tomllibs_message_with_line_and_column(tmp_path):
+    # a duplicate key
+    assert (
+        error(tmp_path, "[sip]\nport = 5060\nport = 5061\n")
+        == "FILE:3: Cannot overwrite a value (column 12)"
+    )
+    assert (
+        error(tmp_path, "[sip]\n[log]\n[sip]\n")
+        == "FILE:3: Cannot declare ('sip',) twice (column 5)"
+    )
+    # INI habits: unquoted strings and lists
+    assert error(tmp_path, "[sip]\ndomain = example.com\n") == "FILE:2: Invalid value (column 10)"
+    assert (
+        error(tmp_path, "[sip]\n\nlisten = 127.0.0.1\n")
+        == "FILE:3: Expected newline or end of document after a statement (column 15)"
+    )
+    assert (
+        error(tmp_path, "[sip\n")
+        == "FILE:1: Expected ']' at the end of a table declaration (column 5)"
+    )
+    # the end of the file, where tomllib gives no column
+    assert (
+        error(tmp_path, '[sip]\nlisten = ["127.0.0.1"\n')
+        == "FILE:2: Unclosed array (at end of document)"
+    )
 
 
 def test_bad_endpoint_is_explained(tmp_path):
+    assert (
+        error(tmp_path, '[bearers]\nendpoints = ["tcp:1.2.3.4:5"]\n')
+        == 'FILE:2: [bearers] endpoints[0]: not unix:/path or udp:host:port: "tcp:1.2.3.4:5"'
+    )
+
+
+def test_overrides_win_and_are_checked(tmp_path):
+    cfg = load_control_config(
+        tmp_path / "none.conf", overrides={("sip", "port"): 5070, ("calls", "codecs"): ["PCMA"]}
+    )
+    assert (cfg.sip.port, cfg.calls.codecs) == (5070, ["PCMA"])
+    with pytest.raises(ConfigError, match=r"\(override\): \[sip\] port: expected an integer"):
+        load_control_config(tmp_path / "none.conf", overrides={("sip", "port"): "5070"})
+
+
+def test_key_lines_skip_comments_strings_and_multiline_arrays():
+    text = (
+        "# port = 1\n"  # 1
+        '[ sip ]  # the "sip" table\n'  # 2
+        "listen = [\n"  # 3
+        '  "a",  # port = 2\n'  # 4
+        '  "port = 3",\n'  # 5
+        "]\n"  # 6
+        'user_agent = """\n'  # 7
+        "port = 4\n"  # 8
+        '"""\n'  # 9
+        "port = 5\n"  # 10
+        "[log]\n"  # 11
+        '"level" = "x"\n'  # 12
+        "sip.t1 = 1\n"  # 13
+    )
+    lines = _key_lines(text)
+    assert lines[("sip",)] == 2
+    assert lines[("sip", "listen")] == 3
+    assert lines[("sip", "user_agent")] == 7
+    assert lines[("sip", "port")] == 10
+    assert lines[("log", "level")] == 12
+    assert lines[("log", "sip", "t1")] == 13
+
+
+def test_dumps_writes_what_load_reads(tmp_path):
     conf = tmp_path / "softswitch.conf"
-    conf.write_text("[bearers]\nendpoints = tcp:1.2.3.4:5\n")
-    with pytest.raises(ConfigError, match=r"not unix:/path or udp:host:port"):
-        load_control_config(conf)
+    conf.write_text(
+        dumps(
+            {
+                "sip": {"listen": ["127.0.0.1"], "port": 5070, "user_agent": 'a "quoted"\\ua'},
+                "database": {"sync_interval": 0.5},
+                "bearers": {"endpoints": ["unix:/run/x-0.sock"]},
+                "log": {"sip_trace": True, "file": ""},
+            },
+            header="# generated",
+        )
+    )
+    cfg = load_control_config(conf, required=True)
+    assert (cfg.sip.port, cfg.sip.user_agent) == (5070, 'a "quoted"\\ua')
+    assert (cfg.database.sync_interval, cfg.log.sip_trace, cfg.log.file) == (0.5, True, None)
+    assert cfg.bearers.endpoints == [("unix", "/run/x-0.sock", 0)]
 
 
 def test_bearer_instances_get_their_own_socket_and_port_slice(tmp_path):
     conf = tmp_path / "bearer.conf"
-    conf.write_text("[bearer]\ncontrol = udp:[2001:db8::2]:7700\n")
+    conf.write_text('[bearer]\ncontrol = "udp:[2001:db8::2]:7700"\ninstances = [0, 1]\n')
     one = load_bearer_config(conf, 1).bearer
     assert one.control == ("udp", "2001:db8::2", 7701)
+    assert one.instances == [0, 1]
     assert (one.port_first, one.port_last) == (34000, 37999)
     zero = load_bearer_config(ETC / "bearer.conf", 0).bearer
     assert zero.control == ("unix", "/run/softswitch/bearer-0.sock", 0)
     assert zero.advertised_address == "127.0.0.1"
+    conf.write_text('[bearer]\ninstances = "None"\n')
+    assert load_bearer_config(conf, 0).bearer.instances == "none"

@@ -9,7 +9,6 @@ sockets that send RTP built with ``bearer.rtp.build_rtp``.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import select
@@ -43,6 +42,7 @@ from bearer.protocol import (
     encode,
 )
 from bearer.rtp import build_rtp
+from softswitch.config import dumps
 
 ROOT = Path(__file__).resolve().parents[3]
 BEARER_EXE = Path(sys.executable).with_name("softswitch-bearer")
@@ -72,17 +72,8 @@ def leg_spec(
 
 
 def render_conf(sections: dict[str, dict[str, Any]]) -> str:
-    """A bearer.conf in the syntax the configuration loader reads (TOML or INI)."""
-    import softswitch.config as config
-
-    toml = hasattr(config, "tomllib")
-    out = []
-    for name, values in sections.items():
-        out.append(f"[{name}]")
-        for key, value in values.items():
-            text = json.dumps(value) if toml and isinstance(value, str) else str(value)
-            out.append(f"{key} = {text}")
-    return "\n".join(out) + "\n"
+    """A bearer.conf (TOML) with these sections of values."""
+    return dumps(sections)
 
 
 def free_port_base(span: int) -> int:

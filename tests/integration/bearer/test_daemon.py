@@ -28,10 +28,20 @@ def test_bad_argument_prints_usage_and_exits_2() -> None:
 
 
 def test_config_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    (tmp_path / "bearer.conf").write_text(render_conf({"bearer": {"max_sessions": "lots"}}))
+    conf = tmp_path / "bearer.conf"
+    conf.write_text(render_conf({"bearer": {"max_sessions": "lots"}}))
     r = _run("--instance", "0", "--config-dir", str(tmp_path))
     assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and "max_sessions" in r.stderr and "bearer.conf:2" in r.stderr
+    assert r.stderr == (
+        f"softswitch-bearer: {conf}:2: [bearer] max_sessions: "
+        'expected an integer, got a string ("lots")\n'
+    )
+    conf.write_text("[bearer]\nmax_sessions = lots\n")  # INI: a TOML syntax error
+    r = _run("--instance", "0", "--config-dir", str(tmp_path))
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"softswitch-bearer: {conf}:2: Invalid value (column 16)\n",
+    )
 
 
 def test_udp_control_without_key_file_refuses_to_start(tmp_path: Path) -> None:

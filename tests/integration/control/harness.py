@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from softswitch.admin import AdminClient, AdminError
+from softswitch.config import dumps
 from softswitch.sip.digest import DigestClient, ha1
 from softswitch.sip.framing import StreamFramer
 from softswitch.sip.message import Response, parse
@@ -57,17 +58,18 @@ def free_sip_port() -> int:
 def write_control_config(
     tmp: Path, port: int, bearer_procs: list[BearerProcess], **sections: dict[str, Any]
 ) -> Path:
-    """softswitch.conf for a test: everything under ``tmp``; extra keys per section."""
+    """softswitch.conf (TOML) for a test: everything under ``tmp``; extra keys per section,
+    as TOML values (``sip={"listen": ["127.0.0.1", "::1"]}``)."""
     etc = tmp / "etc"
     run = tmp / "run"
     etc.mkdir(parents=True, exist_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     values: dict[str, dict[str, Any]] = {
-        "sip": {"listen": "127.0.0.1", "port": port},
+        "sip": {"listen": ["127.0.0.1"], "port": port},
         "database": {"url": f"sqlite:///{tmp / 'softswitch.db'}", "sync_interval": 0.5},
         "bearers": {
-            "endpoints": ", ".join(f"unix:{b.control}" for b in bearer_procs)
-            or f"unix:{run}/no-bearer.sock",
+            "endpoints": [f"unix:{b.control}" for b in bearer_procs]
+            or [f"unix:{run}/no-bearer.sock"],
             "local": f"unix:{run}/control.sock",
             "key_file": str(etc / "control.key"),
         },
@@ -76,11 +78,7 @@ def write_control_config(
     }
     for section, extra in sections.items():
         values.setdefault(section, {}).update(extra)
-    text = "".join(
-        f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n"
-        for s, kv in values.items()
-    )
-    (etc / "softswitch.conf").write_text(text)
+    (etc / "softswitch.conf").write_text(dumps(values))
     return etc
 
 

@@ -134,7 +134,7 @@ def test_sighup_applies_max_expires_and_keeps_registrations(switch: ControlProce
 def test_reload_refuses_a_broken_file_and_keeps_running(switch: ControlProcess) -> None:
     conf = switch.etc / "softswitch.conf"
     good = conf.read_text()
-    conf.write_text(good.replace("[sip]\n", "[sip]\nmax_expires = never\n", 1))
+    conf.write_text(good.replace("[sip]\n", '[sip]\nmax_expires = "never"\n', 1))
     switch.send_signal(signal.SIGHUP)
     switch.wait_log("reload refused, the running configuration stays")
     client = SipClient(switch.port)
@@ -217,7 +217,18 @@ def test_bad_config_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
-    assert f"{etc / 'softswitch.conf'}:" in lines[0] and "[sip] min_expires" in lines[0]
+    assert lines[0] == (
+        f"softswitch-control: {etc / 'softswitch.conf'}:3: [sip] min_expires: "
+        'expected an integer, got a string ("soon")'
+    )
+    # INI habits are TOML syntax errors, with line and column
+    (etc / "softswitch.conf").write_text("[sip]\nlisten = 127.0.0.1\n")
+    r = _run(etc)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == (
+        f"softswitch-control: {etc / 'softswitch.conf'}:2: "
+        "Expected newline or end of document after a statement (column 15)\n"
+    )
 
 
 def test_missing_key_for_udp_bearers_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -225,7 +236,7 @@ def test_missing_key_for_udp_bearers_is_one_line_and_exit_2(tmp_path: Path) -> N
         tmp_path,
         free_sip_port(),
         [],
-        bearers={"endpoints": "udp:127.0.0.1:7700", "local": "udp:127.0.0.1:7799"},
+        bearers={"endpoints": ["udp:127.0.0.1:7700"], "local": "udp:127.0.0.1:7799"},
     )
     r = _run(etc)
     assert r.returncode == 2
@@ -253,7 +264,7 @@ def test_sip_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_ipv6_listen_address_serves_udp_and_tcp(tmp_path: Path) -> None:
-    control, bearers = start_switch(tmp_path, sip={"listen": "127.0.0.1, ::1"})
+    control, bearers = start_switch(tmp_path, sip={"listen": ["127.0.0.1", "::1"]})
     try:
         for transport in ("udp", "tcp"):
             phone = SipClient(control.port, "alice", "secret", transport=transport, host="::1")
@@ -360,7 +371,7 @@ def test_udp_bearers_with_hmac_one_key_right_one_wrong(tmp_path: Path) -> None:
         free_sip_port(),
         [],
         bearers={
-            "endpoints": f"udp:127.0.0.1:{good.control[1]}, udp:127.0.0.1:{bad.control[1]}",
+            "endpoints": [f"udp:127.0.0.1:{good.control[1]}", f"udp:127.0.0.1:{bad.control[1]}"],
             "local": f"udp:127.0.0.1:{control_port}",
             "key_file": str(key_file),
             "heartbeat_interval": 0.2,

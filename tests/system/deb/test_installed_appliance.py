@@ -262,8 +262,8 @@ def test_stalled_bearer_is_restarted_by_the_watchdog(
 def test_reload_applies_a_setting_and_keeps_registrations(machine: Container, phones) -> None:
     pid = machine.show(CONTROL, "MainPID")
     conf = "/etc/softswitch/softswitch.conf"
-    machine.run(["sed", "-i", "s/^sip_trace = no$/sip_trace = yes/", conf])
-    assert "sip_trace = yes" in machine.run(["cat", conf]).stdout
+    machine.run(["sed", "-i", "s/^sip_trace = false$/sip_trace = true/", conf])
+    assert "\nsip_trace = true\n" in machine.run(["cat", conf]).stdout
     since = machine.run(["date", "+%Y-%m-%d %H:%M:%S"]).stdout.strip()
     machine.run(["systemctl", "reload", CONTROL])
     machine.wait_for(CONTROL, "SubState", "running")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ def generate(tmp_path: Path, conf_text: str | None, nproc: int = 2) -> tuple[lis
     fake = bin_dir / "getconf"
     fake.write_text(f"#!/bin/sh\necho {nproc}\n")
     fake.chmod(0o755)
+    if mawk := shutil.which("mawk"):  # Debian's default awk: no gawk extensions
+        (bin_dir / "awk").symlink_to(mawk)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     cp = subprocess.run(
         ["sh", str(GENERATOR), str(out), str(out), str(out)],
@@ -63,13 +66,21 @@ def generate(tmp_path: Path, conf_text: str | None, nproc: int = 2) -> tuple[lis
     ("conf", "nproc", "expect"),
     [
         (None, 2, ["0", "1"]),  # no bearer.conf at all: the default
-        ("[bearer]\nmedia_address = 10.0.0.1\n", 8, ["0", "1"]),  # auto: at most two
-        ("[bearer]\ninstances = auto\n", 1, ["0"]),  # one core, one bearer
-        ("[bearer]\ninstances = 1, 3\n", 2, ["1", "3"]),
-        ("[bearer]\ninstances: 02,1\n", 2, ["1", "2"]),  # INI colon, leading zero
-        ("[bearer]\ninstances = none\n", 2, []),  # a control-only server
-        ("[bearer]\ninstances = Auto\n", 2, ["0", "1"]),  # like configparser's words
-        ("[bearer]\n# instances = 5\n[log]\ninstances = 7\n", 2, ["0", "1"]),  # not ours
+        ('[bearer]\nmedia_address = "10.0.0.1"\n', 8, ["0", "1"]),  # auto: at most two
+        ('[bearer]\ninstances = "auto"\n', 1, ["0"]),  # one core, one bearer
+        ("[bearer]\ninstances = [1, 3]\n", 2, ["1", "3"]),
+        ("[bearer]\ninstances=[2,1,]  # trailing comma\n", 2, ["1", "2"]),
+        (
+            "[ bearer ]  # comment\ninstances = [\n  0,  # first\n  12,\n]\nport_min = 30000\n",
+            2,
+            ["0", "12"],
+        ),
+        ("[bearer]\ninstances = []\n", 2, []),
+        ('[bearer]\ninstances = "none"\n', 2, []),  # a control-only server
+        ("[bearer]\ninstances = 'None'\n", 2, []),  # literal string, any case (as the daemon)
+        ('[bearer]\ninstances = "Auto"  # default\n', 2, ["0", "1"]),
+        ("[bearer]\n# instances = [5]\n[log]\ninstances = [7]\n", 2, ["0", "1"]),  # not ours
+        ('[bearer]\nkey_file = "/k"\n\n[log]\nlevel = "info"\n', 1, ["0"]),
     ],
 )
 def test_generator_wants_the_instances_bearer_conf_lists(
@@ -80,10 +91,20 @@ def test_generator_wants_the_instances_bearer_conf_lists(
 
 def test_generator_starts_no_bearer_on_a_bad_value_and_says_why(tmp_path: Path) -> None:
     (tmp_path / "spaces").mkdir()
-    instances, stderr = generate(tmp_path, "[bearer]\ninstances = first\n")
+    instances, stderr = generate(tmp_path, '[bearer]\ninstances = "first"\n')
     assert instances == []
-    assert "not auto, none or a comma-separated list of core numbers: 'first'" in stderr
-    assert generate(tmp_path / "spaces", "[bearer]\ninstances = 0 1\n")[0] == []
+    assert stderr == (
+        f"softswitch-generator: {tmp_path / 'bearer.conf'}: [bearer] instances: expected"
+        ' "auto", "none" or an array of core numbers, got "first"; no bearer started\n'
+    )
+    # what the daemons refuse as TOML the generator refuses too: INI spellings,
+    # a string for the array, leading zeros, an array never closed
+    for n, bad in enumerate(
+        ["auto", "0, 1", "[0 1]", '"0, 1"', "[01]", "[0, 1", '["0"]', "", "[0] x"]
+    ):
+        (tmp_path / f"{n}").mkdir()
+        instances, stderr = generate(tmp_path / f"{n}", f"[bearer]\ninstances = {bad}\n")
+        assert instances == [] and "no bearer started" in stderr, (bad, stderr)
 
 
 def help_options(module: str) -> set[str]:

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from softswitch import ctl
 from softswitch.cdr import Cdr, Disposition, from_row
+from softswitch.config import dumps
 from softswitch.dbthread import DbFatal, DbStatus, DbThread, Loaded, UsersChanged
 from softswitch.sip.digest import ha1
 from softswitch.userdb import (
@@ -135,8 +136,13 @@ def a_cdr(n: int, **overrides: Any) -> Cdr:
 def write_config(directory: Path, url: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "softswitch.conf").write_text(
-        f"[sip]\ndomain = {DOMAIN}\n\n[database]\nurl = {url}\n\n"
-        f"[admin]\nsocket = {directory / 'admin.sock'}\n"
+        dumps(
+            {
+                "sip": {"domain": DOMAIN},
+                "database": {"url": url},
+                "admin": {"socket": str(directory / "admin.sock")},
+            }
+        )
     )
     return directory
 

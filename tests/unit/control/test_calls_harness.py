@@ -366,7 +366,7 @@ class Switch:
         self,
         *,
         no_answer_timeout: int = 60,
-        codecs: str = "PCMU, PCMA, telephone-event",
+        codecs: tuple[str, ...] = ("PCMU", "PCMA", "telephone-event"),
         recording_users: tuple[str, ...] = (),
         max_calls: dict[str, int] | None = None,
         disabled: tuple[str, ...] = (),
@@ -382,8 +382,8 @@ class Switch:
             "/nonexistent/softswitch.conf",
             overrides={
                 ("sip", "domain"): DOMAIN,
-                ("calls", "no_answer_timeout"): str(no_answer_timeout),
-                ("calls", "codecs"): codecs,
+                ("calls", "no_answer_timeout"): no_answer_timeout,
+                ("calls", "codecs"): list(codecs),
                 ("recording", "dir"): "/var/spool/softswitch/recordings",
             },
         )

@@ -75,7 +75,7 @@ def test_user_add_uses_the_configured_realm(tmp_path):
     config = write_config(tmp_path / "etc", f"sqlite:///{tmp_path / 'db'}")
     with open(config / "softswitch.conf", "a") as f:
         f.write("\n[calls]\nmax_calls_per_user = 9\n")
-    text = (config / "softswitch.conf").read_text().replace("[sip]\n", "[sip]\nrealm = pbx\n")
+    text = (config / "softswitch.conf").read_text().replace("[sip]\n", '[sip]\nrealm = "pbx"\n')
     (config / "softswitch.conf").write_text(text)
     assert softswitchctl(config, "user", "add", "bob", "--password", "pw", "--record") == 0
     row = user_row(make_engine(f"sqlite:///{tmp_path / 'db'}"), "bob")
@@ -253,11 +253,14 @@ def test_bad_usage_prints_usage_and_exits_2(config, capsys):
 
 
 def test_a_bad_config_is_one_line_and_exits_2(tmp_path, capsys):
-    (tmp_path / "softswitch.conf").write_text("[database]\nsync_interval = often\n")
+    (tmp_path / "softswitch.conf").write_text('[database]\nsync_interval = "often"\n')
     assert ctl.main(["--config-dir", str(tmp_path), "user", "list"]) == 2
     err = capsys.readouterr().err
     conf = tmp_path / "softswitch.conf"
-    assert err == f"softswitchctl: {conf}:2: [database] sync_interval: not a number: 'often'\n"
+    assert err == (
+        f"softswitchctl: {conf}:2: [database] sync_interval: expected a number,"
+        ' got a string ("often")\n'
+    )
 
 
 def test_an_explicit_config_dir_without_the_file_is_an_error(tmp_path, capsys):

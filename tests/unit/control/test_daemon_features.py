@@ -20,7 +20,7 @@ def test_start_logs_one_line_on_optional_features(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Issue 5: absent features are reported in the log, never an ImportError."""
-    (tmp_path / "softswitch.conf").write_text("[log]\nlevel = info\n")
+    (tmp_path / "softswitch.conf").write_text('[log]\nlevel = "info"\n')
 
     async def served(self: daemon.ControlDaemon) -> int:
         return 0
