@@ -19,7 +19,10 @@ Control talks over a UNIX datagram socket (one host) or UDP with every
 datagram HMAC-tagged (two hosts); a bearer configured for UDP without a
 usable key file refuses to start.  Events and heartbeats go to the address of
 the most recent authentic control request.  Malformed or unauthenticated
-datagrams are counted by reason and dropped, never a traceback.
+datagrams are counted by reason and dropped, never a traceback; one whose tag
+fails (a control with another key, most likely) also gets the EventSender's
+empty, rate-limited refusal and a warning naming its source, at most once a
+minute per source.
 
 Signals are only *noted*: ``signal.set_wakeup_fd`` writes the signal number
 to a socketpair the loop reads (the Python-level handlers do nothing), so
@@ -67,6 +70,7 @@ from bearer.protocol import (
     MsgType,
     Packet,
     ProtocolError,
+    Reason,
     Record,
     RecordingDone,
     RecordReply,
@@ -95,6 +99,9 @@ LOAD_PERIOD = 1.0
 session count in heartbeats is updated at every ALLOCATE and DELETE."""
 MAX_CONTROL_BATCH = 64
 """Control datagrams read per wake-up, so RTP is never starved by a flood."""
+HMAC_WARN_PERIOD = 60.0
+"""Seconds between two warnings about bad-HMAC datagrams from one source."""
+MAX_HMAC_WARN_SOURCES = 64
 MAX_UNSENT_EVENTS = 1000
 """Events kept while no control peer is known yet; older ones are dropped."""
 FDS_PER_SESSION = 6  # 2 legs x (RTP, RTCP, catcher)
@@ -148,6 +155,7 @@ class BearerDaemon:
         self.proto = EventSender(self.key, self.epoch, now, heartbeat_interval=b.heartbeat_interval)
         self.proto.set_load(0, b.max_sessions, 0, 0)
         self._reported_sessions = 0
+        self._hmac_warned: dict[Any, list] = {}  # source -> [last warning, suppressed]
         self.peer: Any = None
         self._unsent: collections.deque[Event] = collections.deque(maxlen=MAX_UNSENT_EVENTS)
         self._sig_r, self._sig_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -237,6 +245,8 @@ class BearerDaemon:
                 events = self.proto.receive(data, peer, now)
             except ProtocolError as e:
                 self.drops[e.reason.value] += 1
+                if e.reason is Reason.BAD_HMAC:
+                    self._warn_bad_hmac(peer, now)
                 continue
             self._set_peer(peer, now)
             for ev in events:
@@ -246,6 +256,33 @@ class BearerDaemon:
                         self._report_load()  # before the reply: no later heartbeat is stale
                     self.proto.reply(ev.peer, ev.packet, reply, now)
         self._flush()
+
+    def _warn_bad_hmac(self, peer: Any, now: float) -> None:
+        """Say (at most every ``HMAC_WARN_PERIOD`` per source) that someone sends
+        us control datagrams under another key; the EventSender has answered
+        with a refusal so that control can say so too."""
+        warned = self._hmac_warned
+        entry = warned.get(peer)
+        if entry is not None and now - entry[0] < HMAC_WARN_PERIOD:
+            entry[1] += 1
+            return
+        if entry is None and len(warned) >= MAX_HMAC_WARN_SOURCES:
+            for p in [p for p, (at, _) in warned.items() if now - at >= HMAC_WARN_PERIOD]:
+                del warned[p]
+            if len(warned) >= MAX_HMAC_WARN_SOURCES:
+                return  # a flood from many sources: counted in the drops
+        more = entry[1] if entry is not None else 0
+        warned[peer] = [now, 0]
+        if isinstance(peer, tuple):
+            host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+            source = f"udp:{host}:{peer[1]}"
+        else:
+            source = f"unix:{peer}"
+        log.warning(
+            "control datagram from %s failed HMAC: different key?%s",
+            source,
+            f" ({more} more since the last warning)" if more else "",
+        )
 
     def _set_peer(self, peer: Any, now: float) -> None:
         """Events and heartbeats follow the most recent authentic control peer."""

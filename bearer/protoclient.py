@@ -30,6 +30,15 @@ Theory of operation
   The bearer retransmits them like any request, for longer
   (``event_timeout``); control acks every copy but reports each event once,
   remembering (peer, epoch, request id) of recent events.
+* **A wrong key is said, not silent.**  The bearer answers a datagram whose
+  tag does not verify (``bad_hmac``) with an ``ErrorReply`` tagged with its
+  own key: control, holding another key, cannot verify that either and
+  reports the bearer as "wrong key?" instead of "never answered".  The
+  answer carries nothing (request id 0, no text, so it cannot complete any
+  request of a control that does hold our key), is never sent for a
+  datagram shorter than itself or flagged as a reply, and is rate-limited
+  to one per second per source and ``REFUSALS_PER_SECOND`` in all, so a
+  forger can neither learn anything from it nor use it to amplify.
 
 ``ProtocolClient`` is control's end: it sends requests and heartbeats, receives
 events and answers the bearers' heartbeats.  ``EventSender`` is the bearer's
@@ -57,6 +66,7 @@ from bearer.protocol import (
     MsgType,
     Packet,
     ProtocolError,
+    Reason,
     decode,
     encode,
 )
@@ -591,6 +601,11 @@ class EventSender(_Endpoint):
     """
 
     SERVES_REQUESTS = True
+    REFUSAL_INTERVAL = 1.0
+    """Seconds between two answers to bad-HMAC datagrams from one source."""
+    REFUSALS_PER_SECOND = 20
+    """Answers to bad-HMAC datagrams per second from all sources together."""
+    MAX_REFUSAL_SOURCES = 1024
 
     def __init__(
         self,
@@ -603,6 +618,49 @@ class EventSender(_Endpoint):
     ) -> None:
         super().__init__(key, epoch, now, **kwargs)  # type: ignore[arg-type]
         self.event_timeout = event_timeout
+        self._refused: OrderedDict[Peer, float] = OrderedDict()  # source -> last answer
+        self._refusal_second = 0
+        self._refusals_this_second = 0
+        self._refusal = (
+            b""
+            if key is None
+            else encode(ErrorReply(MsgType.HEARTBEAT, ErrorCode.BAD_REQUEST, ""), 0, epoch, key)
+        )
 
     def send_event(self, event: Event, peer: Peer, now: float) -> int:
         return self.request(event, peer, now, timeout=self.event_timeout)
+
+    def receive(self, datagram: bytes, peer: Peer, now: float) -> list[ProtoEvent]:
+        """As for every endpoint, plus: a bad-HMAC datagram may get the (rate-limited,
+        empty) refusal that tells a control with another key so."""
+        try:
+            return super().receive(datagram, peer, now)
+        except ProtocolError as e:
+            if e.reason is Reason.BAD_HMAC:
+                self._refuse(datagram, peer, now)
+            raise
+
+    def _refuse(self, datagram: bytes, peer: Peer, now: float) -> None:
+        refusal = self._refusal
+        if not refusal or len(datagram) < len(refusal) or datagram[4] & Flags.REPLY:
+            return  # never more bytes out than in; a reply is never answered
+        refused = self._refused
+        while refused:  # bounded by len(refused); oldest first
+            oldest, at = next(iter(refused.items()))
+            if now - at < self.REFUSAL_INTERVAL:
+                break
+            del refused[oldest]
+        second = int(now)
+        if second != self._refusal_second:
+            self._refusal_second, self._refusals_this_second = second, 0
+        if (
+            peer in refused
+            or len(refused) >= self.MAX_REFUSAL_SOURCES
+            or self._refusals_this_second >= self.REFUSALS_PER_SECOND
+        ):
+            self.counters["auth_refusal_limited"] += 1
+            return
+        refused[peer] = now
+        self._refusals_this_second += 1
+        self.counters["auth_refused"] += 1
+        self._outbox.append((refusal, peer))

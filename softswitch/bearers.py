@@ -22,8 +22,11 @@ heartbeats, epochs); this module keeps the book on top of it, sans-I/O:
   it;
 * ``note_protocol_error`` is told about datagrams the client refused: when
   one from a bearer's address fails HMAC, that bearer holds another key, so
-  it is marked down with that reason and the log says so once (a wrong key
-  otherwise looks exactly like a dead bearer).
+  it is marked down with that reason and the log says so once.  A bearer
+  answers our datagrams that fail its HMAC with a refusal tagged with its
+  own key (``EventSender``), so a wrong key is reported as such even though
+  the bearer never takes us for its control (it would otherwise look exactly
+  like a dead bearer).
 
 Peers are what the daemon's control socket reports as the source: a path
 for UNIX datagram sockets, ``(ip, port)`` for UDP; the daemon resolves host

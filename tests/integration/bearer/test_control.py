@@ -23,6 +23,7 @@ from bearer.protocol import (
     Heartbeat,
     HeartbeatReply,
     MediaTimeout,
+    MsgType,
     Record,
     Stats,
     encode,
@@ -85,15 +86,28 @@ def test_udp_control_drops_bad_hmac_and_untagged_datagrams(
         ctl = bp.client()
         good = ctl.encode(Allocate(1, "c", (leg_spec(phones[0].addr), leg_spec())), request_id=77)
         forged = good[:-1] + bytes([good[-1] ^ 1])
-        ctl.send_raw(forged)
+        for _ in range(5):
+            ctl.send_raw(forged)
         ctl.send_raw(encode(Stats(0), 78, ctl.epoch))  # no tag at all
-        assert ctl._receive(0.5) is None  # neither is answered
+        # A bad tag gets one empty refusal under the bearer's key (a control
+        # with another key learns "wrong key?", nothing more); the rest nothing.
+        refusal = ctl._receive(0.5)
+        assert refusal is not None and refusal.request_id == 0
+        assert refusal.message == ErrorReply(MsgType.HEARTBEAT, ErrorCode.BAD_REQUEST, "")
+        assert ctl._receive(0.3) is None
         st = ctl.stats()
-        assert st["control_drop_bad_hmac"] == 1
+        assert st["control_drop_bad_hmac"] == 5
         assert st["control_drop_unauthenticated"] == 1
+        assert st["control_auth_refused"] == 1 and st["control_auth_refusal_limited"] == 4
         assert st["sessions"] == 0
         _, reply = ctl.request_raw(good, 77)  # the authentic one works
         assert isinstance(reply, Allocated)
+        host, port = ctl.sock.getsockname()
+        warnings = [line for line in bp.log().splitlines() if "failed HMAC" in line]
+        assert len(warnings) == 1, bp.log()
+        assert (
+            f"control datagram from udp:{host}:{port} failed HMAC: different key?" in (warnings[0])
+        )
     finally:
         assert bp.stop() == 0, bp.log()
 

@@ -630,6 +630,57 @@ def test_bearer_hands_new_requests_up_once_and_repeats_its_reply() -> None:
     assert bearer.datagrams_to_send() == [(sent, CONTROL)]  # identical bytes
 
 
+def test_a_datagram_under_another_key_gets_an_empty_rate_limited_refusal() -> None:
+    """A control holding another key learns that the bearer is there (it cannot
+    verify the answer either), and nothing else; a flood gets one answer per
+    second per source, never more bytes than it sent, and replies get none."""
+    bearer = EventSender(KEY, epoch=700, now=0.0)
+    other = b"o" * 32
+    hb = encode(Heartbeat(0, 0, 0, 0), 5, 1, other)
+    for t in (0.0, 0.1, 0.5):
+        with pytest.raises(ProtocolError, match="bad_hmac"):
+            bearer.receive(hb, CONTROL, t)
+    [(data, peer)] = bearer.datagrams_to_send()  # one, however many came
+    assert peer == CONTROL and len(data) <= len(hb)
+    with pytest.raises(ProtocolError, match="bad_hmac"):
+        decode(data, other)  # control cannot verify it: "wrong key?"
+    packet = decode(data, KEY)
+    assert packet.request_id == 0 and packet.epoch == 700
+    assert packet.message == ErrorReply(MsgType.HEARTBEAT, ErrorCode.BAD_REQUEST, "")
+    with pytest.raises(ProtocolError):
+        bearer.receive(hb, CONTROL, 1.0)  # a second later: once more
+    assert len(bearer.datagrams_to_send()) == 1
+    assert bearer.counters["auth_refused"] == 2
+    assert bearer.counters["auth_refusal_limited"] == 2
+    # Never to a datagram flagged as a reply, or shorter than the refusal.
+    reply = encode(HeartbeatReply(1, 0, 0, 0, 0), 6, 1, other)
+    short = bytearray(hb[: HEADER.size] + b"x" * TAG_LEN)
+    short[4] |= 0x04
+    for t, data in ((5.0, reply), (7.0, bytes(short))):
+        with pytest.raises(ProtocolError, match="bad_hmac"):
+            bearer.receive(data, CONTROL, t)
+    assert bearer.datagrams_to_send() == []
+    # Spoofed sources: at most REFUSALS_PER_SECOND answers a second in all.
+    for i in range(100):
+        with pytest.raises(ProtocolError):
+            bearer.receive(hb, ("198.51.100.7", 1000 + i), 10.5)
+    assert len(bearer.datagrams_to_send()) == EventSender.REFUSALS_PER_SECOND
+    # An untagged datagram, and a bearer without a key, are never answered.
+    with pytest.raises(ProtocolError, match="unauthenticated"):
+        bearer.receive(encode(Heartbeat(0, 0, 0, 0), 7, 1), CONTROL, 20.0)
+    unkeyed = EventSender(None, epoch=700, now=0.0)
+    with pytest.raises(ProtocolError):
+        unkeyed.receive(hb, CONTROL, 0.0)
+    assert bearer.datagrams_to_send() == [] and unkeyed.datagrams_to_send() == []
+
+
+def test_control_never_answers_a_datagram_it_cannot_verify() -> None:
+    client = ProtocolClient(KEY, epoch=1, now=0.0)
+    with pytest.raises(ProtocolError, match="bad_hmac"):
+        client.receive(encode(Heartbeat(0, 0, 0, 0), 5, 700, b"o" * 32), BEARER, 0.0)
+    assert client.datagrams_to_send() == []
+
+
 def test_an_authentic_request_with_a_bad_body_is_answered_bad_request() -> None:
     bearer = EventSender(None, epoch=700, now=0.0)
     with pytest.raises(ProtocolError):

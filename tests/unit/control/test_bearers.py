@@ -235,6 +235,22 @@ def test_a_bearer_with_another_key_is_reported_once(caplog: pytest.LogCaptureFix
     assert w.pool.choose().id == 1
 
 
+def test_a_bearer_with_another_key_answers_and_is_told_from_a_dead_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bearer never takes us for its control (nothing of ours verifies), but
+    it answers our heartbeats with a refusal under its key: wrong key, not dead."""
+    w = Wire([FakeBearer(("10.99.0.2", 7700), key=b"x" * 32), FakeBearer(("10.99.0.3", 7701))])
+    with caplog.at_level(logging.WARNING, "softswitch.bearers"):
+        w.run(10)
+    b = w.pool.bearers[0]
+    assert b.state == "auth-failed" and b.reason == "refuses our requests: wrong key?"
+    assert [r.getMessage() for r in caplog.records] == [
+        "bearer udp:10.99.0.2:7700 refuses our requests: wrong key? (bad_hmac)"
+    ]
+    assert w.pool.snapshot()[0]["reason"] == "refuses our requests: wrong key?"
+
+
 def test_a_bearer_that_never_answers_says_why() -> None:
     w = Wire()
     w.bearers[0].alive = False
