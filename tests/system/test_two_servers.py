@@ -228,27 +228,39 @@ def test_bearer_with_the_wrong_key_is_reported_and_calls_fail_with_503_not_silen
     sw = wrong_key_switch
     endpoint = sw.bearer_endpoint(0)
 
-    # Control says which bearer and what is likely wrong, in the log and in
-    # `softswitchctl bearers`; the bearer never counts as up.
+    # Control says which bearer and that its key is wrong (not merely "never
+    # answered": the bearer answers control's datagrams with a refusal under
+    # its own key), in the log and in `softswitchctl bearers`; never up.
+    wrong_key = "refuses our requests: wrong key?"
     deadline = time.monotonic() + 10
     rows: list[dict] = []
     while time.monotonic() < deadline:  # bounded
         rows = sw.ctl_json("bearers")
-        if rows[0]["reason"] and "key" in rows[0]["reason"]:
+        if rows[0]["state"] == "auth-failed":
             break
         time.sleep(0.2)
-    assert rows[0]["state"] in ("down", "auth-failed"), rows
-    assert "key" in (rows[0]["reason"] or ""), f"no hint of a wrong key: {rows}\n{sw.logs()}"
-    lines = [line for line in sw.log("control").splitlines() if endpoint in line and "key" in line]
-    assert lines, f"no log line naming {endpoint} and its key:\n{sw.logs()}"
+    assert (rows[0]["endpoint"], rows[0]["state"], rows[0]["reason"]) == (
+        endpoint,
+        "auth-failed",
+        wrong_key,
+    ), f"{rows}\n{sw.logs()}"
+    said = f"bearer {endpoint} {wrong_key} (bad_hmac)"
+    lines = [line for line in sw.log("control").splitlines() if said in line]
+    assert len(lines) == 1, f"not said once in the control log: {said!r}\n{sw.logs()}"
     # The human-readable table says it too.
     table = sw.ctl("bearers").stdout
-    assert endpoint in table and "key" in table, table
+    assert endpoint in table and "wrong key?" in table, table
     # And the bearer really did refuse them: its own counters (asked with its
-    # own key) show control's datagrams dropped for a bad HMAC.
+    # own key) show control's datagrams dropped for a bad HMAC and refusals
+    # sent back, and its log names control's address.
     counters = sw.bearer_counters(0)
     assert counters.get("control_drop_bad_hmac", 0) > 0, counters
+    assert counters.get("control_auth_refused", 0) > 0, counters
     assert counters["sessions"] == 0, counters
+    source = f"udp:{sw.addr}:{sw.control_bearer_port}"
+    assert f"control datagram from {source} failed HMAC: different key?" in sw.log("bearer-0"), (
+        sw.logs()
+    )
 
     # A call is refused with 503 at once; the callee never rings.
     alice = phone_on(sw, make_phone, "alice")
