@@ -188,7 +188,11 @@ class Direction(enum.IntEnum):
 class AllocFlags(enum.IntFlag):
     NONE = 0
     RECORD = 0x01
-    """Record from the start (the path comes later with RECORD, or a default)."""
+    """Record from the start, to a default name in the bearer's recordings
+    directory (``<time>-<session>-<call_ref>.wav``).  A later RECORD start
+    cannot rename it: with another path it is refused (BAD_REQUEST).  To
+    choose the path, allocate without this flag and send RECORD (start, path)
+    once allocated, as control does."""
     CONFERENCE = 0x02
     """A conference participant: one leg, to be JOINed to a room."""
     IPV6 = 0x04
@@ -769,7 +773,12 @@ class Deleted(Message):
 
 @dataclass(frozen=True, slots=True)
 class Record(Message):
-    """Start or stop recording a session to ``path`` on the bearer's host."""
+    """Start or stop recording a session to ``path`` on the bearer's host.
+
+    A relative ``path`` is under the bearer's recordings directory; "" is a
+    default name.  Starting a session that is already recorded is a no-op
+    with no path or the same path, and refused (BAD_REQUEST) with another.
+    """
 
     TYPE = MsgType.RECORD
     _FIXED, _NAMES, _STR = _QB, ("session_id", "start"), ("path", 2)

@@ -269,15 +269,28 @@ class Relay:
         return stats
 
     def record(self, session_id: int, start: bool, path: str) -> bool:
-        """Start/stop recording; returns whether the session is now recorded."""
+        """Start/stop recording; returns whether the session is now recorded.
+
+        Starting a recorded session again is a no-op with no path or the
+        path it was started with; another path is refused (BAD_REQUEST):
+        one session writes one file, and a path must never be quietly ignored.
+        """
         s = self._session(session_id)
-        if start and s.recording is None:
+        if start and s.recording is not None:
+            if path and path != s.record_path:
+                where = s.record_path or "a default name (AllocFlags.RECORD)"
+                raise RelayError(
+                    ErrorCode.BAD_REQUEST,
+                    f"session {session_id} is already recording to {where}; stop it first",
+                )
+        elif start:
             if self.recorder is None:
                 raise RelayError(ErrorCode.INTERNAL, "recording is not available")
             try:
                 s.recording = self.recorder(s, path)
             except (OSError, ValueError) as e:
                 raise RelayError(ErrorCode.BAD_REQUEST, f"cannot record: {e}") from None
+            s.record_path = path
             self.recordings.add(s)
         elif not start and s.recording is not None:
             rec, s.recording = s.recording, None

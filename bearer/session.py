@@ -349,6 +349,7 @@ class Session:
         "id",
         "legs",
         "mode",
+        "record_path",
         "recording",
         "room",
         "room_flags",
@@ -363,6 +364,7 @@ class Session:
         self.legs: list[Leg] = []
         self.mode = Mode.RELAY
         self.recording: Any = None  # a bearer.recorder Recording while recording
+        self.record_path = ""  # the path RECORD asked for ("": a default name)
         self.room: str | None = None
         self.room_flags = 0
         self.timed_out = False

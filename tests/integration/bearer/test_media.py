@@ -13,6 +13,8 @@ from bearer.codecs import alaw_decode, ulaw_decode, ulaw_encode
 from bearer.protocol import (
     AllocFlags,
     Delete,
+    ErrorCode,
+    ErrorReply,
     Join,
     Joined,
     JoinFlags,
@@ -112,6 +114,7 @@ def test_recording_puts_caller_left_and_callee_right(
     pa, pb = ctl.allocate(5, (leg_spec(a.addr), leg_spec(b.addr))).ports
     reply = ctl.request(Record(5, True, "call-5.wav"))
     assert isinstance(reply, RecordReply) and reply.recording
+    assert ctl.request(Record(5, True, "call-5.wav")) == reply  # the same again: a no-op
     _stream([(a, pa, tone(500.0, 1.5)), (b, pb, tone(900.0, 1.5))], [a, b], 1.5)
     ctl.request(Delete(5))
     done = ctl.wait_event(lambda e: isinstance(e, RecordingDone), timeout=5)
@@ -154,6 +157,13 @@ def test_allocate_with_record_flag_records_from_the_start(
     ctl = bearer.client()
     pa, pb = ctl.allocate(6, (leg_spec(a.addr), leg_spec(b.addr)), flags=AllocFlags.RECORD).ports
     assert ctl.stats(6)["recording"] == 1
+    # Already recording to a default name: a path now would be ignored, so it
+    # is refused; no path (or stopping first) is fine.
+    refused = ctl.request(Record(6, True, "late.wav"))
+    assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.BAD_REQUEST
+    assert "already recording" in refused.text
+    again = ctl.request(Record(6, True, ""))
+    assert isinstance(again, RecordReply) and again.recording
     _stream([(a, pa, tone(700.0, 0.6)), (b, pb, tone(300.0, 0.6))], [a, b], 0.6)
     ctl.request(Delete(6))
     done = ctl.wait_event(lambda e: isinstance(e, RecordingDone), timeout=5)
