@@ -17,6 +17,11 @@ moves bytes and time in and out of it (DESIGN.md principles 3 and 5):
 * The DB thread (softswitch/dbthread.py): results come back through
   ``loop.call_soon_threadsafe``; nothing is served before its ``Loaded``.
 * The admin socket (softswitch/admin.py) for softswitchctl.
+* The Prometheus endpoint (softswitch/metrics.py) on ``[metrics] listen``:
+  its own HTTP thread, which reads the Switch's counters at scrape time;
+  bound in ``main`` before the loop starts, so a taken port is a one-line
+  error (exit 2).  It stays where it is on SIGHUP (the log says a changed
+  ``listen`` needs a restart).
 * Optional packages (uvloop, aiortc for Opus/SRTP) are found at start and
   said in one log line, as ``softswitchctl status`` reports them; a missing
   one is never an ImportError.
@@ -29,7 +34,8 @@ moves bytes and time in and out of it (DESIGN.md principles 3 and 5):
   reloads the configuration and reopens the log file.
 
 Exit codes: 0 after a clean stop, 2 for bad usage or configuration (one line
-on stderr, never a traceback), 1 for any other failure to start or run.
+on stderr, never a traceback; a metrics address that cannot be bound is one),
+1 for any other failure to start or run.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from softswitch.config import CONFIG_DIR_ENV, ConfigError, resolve_config_dir
 from softswitch.core import DeleteBinding, SaveBinding, Switch, WriteCdr
 from softswitch.dbthread import DbFatal, DbThread, Loaded
 from softswitch.logsetup import LogSetup
+from softswitch.metrics import MetricsServer, make_registry
 from softswitch.sdnotify import Notifier
 from softswitch.settings import load_control_config
 from softswitch.sip.errors import SipError
@@ -730,6 +737,21 @@ def main(argv: list[str] | None = None) -> int:
     daemon = ControlDaemon(
         cfg, config_path, required=required, key=key, logs=logs, features=features
     )
+    metrics = None
+    if cfg.metrics.listen is not None:
+        host, port = cfg.metrics.listen
+        metrics = MetricsServer(host, port, make_registry(daemon))
+        try:
+            metrics.start()
+        except OSError as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            message = f"[metrics] listen {where}: {exc.strerror or exc}"
+            if cfg.log.file:
+                log.error("cannot start: %s", message)
+            logs.stop()
+            print(f"softswitch-control: {message}", file=sys.stderr)
+            return 2
+        log.info("Prometheus metrics on %s", metrics.url)
     try:
         loop_factory = None
         if features["uvloop"]:
@@ -748,6 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("fatal error")
         return 1
     finally:
+        if metrics is not None:
+            metrics.close()
         logs.stop()
 
 

@@ -32,7 +32,9 @@ _HEADER = """\
 """
 
 
-def write_dev_config(var: Path, *, sip_port: int = 5060) -> Path:
+def write_dev_config(
+    var: Path, *, sip_port: int = 5060, metrics_listen: str = "127.0.0.1:9464"
+) -> Path:
     """Create ./var/etc/{softswitch,bearer}.conf and the control key if absent."""
     etc, run, rec = var / "etc", var / "run", var / "recordings"
     for d in (etc, run, rec):
@@ -55,6 +57,7 @@ def write_dev_config(var: Path, *, sip_port: int = 5060) -> Path:
                     },
                     "admin": {"socket": f"{run}/admin.sock"},
                     "recording": {"dir": str(rec)},
+                    "metrics": {"listen": metrics_listen},
                 },
                 header=_HEADER.format(name="softswitch.conf"),
             )
@@ -80,10 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
     parser.add_argument("--var", default="var", help="state directory (default ./var)")
     parser.add_argument("--sip-port", type=int, default=5060)
+    parser.add_argument(
+        "--metrics-listen",
+        default="127.0.0.1:9464",
+        help='Prometheus endpoint of a new configuration (default 127.0.0.1:9464; "" for none)',
+    )
     args = parser.parse_args(argv)
 
     var = Path(args.var).resolve()
-    etc = write_dev_config(var, sip_port=args.sip_port)
+    etc = write_dev_config(var, sip_port=args.sip_port, metrics_listen=args.metrics_listen)
     for name in ("softswitch.conf", "bearer.conf"):
         try:
             tomllib.loads((etc / name).read_text(encoding="utf-8"))

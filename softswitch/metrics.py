@@ -320,7 +320,8 @@ def _bearers(pool: Any) -> Iterator[Metric]:
         ),
         "sessions": GaugeMetricFamily(
             "softswitch_bearer_sessions",
-            "Media sessions on the bearer (its last heartbeat, plus ALLOCATEs since).",
+            "Media sessions on the bearer, as control counts them (its last load report "
+            "and the requests since).",
             labels=["bearer"],
         ),
         "capacity": GaugeMetricFamily(

@@ -6,11 +6,15 @@ etc/softswitch/softswitch.conf is rendered from this list (see
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from types import SimpleNamespace
 
 from softswitch.config import (
+    STRING,
+    Invalid,
     Option,
+    Value,
     boolean,
     choice,
     endpoint,
@@ -22,7 +26,31 @@ from softswitch.config import (
     optional,
     render_defaults,
     string,
+    toml_literal,
 )
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``ADDRESS:PORT`` (an IPv6 address in brackets) as (address, port)."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise Invalid(f"an IPv6 address needs brackets, [ADDRESS]:PORT: {toml_literal(text)}")
+    if not colon or not port.isdigit():
+        raise Invalid(f"not ADDRESS:PORT: {toml_literal(text)}")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise Invalid(f"not an IP address: {toml_literal(host)}") from None
+    if not 0 < int(port) < 65536:
+        raise Invalid(f"port {int(port)} is outside 1..65535")
+    return host, int(port)
+
+
+#: ``"127.0.0.1:9464"``, ``"[::1]:9464"`` as (address, port).
+host_port = Value(STRING, _host_port)
+
 
 CONTROL_OPTIONS: list[Option] = [
     # [sip]
@@ -209,6 +237,16 @@ CONTROL_OPTIONS: list[Option] = [
         "Log file; empty logs to stderr (the journal under systemd).",
     ),
     Option("log", "sip_trace", boolean, False, "Log every SIP message sent and received."),
+    # [metrics]
+    Option(
+        "metrics",
+        "listen",
+        optional(host_port),
+        "127.0.0.1:9464",
+        "Prometheus endpoint, ADDRESS:PORT ([ADDRESS]:PORT for IPv6), served at /metrics; "
+        "empty disables it. It exposes call and registration counts: keep it on a local "
+        "or management address. Needs a restart to change.",
+    ),
 ]
 
 HEADER = """\

@@ -75,6 +75,8 @@ def write_control_config(
         },
         "admin": {"socket": str(run / "admin.sock")},
         "recording": {"dir": str(tmp / "recordings")},
+        # Off unless a test asks: daemons running side by side would all want :9464.
+        "metrics": {"listen": ""},
     }
     for section, extra in sections.items():
         values.setdefault(section, {}).update(extra)

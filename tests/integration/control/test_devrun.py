@@ -23,7 +23,17 @@ def test_devrun_serves_and_softswitchctl_finds_it(tmp_path: Path) -> None:
     log = tmp_path / "devrun.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "softswitch.devrun", "--var", str(var), "--sip-port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "softswitch.devrun",
+                "--var",
+                str(var),
+                "--sip-port",
+                str(port),
+                "--metrics-listen",
+                "",  # 127.0.0.1:9464 may be another test's (or a make run's)
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

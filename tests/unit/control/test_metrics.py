@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import urllib.request
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bearer.protocol import Allocate, Message
 from softswitch.calls import DelayHistogram
+from softswitch.config import ConfigError
 from softswitch.metrics import MetricsServer, SwitchCollector, exposition, make_registry
+from softswitch.settings import load_control_config
 from softswitch.sip.dialog import Dialog
 from softswitch.sip.digest import DigestClient
 from softswitch.sip.message import Response
@@ -97,7 +100,9 @@ def test_exposition_after_a_register_and_a_call() -> None:
     assert value(text, "softswitch_registrations") == 1
     assert value(text, "softswitch_registered_aors") == 1
     assert value(text, "softswitch_registers_accepted_total") == 1
-    assert value(text, "softswitch_sip_requests_total", direction="received", method="REGISTER") == 2
+    assert (
+        value(text, "softswitch_sip_requests_total", direction="received", method="REGISTER") == 2
+    )
     assert value(text, "softswitch_sip_responses_total", direction="sent", code="401") == 1
     assert value(text, "softswitch_sip_responses_total", direction="sent", code="200") == 1
 
@@ -250,3 +255,46 @@ def test_the_server_on_ipv6_loopback() -> None:
             assert r.status == 200
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------ [metrics] listen
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('"127.0.0.1:9464"', ("127.0.0.1", 9464)),
+        ('"[::1]:9100"', ("::1", 9100)),
+        ('"0.0.0.0:80"', ("0.0.0.0", 80)),
+        ('""', None),
+    ],
+)
+def test_metrics_listen_values(tmp_path: Path, text: str, expected: object) -> None:
+    conf = tmp_path / "softswitch.conf"
+    conf.write_text(f"[metrics]\nlisten = {text}\n")
+    assert load_control_config(conf).metrics.listen == expected
+
+
+def test_metrics_listen_defaults_to_loopback_9464(tmp_path: Path) -> None:
+    assert load_control_config(tmp_path / "none.conf").metrics.listen == ("127.0.0.1", 9464)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('"9464"', 'not ADDRESS:PORT: "9464"'),
+        ('"localhost:9464"', 'not an IP address: "localhost"'),
+        ('"::1:9464"', 'an IPv6 address needs brackets, [ADDRESS]:PORT: "::1:9464"'),
+        ('"127.0.0.1:70000"', "port 70000 is outside 1..65535"),
+        ('"127.0.0.1:"', 'not ADDRESS:PORT: "127.0.0.1:"'),
+        ("9464", "expected a string, got an integer (9464)"),
+    ],
+)
+def test_metrics_listen_errors_name_the_file_line_and_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    conf = tmp_path / "softswitch.conf"
+    conf.write_text(f"[metrics]\nlisten = {text}\n")
+    with pytest.raises(ConfigError) as err:
+        load_control_config(conf)
+    assert str(err.value) == f"{conf}:2: [metrics] listen: {message}"
