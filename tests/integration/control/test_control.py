@@ -218,7 +218,7 @@ def test_bad_config_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert lines[0] == (
-        f"softswitch-control: {etc / 'softswitch.conf'}:3: [sip] min_expires: "
+        f"softswitch-control: {etc / 'softswitch.conf'}:4: [sip] min_expires: "
         'expected an integer, got a string ("soon")'
     )
     # INI habits are TOML syntax errors, with line and column
