@@ -105,6 +105,10 @@ MAX_HMAC_WARN_SOURCES = 64
 MAX_UNSENT_EVENTS = 1000
 """Events kept while no control peer is known yet; older ones are dropped."""
 FDS_PER_SESSION = 6  # 2 legs x (RTP, RTCP, catcher)
+SWITCH_INTERVAL = 0.001
+"""sys.setswitchinterval for the bearer, as softswitch-control sets it: the
+loop releases the GIL on every sendto/epoll_wait, and with the recorder's
+writer thread busy it would wait up to the default 5 ms to get it back."""
 
 
 class StartupError(Exception):
@@ -538,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"softswitch-bearer: log file {cfg.log.file}: {e.strerror}", file=sys.stderr)
         return 2
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         daemon = BearerDaemon(cfg)
     except StartupError as e:

@@ -6,8 +6,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.integration.bearer.harness import BEARER_EXE, render_conf, start_bearer
 
@@ -50,6 +53,21 @@ def test_udp_control_without_key_file_refuses_to_start(tmp_path: Path) -> None:
     r = _run("--instance", "0", "--config-dir", str(tmp_path))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "missing.key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_main_sets_a_1_ms_gil_switch_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorder's writer thread must not hold the loop off the GIL for the
+    default 5 ms (softswitch-control sets the same)."""
+    from bearer import daemon
+
+    calls: list[float] = []
+    monkeypatch.setattr(sys, "setswitchinterval", calls.append)
+    conf = {"control": "udp:127.0.0.1:47999", "key_file": f"{tmp_path}/missing.key"}
+    (tmp_path / "bearer.conf").write_text(render_conf({"bearer": conf}))
+    assert daemon.main(["--instance", "0", "--config-dir", str(tmp_path)]) == 2  # after setting it
+    assert calls == [0.001] == [daemon.SWITCH_INTERVAL]
 
 
 def test_stale_socket_file_is_replaced_and_removed_at_exit(tmp_path: Path) -> None:
