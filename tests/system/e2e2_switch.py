@@ -197,6 +197,7 @@ class NetSwitch:
             "admin": {"socket": str(self.run_dir / "admin.sock")},
             "recording": {"dir": str(self.tmp / "recordings")},
             "log": {"level": "info", "file": ""},
+            "metrics": {"listen": ""},  # two switches may share a host: no fixed port
         }
         if self.digest_md5_first:
             sections["sip"]["digest_algorithms"] = list(MD5_FIRST)
