@@ -9,6 +9,7 @@ sockets that send RTP built with ``bearer.rtp.build_rtp``.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import select
@@ -107,6 +108,8 @@ class BearerProcess:
             return ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -117,6 +120,36 @@ class BearerProcess:
         for c in self.clients:
             c.close()
         return self.proc.returncode
+
+
+_RUNNING: list[BearerProcess] = []
+"""Bearers started and not stopped yet: what ``stop_leftovers`` stops."""
+
+
+def stop_leftovers() -> list[BearerProcess]:
+    """Stop every bearer started here and not stopped yet (a test that failed
+    before its ``stop``); the autouse fixture in tests/integration/conftest.py
+    calls it after every test, so a failure never leaves a bearer running."""
+    leftovers = list(_RUNNING)
+    for bp in leftovers:
+        bp.stop(timeout=5.0)
+    return leftovers
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: SIGTERM the bearer when this test process dies (killed by a
+    timeout, say), so not even a killed test run leaves one holding its ports."""
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return preexec
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def start_bearer(
@@ -181,8 +214,16 @@ def start_bearer(
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
     with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
     bp = BearerProcess(proc, conf_dir, control, key, rec, log_path, base, base + ports - 1)
+    _RUNNING.append(bp)
     if not wait:
         return bp
     deadline = time.monotonic() + 15

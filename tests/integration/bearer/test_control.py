@@ -135,16 +135,18 @@ def test_media_timeout_is_reported_once(tmp_path: Path, phones: list[Phone]) -> 
 
 def test_sigterm_during_recording_leaves_a_valid_wav(tmp_path: Path, phones: list[Phone]) -> None:
     bp = start_bearer(tmp_path)
-    a, b = phones[0], phones[1]
-    ctl = bp.client()
-    pa, pb = ctl.allocate(4, (leg_spec(a.addr), leg_spec(b.addr))).ports
-    ctl.request(Record(4, True, "interrupted.wav"))
-    sig = tone(600.0, 1.0)
-    for i in range(50):
-        a.send(pa, ulaw_encode(sig[i * 160 : (i + 1) * 160]).tobytes())
-        b.send(pb, ulaw_encode(sig[i * 160 : (i + 1) * 160]).tobytes())
-        time.sleep(0.02)
-    assert bp.stop(signal.SIGTERM) == 0, bp.log()
+    try:
+        a, b = phones[0], phones[1]
+        ctl = bp.client()
+        pa, pb = ctl.allocate(4, (leg_spec(a.addr), leg_spec(b.addr))).ports
+        ctl.request(Record(4, True, "interrupted.wav"))
+        sig = tone(600.0, 1.0)
+        for i in range(50):
+            a.send(pa, ulaw_encode(sig[i * 160 : (i + 1) * 160]).tobytes())
+            b.send(pb, ulaw_encode(sig[i * 160 : (i + 1) * 160]).tobytes())
+            time.sleep(0.02)
+    finally:
+        assert bp.stop(signal.SIGTERM) == 0, bp.log()
     path = bp.recordings / "interrupted.wav"
     with wave.open(str(path)) as w:
         assert w.getnchannels() == 2 and w.getframerate() == 8000

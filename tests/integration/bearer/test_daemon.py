@@ -77,8 +77,10 @@ def test_stale_socket_file_is_replaced_and_removed_at_exit(tmp_path: Path) -> No
     stale.bind(str(run / "bearer-0.sock"))
     stale.close()  # the file stays behind, nobody listens: as after a crash
     bp = start_bearer(tmp_path)
-    assert bp.client().stats()["sessions"] == 0
-    assert bp.stop() == 0
+    try:
+        assert bp.client().stats()["sessions"] == 0
+    finally:
+        assert bp.stop() == 0, bp.log()
     assert not (run / "bearer-0.sock").exists()
 
 
