@@ -41,7 +41,6 @@ import os
 import re
 import signal
 import socket
-import stat
 import sys
 import time
 from collections import Counter
@@ -86,6 +85,7 @@ from bearer.session import Session
 from bearer.settings import load_bearer_config
 from softswitch.config import ConfigError, resolve_config_dir
 from softswitch.logsetup import LogSetup
+from softswitch.runtime import SocketFileError, remove_stale_socket
 from softswitch.sdnotify import Notifier
 
 __all__ = ["BearerDaemon", "main"]
@@ -181,7 +181,10 @@ class BearerDaemon:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StartupError(f"{path.parent}: cannot create: {e.strerror}") from None
-            self._remove_stale(path)
+            try:
+                remove_stale_socket(path, owner="another bearer")
+            except SocketFileError as e:
+                raise StartupError(str(e)) from None
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             try:
                 sock.bind(str(path))
@@ -206,27 +209,6 @@ class BearerDaemon:
         except OSError:
             pass
         return sock
-
-    @staticmethod
-    def _remove_stale(path: Path) -> None:
-        """Remove a socket file left by a dead bearer; refuse if one is alive on it."""
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(f"{path}: exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            probe.connect(str(path))
-        except OSError as e:
-            if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise StartupError(f"{path}: {e.strerror}") from None
-            path.unlink(missing_ok=True)
-            return
-        finally:
-            probe.close()
-        raise StartupError(f"{path}: another bearer is serving this socket")
 
     # ------------------------------------------------------------------ control
 

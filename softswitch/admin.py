@@ -35,10 +35,11 @@ import json
 import logging
 import os
 import socket
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from softswitch.runtime import SocketFileError, remove_stale_socket
 
 log = logging.getLogger("softswitch.admin")
 
@@ -155,24 +156,6 @@ class AdminDispatcher:
             return encode_response(error=f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _remove_stale(path: Path) -> None:
-    """Remove a socket left by a dead daemon; refuse if a live one answers."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if not stat.S_ISSOCK(path.lstat().st_mode):
-        raise AdminError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # nobody listening: stale
-        return
-    finally:
-        probe.close()
-    raise AdminError(f"another daemon is serving {path}")
-
-
 class AdminServer:
     """The daemon side: an asyncio UNIX server feeding an AdminDispatcher."""
 
@@ -185,7 +168,10 @@ class AdminServer:
     async def start(self) -> None:
         """Listen (socket mode 0660 so the admin group can use softswitchctl)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(self.path)
+        try:
+            remove_stale_socket(self.path, kind=socket.SOCK_STREAM)
+        except SocketFileError as exc:
+            raise AdminError(str(exc)) from None
         self._server = await asyncio.start_unix_server(
             self._serve, path=str(self.path), limit=MAX_REQUEST
         )

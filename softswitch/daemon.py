@@ -50,7 +50,6 @@ import os
 import queue
 import signal
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
@@ -64,6 +63,7 @@ from softswitch.core import DeleteBinding, SaveBinding, Switch, WriteCdr
 from softswitch.dbthread import DbFatal, DbThread, Loaded
 from softswitch.logsetup import LogSetup
 from softswitch.metrics import MetricsServer, make_registry
+from softswitch.runtime import SocketFileError, remove_stale_socket
 from softswitch.sdnotify import Notifier
 from softswitch.settings import load_control_config
 from softswitch.sip.errors import SipError
@@ -204,10 +204,12 @@ class ControlDaemon:
             path = Path(address)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _remove_stale_socket(path)
+                remove_stale_socket(path, owner="another control daemon")
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 sock.bind(str(path))
                 os.chmod(path, 0o660)
+            except SocketFileError as exc:
+                raise StartupError(f"bearer control socket {exc}") from None
             except OSError as exc:
                 raise StartupError(f"bearer control socket {path}: {exc.strerror}") from None
             self._bearer_path = str(path)
@@ -626,25 +628,6 @@ async def _first(*aws: Any) -> None:
     finally:
         for t in tasks:
             t.cancel()
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """Remove a socket file left by a dead control daemon; refuse a live one."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise StartupError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink(missing_ok=True)  # nobody bound to it: stale
-        return
-    finally:
-        probe.close()
-    raise StartupError(f"{path}: another control daemon is using this socket")
 
 
 def _resolve_endpoints(endpoints: list) -> list:
