@@ -382,16 +382,27 @@ def test_udp_bearers_with_hmac_one_key_right_one_wrong(tmp_path: Path) -> None:
     try:
         control.start()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # bounded: three missed heartbeats
+        while time.monotonic() < deadline:  # bounded: the first refusal comes at once
             rows = control.admin("bearers")
             if rows[0]["state"] == "up" and rows[1]["reason"] != "not heard from yet":
                 break
             time.sleep(0.1)
+        # The bad bearer answers our datagrams with a refusal under its own
+        # key: a definite "wrong key", not "never answered".
         assert rows[0]["state"] == "up", rows
-        assert rows[1]["state"] == "down" and "wrong key" in rows[1]["reason"], rows
+        assert rows[1]["state"] == "auth-failed", rows
+        assert rows[1]["reason"] == "refuses our requests: wrong key?", rows
         text = control.ctl("bearers").stdout
-        assert f"udp:127.0.0.1:{bad.control[1]}" in text and "never answered" in text
-        control.wait_log(f"bearer udp:127.0.0.1:{bad.control[1]} down: never answered")
+        assert f"udp:127.0.0.1:{bad.control[1]}" in text and "wrong key?" in text
+        control.wait_log(
+            f"bearer udp:127.0.0.1:{bad.control[1]} refuses our requests: wrong key? (bad_hmac)"
+        )
+        assert "never answered" not in control.log()
+        said = f"control datagram from udp:127.0.0.1:{control_port} failed HMAC: different key?"
+        deadline = time.monotonic() + 5
+        while said not in bad.log() and time.monotonic() < deadline:  # bounded
+            time.sleep(0.05)
+        assert said in bad.log(), bad.log()
     finally:
         assert control.stop() == 0, control.log()
         good.stop()
