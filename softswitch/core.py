@@ -209,7 +209,7 @@ class Switch:
             self.realm,
             nonce_ttl=float(sip.nonce_ttl),
             # Offered in this order (RFC 8760: preferred first).  Some clients
-            # (SIPp 3.6) read only the first: [sip] digest_algorithms = MD5, SHA-256.
+            # (SIPp 3.6) read only the first: [sip] digest_algorithms = ["MD5", "SHA-256"].
             algorithms=tuple(sip.digest_algorithms),
             # Salts need uniqueness, not secrecy (the MAC protects the nonce):
             # no getrandom() syscall per 401.
