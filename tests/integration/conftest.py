@@ -1,4 +1,4 @@
-"""Shared by every integration test: no bearer outlives its test."""
+"""Shared by every integration test: no daemon outlives its test."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.bearer.harness import stop_leftovers
+from tests.integration.bearer import harness as bearer_harness
+from tests.integration.control import harness as control_harness
 
 
 @pytest.fixture(autouse=True)
 def _no_bearer_left_running() -> Iterator[None]:
-    """After each test (its own fixtures are torn down first), stop any bearer
-    it started and did not stop: one whose assertion failed before its
-    ``stop()`` would otherwise keep running, holding its ports."""
+    """After each test (its own fixtures are torn down first), stop any control
+    daemon, then any bearer, it started and did not stop: one whose assertion
+    failed before its ``stop()`` would otherwise keep running, holding its
+    ports."""
     yield
-    stop_leftovers()
+    control_harness.stop_leftovers()
+    bearer_harness.stop_leftovers()

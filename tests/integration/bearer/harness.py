@@ -108,8 +108,7 @@ class BearerProcess:
             return ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self in _RUNNING:
-            _RUNNING.remove(self)
+        _RUNNING[:] = [p for p in _RUNNING if p is not self]
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -136,8 +135,8 @@ def stop_leftovers() -> list[BearerProcess]:
     return leftovers
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """A preexec_fn: SIGTERM the bearer when this test process dies (killed by a
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: SIGTERM the daemon when this test process dies (killed by a
     timeout, say), so not even a killed test run leaves one holding its ports."""
 
     def preexec() -> None:
@@ -220,7 +219,7 @@ def start_bearer(
             stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
-            preexec_fn=_die_with_parent(os.getpid()),
+            preexec_fn=die_with_parent(os.getpid()),
         )
     bp = BearerProcess(proc, conf_dir, control, key, rec, log_path, base, base + ports - 1)
     _RUNNING.append(bp)

@@ -88,3 +88,34 @@ def test_a_killed_test_process_takes_its_bearer_with_it(tmp_path: Path) -> None:
     done = _python(code, tmp_path, str(tmp_path))
     pid = int(done.stdout.split()[0])
     assert _wait_dead(pid), f"bearer {pid} outlived its killed test process"
+
+
+def test_a_switch_test_failing_before_stop_leaves_no_daemon_running(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    inner = tmp_path / "test_inner_switch.py"
+    inner.write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            from pathlib import Path
+
+            from tests.integration.conftest import _no_bearer_left_running  # noqa: F401
+            from tests.integration.control.harness import start_switch
+
+            PIDS = Path({str(pids)!r})
+
+            def test_fails_before_stop(tmp_path):
+                control, bearers = start_switch(tmp_path)
+                PIDS.write_text(" ".join(str(p.proc.pid) for p in [control, *bearers]))
+                assert False, "an assertion before control.stop()"
+
+            def test_they_are_gone():  # runs next, in the same process
+                for pid in PIDS.read_text().split():
+                    assert not os.path.exists(f"/proc/{{pid}}"), f"{{pid}} still runs"
+            """
+        )
+    )
+    done = _python("", tmp_path, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(inner))
+    assert "1 failed, 1 passed" in done.stdout, done.stdout + done.stderr
+    assert len(pids.read_text().split()) == 3
+    assert all(_wait_dead(int(pid)) for pid in pids.read_text().split())

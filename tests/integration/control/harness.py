@@ -28,7 +28,7 @@ from softswitch.sip.digest import DigestClient, ha1
 from softswitch.sip.framing import StreamFramer
 from softswitch.sip.message import Response, parse
 from softswitch.userdb import add_user, create_schema, make_engine
-from tests.integration.bearer.harness import BearerProcess, start_bearer
+from tests.integration.bearer.harness import BearerProcess, die_with_parent, start_bearer
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
@@ -126,7 +126,10 @@ class ControlProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=ROOT,
+                preexec_fn=die_with_parent(os.getpid()),
             )
+        if all(p is not self for p in _RUNNING):
+            _RUNNING.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # bounded
             if self.proc.poll() is not None:
@@ -166,6 +169,7 @@ class ControlProcess:
         self.proc.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        _RUNNING[:] = [p for p in _RUNNING if p is not self]
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
@@ -187,6 +191,19 @@ class ControlProcess:
 
 
 CONFIG_ENV = "SOFTSWITCH_CONFIG_DIR"
+
+_RUNNING: list[ControlProcess] = []
+"""Control daemons started and not stopped yet: what ``stop_leftovers`` stops."""
+
+
+def stop_leftovers() -> list[ControlProcess]:
+    """Stop every control daemon started here and not stopped yet (a test that
+    failed before its ``stop``); tests/integration/conftest.py calls it after
+    every test, before stopping leftover bearers."""
+    leftovers = list(_RUNNING)
+    for control in leftovers:
+        control.stop(timeout=10.0)
+    return leftovers
 
 
 def start_switch(
