@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["sip_parse", "bearer_relay"]
+BENCHMARKS = ["sip_parse", "bearer_relay", "control"]
 
 
 def main(argv: list[str] | None = None) -> int:
