@@ -64,7 +64,12 @@ daemon starts, so it loads them as it would in production.
 
 Per step: target and achieved rate, successes/failures/retransmissions,
 response time p50/p99, CPU % of softswitch-control (all threads, /proc), of
-the SIPp processes (rusage) and of the bearers, and the daemon's counters.
+the SIPp processes (rusage) and of the bearers, the daemon's counters, and
+its garbage-collector pauses: unless --no-gc-trace, the daemon starts with
+bench/gctrace/ first on its PYTHONPATH, a sitecustomize that times each
+collection through ``gc.callbacks`` (about a microsecond each) and logs the
+ones over 1 ms; a step reports those over 10 ms (count, how many were full
+gen2 collections, the longest, the total).
 Results go to bench/results/control.json with the load average and CPU
 pressure before and after (``machine_busy`` when the load exceeded the two
 cores we use).
@@ -73,6 +78,7 @@ cores we use).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -87,7 +93,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +116,7 @@ from tests.integration.control.harness import (
 
 RESULTS = Path(__file__).resolve().parent / "results" / "control.json"
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
+GCTRACE = Path(__file__).resolve().parent / "gctrace"
 BUDGETS = {
     "registrations_per_second": 2000,
     "registrations_per_second_target": 5000,
@@ -251,6 +258,7 @@ class Switch:
     metrics_url: str | None
     start_seconds: float
     users_seconds: float
+    gc_log: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -268,10 +276,34 @@ class Switch:
             raise RuntimeError(f"control exited {code} at the restart:\n{self.control.log()}")
         _pin_self(control_cpu)
         try:
-            self.control.start(timeout=300)
+            with _gc_traced(self.gc_log):
+                self.control.start(timeout=300)
         finally:
             _pin_self(load_cpu)
         return time.monotonic() - t0
+
+    def gc_pauses(self, since: float, until: float) -> dict[str, Any] | None:
+        """The daemon's garbage collections longer than 10 ms in [since, until] (epoch s)."""
+        if self.gc_log is None:
+            return None
+        pauses = []
+        try:
+            lines = self.gc_log.read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            try:
+                stamp, gen, ms = line.split()
+            except ValueError:
+                continue
+            if since <= float(stamp) <= until and float(ms) > 10:
+                pauses.append((int(gen), float(ms)))
+        return {
+            "over_10ms": len(pauses),
+            "gen2": sum(1 for g, _ in pauses if g == 2),
+            "max_ms": round(max((ms for _, ms in pauses), default=0.0), 1),
+            "total_ms": round(sum(ms for _, ms in pauses), 1),
+        }
 
     def stop(self) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -287,6 +319,25 @@ class Switch:
         }
 
 
+@contextlib.contextmanager
+def _gc_traced(log: Path | None) -> Iterator[None]:
+    """While starting the daemon: bench/gctrace first on its PYTHONPATH (see there)."""
+    if log is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "SOFTSWITCH_BENCH_GC_LOG")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GCTRACE), saved["PYTHONPATH"]) if p)
+    os.environ["SOFTSWITCH_BENCH_GC_LOG"] = str(log)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def start_switch(
     tmp: Path,
     users: int,
@@ -295,6 +346,7 @@ def start_switch(
     control_cpu: int | None,
     load_cpu: int | None,
     max_sessions: int = 500,
+    gc_trace: bool = False,
 ) -> Switch:
     """Bearers (on the load core), users in the DB, then control (on its own core)."""
     bps = [
@@ -316,19 +368,21 @@ def start_switch(
     if not users:
         add_users(tmp, {})
     control = ControlProcess(tmp, etc, port)
+    gc_log = tmp / "control-gc.log" if gc_trace else None
     # The daemon inherits this thread's affinity: every thread it starts runs
     # on the control core.  Back to the load core for the SIPp we start.
     _pin_self(control_cpu)
     t0 = time.monotonic()
     try:
-        control.start(timeout=300)
+        with _gc_traced(gc_log):
+            control.start(timeout=300)
     except Exception:
         for b in bps:
             b.stop()
         raise
     finally:
         _pin_self(load_cpu)
-    return Switch(tmp, control, bps, metrics_url, time.monotonic() - t0, took_users)
+    return Switch(tmp, control, bps, metrics_url, time.monotonic() - t0, took_users, gc_log)
 
 
 # -------------------------------------------------------------------------------- SIPp
@@ -545,6 +599,7 @@ class Probe:
 
     def __enter__(self) -> Probe:
         self.status0 = self.sw.status()
+        self.epoch0 = time.time()
         self.t0 = time.monotonic()
         self.cpu0 = cpu_seconds_of(self.sw.pid)
         self.bearer_cpu0 = [cpu_seconds_of(b.proc.pid) for b in self.sw.bearers]
@@ -558,6 +613,7 @@ class Probe:
             for b, c0 in zip(self.sw.bearers, self.bearer_cpu0, strict=True)
         ]
         self.status1 = self.sw.status()
+        self.gc = self.sw.gc_pauses(self.epoch0, time.time())
 
     def row(self) -> dict[str, Any]:
         deltas = {}
@@ -573,6 +629,7 @@ class Probe:
             "bearer_cpu_percent": [round(100 * c / self.wall, 1) for c in self.bearer_cpu],
             "control_rss_mib": round(rss_kib_of(self.sw.pid) / 1024, 1),
             "control_counters": deltas,
+            **({"control_gc_pauses": self.gc} if self.gc is not None else {}),
         }
 
 
@@ -960,7 +1017,10 @@ def setup_delay(
     sent = message_stamps(uac.messages_path, "sent", "INVITE", _FROM_USER, cseq="2 INVITE")
     got = message_stamps(uas.messages_path, "received", "INVITE", _FROM_USER)
     delays = _delays_ms(sent, got)
-    stamps = sorted(sent.values())
+    # The first INVITE (CSeq 1) goes out on SIPp's own schedule; the authorised
+    # one waits for the switch's 407, so its gaps would be the switch's.
+    first = message_stamps(uac.messages_path, "sent", "INVITE", _FROM_USER, cseq="1 INVITE")
+    stamps = sorted(first.values())
     gaps = [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
     base = baseline(rate, seconds, workdir)
     out: dict[str, Any] = {
@@ -973,8 +1033,8 @@ def setup_delay(
             **_summary(delays),
         },
         "baseline_sipp_to_sipp": base,
-        # SIPp itself preempted shows as a gap then a burst of INVITEs sent at once,
-        # which the switch then has to absorb together.
+        # SIPp itself held up shows as a gap in its first INVITEs, then a burst of
+        # them sent at once, which the switch then has to absorb together.
         "generator": {
             "invite_gap_max_ms": _r(max(gaps) if gaps else None),
             "largest_burst_within_1ms": _largest_burst(stamps, 0.001),
@@ -986,6 +1046,7 @@ def setup_delay(
         if a is not None and b is not None:
             added[f"{p}_ms"] = round(a - b, 3)
     out["added_by_switch_sipp"] = added
+    out["control_gc_pauses"] = row.get("control_gc_pauses")
     if h0 is not None and h1 is not None:
         b0 = dict(h0[0])
         delta = [(le, cum - b0.get(le, 0.0)) for le, cum in h1[0]]
@@ -1083,6 +1144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=str(RESULTS), help="where to write the JSON results")
     p.add_argument("--no-renice", action="store_true", help="do not run at nice -20 as root")
     p.add_argument("--keep", metavar="DIR", help="keep SIPp's files (logs, CSVs) in DIR")
+    p.add_argument(
+        "--no-gc-trace",
+        action="store_true",
+        help="do not time the daemon's garbage collections (bench/gctrace)",
+    )
     args = p.parse_args(argv)
     if shutil.which("sipp") is None:
         print("bench.control: sipp not found (apt-get install sip-tester)", file=sys.stderr)
@@ -1154,7 +1220,12 @@ def _run(
         print(f"-- control with no users: {empty['rss_mib']} MiB", flush=True)
         print(f"-- starting control with {users} users and 2 bearers", flush=True)
         sw = start_switch(
-            tmp / "switch", users, bearers=2, control_cpu=control_cpu, load_cpu=load_cpu
+            tmp / "switch",
+            users,
+            bearers=2,
+            control_cpu=control_cpu,
+            load_cpu=load_cpu,
+            gc_trace=not args.no_gc_trace,
         )
         out["switch"] = {
             "users_inserted_seconds": round(sw.users_seconds, 2),
