@@ -97,7 +97,7 @@ class MidCall:
         self, extra: tuple[ServerTransaction, Request], response: Response, now: float
     ) -> None:
         tx, request = extra
-        if tx.state is State.TERMINATED or (tx.last_response and tx.last_response.status >= 200):
+        if tx.state is State.TERMINATED or tx.status >= 200:
             return
         kind = response.get("Content-Type")
         self._reply(
