@@ -174,6 +174,9 @@ class ControlDaemon:
             log.info("waiting for the database to load users")
             await _first(self._loaded.wait(), self._stop.wait())
             if self._loaded.is_set() and not self._stop.is_set():
+                from softswitch import gctune
+
+                gctune.start(self.loop)  # the users are loaded: freeze them
                 await self._open_sip()
                 self._serving()
                 self._housekeeping()
