@@ -85,6 +85,7 @@ from bearer.session import Session
 from bearer.settings import load_bearer_config
 from softswitch.config import ConfigError, resolve_config_dir
 from softswitch.logsetup import LogSetup
+from softswitch.outbox import Outbox
 from softswitch.runtime import SocketFileError, remove_stale_socket
 from softswitch.sdnotify import Notifier
 
@@ -139,6 +140,9 @@ class BearerDaemon:
                 raise StartupError(f"{e} (required for control = udp:{address}:{port})") from None
         self.control_path: str | None = None
         self.control = self._open_control(kind, address, port)
+        # Replies and events control's full socket queue refused (EAGAIN):
+        # sent again, in order, on the next control read or tick (20 ms).
+        self.outbox = Outbox(self.control, self.drops, "send_")
         self.recordings_dir = Path(b.recordings_dir)
         try:
             self.recordings_dir.mkdir(parents=True, exist_ok=True)
@@ -334,6 +338,8 @@ class BearerDaemon:
         out["recordings_errors"] = self.writer.errors
         for name, n in self.drops.items():
             out[f"control_drop_{name}"] = n
+        out["control_send_deferred"] = self.outbox.deferred
+        out["control_send_waiting"] = len(self.outbox)
         for name, n in self.proto.counters.items():
             out[f"control_{name}"] = n
         return out
@@ -347,11 +353,12 @@ class BearerDaemon:
         self._flush()
 
     def _flush(self) -> None:
+        # EPOLLOUT would not help: Linux polls an unconnected UNIX datagram
+        # socket writable even while the receiver's queue is full.
+        outbox = self.outbox
+        outbox.flush()
         for data, peer in self.proto.datagrams_to_send():
-            try:
-                self.control.sendto(data, peer)
-            except OSError as e:
-                self.drops[f"send_{errno.errorcode.get(e.errno or 0, 'error')}"] += 1
+            outbox.send(data, peer)
 
     # ------------------------------------------------------------------ recordings
 
@@ -385,6 +392,8 @@ class BearerDaemon:
         if t is not None and now >= t:
             self.proto.handle_timer(now)
             self._flush()
+        elif len(self.outbox):
+            self.outbox.flush()
         self.notifier.watchdog(now)
         self.writer.pump()
 

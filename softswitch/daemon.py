@@ -63,6 +63,7 @@ from softswitch.core import DeleteBinding, SaveBinding, Switch, WriteCdr
 from softswitch.dbthread import DbFatal, DbThread, Loaded
 from softswitch.logsetup import LogSetup
 from softswitch.metrics import MetricsServer, make_registry
+from softswitch.outbox import Outbox
 from softswitch.runtime import SocketFileError, remove_stale_socket
 from softswitch.sdnotify import Notifier
 from softswitch.settings import load_control_config
@@ -88,6 +89,10 @@ MAX_TCP_BACKLOG = 1 << 20
 UDP_BATCH = 64
 #: Bearer datagrams read per wake-up, so SIP is never starved.
 BEARER_BATCH = 64
+#: Seconds before the first retry of datagrams a bearer's full socket queue
+#: refused (EAGAIN), doubling up to BEARER_RETRY_MAX while it stays full.
+BEARER_RETRY_FIRST = 0.001
+BEARER_RETRY_MAX = 0.016
 #: Timer wake-ups are at least this far apart, so thousands of transaction
 #: timers expiring a few microseconds apart cost a few wake-ups, not thousands
 #: (Linux "timer slack"; every SIP and bearer timer tolerates it).
@@ -135,6 +140,10 @@ class ControlDaemon:
         self._tcp: dict[tuple[str, int], SipTcp] = {}
         self._bearer_sock: socket.socket | None = None
         self._bearer_path: str | None = None
+        self._outbox: Outbox | None = None  # bearer datagrams waiting for room
+        self._outbox_timer: asyncio.TimerHandle | None = None
+        self._outbox_delay = BEARER_RETRY_FIRST
+        self._outbox_writer = False
         self._admin: AdminServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -228,6 +237,7 @@ class ControlDaemon:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._bearer_sock = sock
+        self._outbox = Outbox(sock, self.switch.drops, "bearer_send_")
         self.loop.add_reader(sock.fileno(), self._on_bearer)
 
     async def _open_sip(self) -> None:
@@ -352,16 +362,52 @@ class ControlDaemon:
         sw = self.switch
         for data, peer in sw.sip_datagrams_to_send():
             self._send_sip(data, peer)
-        sock = self._bearer_sock
-        for data, addr in sw.bearer_datagrams_to_send():
-            if sock is None:
-                break
-            try:
-                sock.sendto(data, addr)
-            except OSError as exc:  # a bearer not started yet: heartbeats will find it
-                sw.drops["bearer_send_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
+        outbox = self._outbox
+        if outbox is not None:
+            # A bearer's full queue (EAGAIN): the datagram waits in order
+            # for that bearer; one not started yet (ENOENT, ECONNREFUSED) is
+            # counted as a drop and found again by the heartbeats.
+            outbox.flush()
+            for data, addr in sw.bearer_datagrams_to_send():
+                outbox.send(data, addr)
+            if len(outbox):
+                self._retry_bearers_later()
         self._hand_to_db()
         self._rearm()
+
+    def _retry_bearers_later(self) -> None:
+        """Send the waiting bearer datagrams again soon.  UDP: when the socket
+        polls writable.  UNIX: on a timer, 1 ms doubling to 16 ms while no
+        bearer reads (poll says writable even while the receiver is full)."""
+        outbox = self._outbox
+        if outbox is None or self._bearer_sock is None:
+            return
+        if self.cfg.bearers.local[0] != "unix":
+            if not self._outbox_writer:
+                self._outbox_writer = True
+                self.loop.add_writer(self._bearer_sock.fileno(), self._retry_bearers)
+            return
+        if self._outbox_timer is None:
+            self._outbox_timer = self.loop.call_later(self._outbox_delay, self._retry_bearers)
+
+    def _retry_bearers(self) -> None:
+        self._outbox_timer = None
+        outbox = self._outbox
+        if outbox is None or self._bearer_sock is None:
+            return
+        before = len(outbox)
+        left = outbox.flush()
+        if left:
+            if left >= before:  # nobody read: wait longer
+                self._outbox_delay = min(self._outbox_delay * 2, BEARER_RETRY_MAX)
+            else:
+                self._outbox_delay = BEARER_RETRY_FIRST
+            self._retry_bearers_later()
+            return
+        self._outbox_delay = BEARER_RETRY_FIRST
+        if self._outbox_writer:
+            self._outbox_writer = False
+            self.loop.remove_writer(self._bearer_sock.fileno())
 
     def _send_sip(self, data: bytes, peer: Peer) -> None:
         if peer.transport == "tcp":
@@ -512,6 +558,7 @@ class ControlDaemon:
         if self._timer is not None:
             self._timer.cancel()
         if self._bearer_sock is not None:
+            self._close_outbox()
             self.loop.remove_reader(self._bearer_sock.fileno())
             self._bearer_sock.close()
             self._bearer_sock = None
@@ -525,6 +572,20 @@ class ControlDaemon:
             if not await self.loop.run_in_executor(None, db.stop, DB_STOP_TIMEOUT):
                 log.error("database writes lost at stop (%d dropped)", db.dropped)
         log.info("stopped")
+
+    def _close_outbox(self) -> None:
+        """Last try for bearer datagrams still waiting; the rest are counted."""
+        if self._outbox_timer is not None:
+            self._outbox_timer.cancel()
+            self._outbox_timer = None
+        if self._outbox_writer and self._bearer_sock is not None:
+            self._outbox_writer = False
+            self.loop.remove_writer(self._bearer_sock.fileno())
+        outbox = self._outbox
+        self._outbox = None
+        if outbox is not None and outbox.flush():
+            log.warning("%d bearer datagrams unsent at stop", len(outbox))
+            self.switch.drops["bearer_send_unsent_at_stop"] += len(outbox)
 
     def _hand_to_db(self) -> None:
         """The Switch's DB commands, to the DB thread's queue (never blocks)."""
