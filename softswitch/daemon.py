@@ -497,9 +497,16 @@ class ControlDaemon:
             "registrations": lambda args: self.switch.admin_registrations(time.time()),
             "calls": lambda args: self.switch.admin_calls(),
             "bearers": lambda args: self.switch.admin_bearers(),
-            "status": lambda args: self.switch.admin_status(time.time()),
+            "status": lambda args: self._admin_status(),
             "reload": lambda args: self.reload(from_admin=True),
         }
+
+    def _admin_status(self) -> dict[str, Any]:
+        status = self.switch.admin_status(time.time())
+        if self._outbox is not None:  # waited for a bearer's full queue: sent late, not lost
+            status["bearer_send_deferred"] = self._outbox.deferred
+            status["bearer_send_waiting"] = len(self._outbox)
+        return status
 
     def reload(self, from_admin: bool = False) -> dict[str, Any]:
         """SIGHUP / ``softswitchctl reload``: re-read the configuration, apply

@@ -98,6 +98,7 @@ def test_bearers_are_up_and_status_answers(switch: ControlProcess) -> None:
     assert status["state"] == "serving" and status["users"] == 2
     assert status["bearers_up"] == "2/2" and status["database"] == "ok"
     assert "feature_aiortc" in status
+    assert status["bearer_send_waiting"] == 0 and "bearer_send_deferred" in status
     assert switch.ctl("status").returncode == 0
 
 
