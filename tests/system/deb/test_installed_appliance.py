@@ -155,6 +155,15 @@ def test_install_creates_user_directories_and_key(machine: Container) -> None:
     assert machine.run(["python3", "-c", "import bearer"], check=False).returncode != 0
 
 
+def test_unix_datagram_queue_is_raised_for_the_daemons(machine: Container) -> None:
+    """usr/lib/sysctl.d/50-softswitch.conf, applied by postinst before the units
+    start (nspawn's private network lets the container set its own net.unix)."""
+    conf = machine.run(["cat", "/usr/lib/sysctl.d/50-softswitch.conf"]).stdout
+    assert re.search(r"^net\.unix\.max_dgram_qlen = 512$", conf, re.M), conf
+    qlen = machine.run(["cat", "/proc/sys/net/unix/max_dgram_qlen"]).stdout.strip()
+    assert qlen == "512"
+
+
 def test_units_verify_clean(machine: Container, bearers: list[int]) -> None:
     units = [CONTROL, TARGET, *(bearer(n) for n in bearers)]
     cp = machine.run(["systemd-analyze", "verify", *units], check=False)

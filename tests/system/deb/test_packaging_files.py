@@ -187,3 +187,20 @@ def test_system_test_fails_on_a_missing_tool_naming_the_package(monkeypatch) -> 
     )
     with pytest.raises(pytest.fail.Exception, match="apt-get install debootstrap util-linux"):
         harness.require_prerequisites()
+
+
+def test_sysctl_file_is_shipped_and_raises_the_unix_datagram_queue() -> None:
+    """The .deb raises net.unix.max_dgram_qlen (10 by default) for the control
+    channel; postinst applies it before the units start, tolerating a container."""
+    conf = (UNITS / "sysctl.d" / "50-softswitch.conf").read_text()
+    settings = dict(
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition("=") for line in conf.splitlines())
+        if k.strip() and not k.lstrip().startswith("#")
+    )
+    assert settings == {"net.unix.max_dgram_qlen": "512"}
+    install = (ROOT / "debian" / "softswitch.install").read_text().split("\n")
+    assert "systemd/sysctl.d/50-softswitch.conf usr/lib/sysctl.d/" in install
+    postinst = (ROOT / "debian" / "softswitch.postinst").read_text()
+    applied = postinst.index("systemd-sysctl /usr/lib/sysctl.d/50-softswitch.conf ||")
+    assert applied < postinst.index("#DEBHELPER#")  # before the units (re)start
