@@ -58,6 +58,10 @@ THRESHOLDS = (5_000, 10, 100)
 #: Seconds between re-freezes.
 REFREEZE_INTERVAL = 1.0
 
+#: Seconds between thaws: everything unfrozen and collected once, so that
+#: frozen cycles that died since (see the module docstring) are reclaimed.
+THAW_INTERVAL = 60.0
+
 
 def configure() -> None:
     """Raise the thresholds (cheap; call early, before a big load)."""
@@ -82,17 +86,34 @@ def refreeze() -> None:
     gc.freeze()
 
 
-def start(loop: Any, interval: float = REFREEZE_INTERVAL) -> None:
+def thaw() -> float:
+    """Unfreeze everything, collect it all and freeze the survivors again
+    (the one full collection of the whole heap); returns how long it took."""
+    gc.unfreeze()
+    return freeze()
+
+
+def start(
+    loop: Any, interval: float = REFREEZE_INTERVAL, thaw_interval: float = THAW_INTERVAL
+) -> None:
     """For a daemon whose start-up load is done: set the thresholds, freeze
-    what is loaded, and re-freeze every ``interval`` seconds on ``loop`` (an
-    asyncio loop)."""
+    what is loaded, re-freeze every ``interval`` seconds and thaw every
+    ``thaw_interval`` seconds on ``loop`` (an asyncio loop)."""
     configure()
     took = freeze()
     log.info("gc: %d objects frozen after the load (%.0f ms)", gc.get_freeze_count(), took * 1000)
+    every = max(1, round(thaw_interval / interval))
+    ticks = [0]
 
     def tick() -> None:
-        if not loop.is_closed():
+        if loop.is_closed():
+            return
+        ticks[0] += 1
+        if ticks[0] % every == 0:
+            took = thaw()
+            log.debug("gc: thawed, collected and refrozen in %.0f ms", took * 1000)
+        else:
             refreeze()
-            loop.call_later(interval, tick)
+        loop.call_later(interval, tick)
 
     loop.call_later(interval, tick)
