@@ -26,18 +26,26 @@ The standard cure for such servers (Instagram's, documented with
   (50,000: 11-100 ms), and survivors are frozen by the re-freeze anyway.
 
 Frozen objects are still freed by reference counting as usual; only a
-frozen *cycle* that later becomes garbage is never reclaimed.  The state
-that outlives a second here is meant to be cycle-free (transactions, calls,
-bindings hang off long-lived tables and point nowhere back), and the SIP
-transactions that linger for 32 s keep no parsed messages
-(softswitch/sip/transaction.py, ``_linger``).  Check RSS under load after
-changing such state: 2 minutes of REGISTERs at 1,500/s (20,000 users
-cycling) levelled at 264 MB once timer J's 32 s were full, then stayed flat.
+frozen *cycle* that later becomes garbage is never reclaimed.  Such cycles
+do exist: every parsed SDP body is one (MediaDescription.session points back
+at its SessionDescription), and a call alive at a re-freeze carries several,
+so 200 calls/s leaked about 0.5 MB/s.  Hence the thaw every THAW_INTERVAL
+(60 s): unfreeze, one full collection, freeze again.  It costs one pause of
+the whole heap's size a minute (about 350 ms with 100,000 users and
+bindings, which SIP retransmission timers absorb) and bounds what frozen
+cycles can hold to a minute's worth.  Removing the cycles at their source
+(a weak back-reference in sdp.py) would make the thaw unnecessary, but
+code relies on ``parse(body).media[0].direction`` reading through a
+temporary description (tests/unit/sip/test_sdp.py::test_is_hold).
+The SIP transactions that linger for 32 s keep no parsed messages
+(softswitch/sip/transaction.py, ``_linger``), so they add no cycles and
+little for collections to visit.
 
 Measured (bench/results/control.json, 100,000 users): before, 500
 REGISTERs/s, 100 calls/s, set-up delay p99 358 ms, full collections up to
-1.3 s; with this module and the transaction change, 2,500/s, 400 calls/s,
-p99 about 5 ms, no collection over 18 ms.
+1.3 s every 0.3-7 s; with this module and the transaction change, 2,000/s,
+300 calls/s, p99 6.1 ms (SIPp) / 3.9 ms (daemon), collections under 20 ms
+but for the thaw (without the thaw: 2,500/s, 400 calls/s, p99 5.0 ms).
 """
 
 from __future__ import annotations
