@@ -121,7 +121,7 @@ def test_media_timeout_is_reported_once(tmp_path: Path, phones: list[Phone]) -> 
         for _ in range(5):
             a.send(pa, b"\xff" * 160)
             b.send(pb, b"\xff" * 160)
-            time.sleep(0.02)
+            time.sleep(0.01)
         t0 = time.monotonic()
         ev = ctl.wait_event(lambda e: isinstance(e, MediaTimeout), timeout=4)
         assert ev.session_id == 3
@@ -144,7 +144,7 @@ def test_sigterm_during_recording_leaves_a_valid_wav(tmp_path: Path, phones: lis
         for i in range(50):
             a.send(pa, ulaw_encode(sig[i * 160 : (i + 1) * 160]).tobytes())
             b.send(pb, ulaw_encode(sig[i * 160 : (i + 1) * 160]).tobytes())
-            time.sleep(0.02)
+            time.sleep(0.01)
     finally:
         assert bp.stop(signal.SIGTERM) == 0, bp.log()
     path = bp.recordings / "interrupted.wav"
@@ -175,6 +175,10 @@ def test_survives_garbage_on_control_socket_and_rtp_port(
         noise.send_raw(pa, data)  # a stranger on the RTP port
         if i % 10 == 0:
             a.send_raw(pa, data[:11])  # the phone itself, too short for RTP
+        if i % 100 == 99:
+            # Paced, so the count measures the bearer, not the kernel's socket
+            # buffer overflowing on a loaded machine (which the bearer never sees).
+            time.sleep(0.01)
     time.sleep(0.5)
     while ctl._receive(0.2) is not None:  # error replies to authentic-but-bad requests
         pass
