@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from bearer.protocol import (
     Event,
     EventAck,
     Message,
+    Packet,
     ProtocolError,
     Stats,
     StatsReply,
@@ -90,19 +92,7 @@ class Control:
             r, _, _ = select.select([self.sock], [], [], 0.05)
             if not r:
                 continue
-            for _ in range(256):  # bounded batch
-                try:
-                    raw = self.sock.recv(65536, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
-                try:
-                    pkt = decode(raw)
-                except ProtocolError:
-                    continue
-                if isinstance(pkt.message, Event):
-                    self.sock.sendto(encode(EventAck(), pkt.request_id, self.epoch), self.path)
-                    self.events.append(pkt.message)
-                    continue
+            for pkt in self._receive_batch(256):
                 if not pkt.message.REPLY:
                     continue  # the bearer's heartbeats: its ids are not ours
                 entry = pending.pop(pkt.request_id, None)
@@ -111,14 +101,14 @@ class Control:
                     done += 1
         return replies  # type: ignore[return-value]
 
-    def pump(self) -> int:
-        """Ack whatever events arrived (non-blocking), so the bearer stops retransmitting."""
-        n = 0
-        for _ in range(1024):  # bounded batch
+    def _receive_batch(self, limit: int) -> Iterator[Packet]:
+        """Read what has arrived (at most `limit`, non-blocking): events are acked
+        and kept in self.events, everything else that decodes is yielded."""
+        for _ in range(limit):  # bounded batch
             try:
                 raw = self.sock.recv(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                break
+                return
             try:
                 pkt = decode(raw)
             except ProtocolError:
@@ -126,8 +116,15 @@ class Control:
             if isinstance(pkt.message, Event):
                 self.sock.sendto(encode(EventAck(), pkt.request_id, self.epoch), self.path)
                 self.events.append(pkt.message)
-                n += 1
-        return n
+                continue
+            yield pkt
+
+    def pump(self) -> int:
+        """Ack whatever events arrived (non-blocking), so the bearer stops retransmitting."""
+        before = len(self.events)
+        for _ in self._receive_batch(1024):
+            pass  # replies no request is waiting for
+        return len(self.events) - before
 
     def request(self, msg: Message) -> Message:
         return self.many([msg])[0]
