@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from softswitch.runtime import SocketFileError, remove_stale_socket
+from softswitch.runtime import SocketFileError, release_transport, remove_stale_socket
 
 log = logging.getLogger("softswitch.admin")
 
@@ -210,6 +210,7 @@ class AdminServer:
             if task is not None:
                 self._clients.discard(task)
             writer.close()
+            release_transport(writer.transport)
 
 
 class AdminClient:

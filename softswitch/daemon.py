@@ -64,7 +64,7 @@ from softswitch.dbthread import DbFatal, DbThread, Loaded
 from softswitch.logsetup import LogSetup
 from softswitch.metrics import MetricsServer, make_registry
 from softswitch.outbox import Outbox
-from softswitch.runtime import SocketFileError, remove_stale_socket
+from softswitch.runtime import SocketFileError, release_transport, remove_stale_socket
 from softswitch.sdnotify import Notifier
 from softswitch.settings import load_control_config
 from softswitch.sip.errors import SipError
@@ -680,6 +680,7 @@ class SipTcp(asyncio.Protocol):
         self._forget()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        release_transport(self.transport)
         self._forget()
 
     def _forget(self) -> None:

@@ -147,6 +147,25 @@ BindingKey = tuple[str, str, str]
 _BAD_ROW = (sa.exc.IntegrityError, sa.exc.DataError)
 
 
+# The statements run again and again, built once.  Building one per batch made reference
+# cycles (SQLAlchemy memoizes its cache key on the statement), and this
+# thread's objects are frozen with the rest of the heap (softswitch/gctune.py):
+# a cycle alive at a re-freeze and dropped later is never reclaimed.
+_DELETE_BINDING = sa.delete(registrations).where(
+    registrations.c.username == sa.bindparam("k_user"),
+    registrations.c.domain == sa.bindparam("k_domain"),
+    registrations.c.contact == sa.bindparam("k_contact"),
+)
+_INSERT_BINDING = sa.insert(registrations)
+_INSERT_CDR = sa.insert(cdrs)
+_COUNT_USERS = sa.select(sa.func.count()).select_from(users)
+_USER_IDS = sa.select(users.c.id)
+_USERS_BY_ID = sa.select(*USER_COLUMNS).where(users.c.id.in_(sa.bindparam("ids", expanding=True)))
+_PURGE_BINDINGS = sa.delete(registrations).where(
+    registrations.c.expires_at < sa.bindparam("now", type_=registrations.c.expires_at.type)
+)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -482,7 +501,7 @@ class DbThread:
                 self._reconcile(conn, changed, deleted)
         if self._polls % self._purge_every == 0:
             with self._engine.begin() as conn:
-                conn.execute(sa.delete(registrations).where(registrations.c.expires_at < started))
+                conn.execute(_PURGE_BINDINGS, {"now": started})
         self._last_poll_wall = started
         self._next_poll = time.monotonic() + self._sync_interval
         horizon = started - OVERLAP
@@ -502,17 +521,17 @@ class DbThread:
 
     def _reconcile(self, conn: Any, changed: list[User], deleted: list[Deleted]) -> None:
         """Catch rows inserted or deleted by hand without the change contract."""
-        count = conn.execute(sa.select(sa.func.count()).select_from(users)).scalar()
+        count = conn.execute(_COUNT_USERS).scalar()
         if count == len(self._known):
             return
-        ids = set(conn.execute(sa.select(users.c.id)).scalars())
+        ids = set(conn.execute(_USER_IDS).scalars())
         for gone in [i for i in self._known if i not in ids]:
             username, domain = self._known.pop(gone)
             deleted.append(Deleted(username, domain, gone))
         missing = sorted(ids.difference(self._known))
         for i in range(0, len(missing), 500):
             chunk = missing[i : i + 500]
-            for row in conn.execute(sa.select(*USER_COLUMNS).where(users.c.id.in_(chunk))):
+            for row in conn.execute(_USERS_BY_ID, {"ids": chunk}):
                 changed.append(self._remember(user_from_row(row), deleted))
         log.warning("user table changed without updated_at/tombstones; resynchronised")
 
@@ -563,22 +582,17 @@ class DbThread:
     def _write_bindings(
         conn: Any, chunk: list[tuple[tuple[str, str, str], Binding | None]]
     ) -> None:
-        r = registrations
         conn.execute(
-            sa.delete(r).where(
-                r.c.username == sa.bindparam("k_user"),
-                r.c.domain == sa.bindparam("k_domain"),
-                r.c.contact == sa.bindparam("k_contact"),
-            ),
+            _DELETE_BINDING,
             [{"k_user": k[0], "k_domain": k[1], "k_contact": k[2]} for k, _ in chunk],
         )
         rows = [binding_row(b) for _, b in chunk if b is not None]
         if rows:
-            conn.execute(sa.insert(r), rows)
+            conn.execute(_INSERT_BINDING, rows)
 
     @staticmethod
     def _write_cdrs(conn: Any, batch: list[Cdr]) -> None:
-        conn.execute(sa.insert(cdrs), [cdr_row(c) for c in batch])
+        conn.execute(_INSERT_CDR, [cdr_row(c) for c in batch])
 
     def _shutdown(self) -> None:
         """Drain the queue and write everything, retrying until the stop deadline."""

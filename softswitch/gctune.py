@@ -26,26 +26,26 @@ The standard cure for such servers (Instagram's, documented with
   (50,000: 11-100 ms), and survivors are frozen by the re-freeze anyway.
 
 Frozen objects are still freed by reference counting as usual; only a
-frozen *cycle* that later becomes garbage is never reclaimed.  Such cycles
-do exist: every parsed SDP body is one (MediaDescription.session points back
-at its SessionDescription), and a call alive at a re-freeze carries several,
-so 200 calls/s leaked about 0.5 MB/s.  Hence the thaw every THAW_INTERVAL
-(60 s): unfreeze, one full collection, freeze again.  It costs one pause of
-the whole heap's size a minute (about 350 ms with 100,000 users and
-bindings, which SIP retransmission timers absorb) and bounds what frozen
-cycles can hold to a minute's worth.  Removing the cycles at their source
-(a weak back-reference in sdp.py) would make the thaw unnecessary, but
-code relies on ``parse(body).media[0].direction`` reading through a
-temporary description (tests/unit/sip/test_sdp.py::test_is_hold).
-The SIP transactions that linger for 32 s keep no parsed messages
-(softswitch/sip/transaction.py, ``_linger``), so they add no cycles and
-little for collections to visit.
+frozen *cycle* that later becomes garbage is never reclaimed.  So the
+request and call paths make no reference cycles: parsed SDP used to be one
+(each media section pointed back at its description, about 2.5 KB per call
+leaked at 200 calls/s) until sdp.py gave the two a shared ``SessionLevel``
+instead, and tests/unit/control/test_no_cycles.py runs whole calls with the
+collector off and fails on any cyclic garbage.  The benchmark counts what
+the daemon's collections find under load (bench/gctrace): cycles made and
+dropped within a second are still collected there, so a path that starts
+making them shows up as a number, before it shows up as a leak.  The SIP
+transactions that linger for 32 s keep no parsed messages
+(softswitch/sip/transaction.py, ``_linger``), so they add little for
+collections to visit.
 
-Measured (bench/results/control.json, 100,000 users): before, 500
-REGISTERs/s, 100 calls/s, set-up delay p99 358 ms, full collections up to
-1.3 s every 0.3-7 s; with this module and the transaction change, 2,000/s,
-300 calls/s, p99 6.1 ms (SIPp) / 3.9 ms (daemon), collections under 20 ms
-but for the thaw (without the thaw: 2,500/s, 400 calls/s, p99 5.0 ms).
+An earlier version unfroze and collected the whole heap once a minute to
+reclaim such cycles: one pause of about 350 ms with 100,000 users loaded,
+which was the set-up delay's p99 (6.1 ms by SIPp, over the 5 ms budget).
+
+Measured (bench/results/control.json, 100,000 users): before this module,
+500 REGISTERs/s, 100 calls/s, set-up delay p99 358 ms, full collections up
+to 1.3 s every 0.3-7 s; the figures with it are in that file.
 """
 
 from __future__ import annotations
@@ -65,10 +65,6 @@ THRESHOLDS = (5_000, 10, 100)
 
 #: Seconds between re-freezes.
 REFREEZE_INTERVAL = 1.0
-
-#: Seconds between thaws: everything unfrozen and collected once, so that
-#: frozen cycles that died since (see the module docstring) are reclaimed.
-THAW_INTERVAL = 60.0
 
 
 def configure() -> None:
@@ -94,34 +90,18 @@ def refreeze() -> None:
     gc.freeze()
 
 
-def thaw() -> float:
-    """Unfreeze everything, collect it all and freeze the survivors again
-    (the one full collection of the whole heap); returns how long it took."""
-    gc.unfreeze()
-    return freeze()
-
-
-def start(
-    loop: Any, interval: float = REFREEZE_INTERVAL, thaw_interval: float = THAW_INTERVAL
-) -> None:
+def start(loop: Any, interval: float = REFREEZE_INTERVAL) -> None:
     """For a daemon whose start-up load is done: set the thresholds, freeze
-    what is loaded, re-freeze every ``interval`` seconds and thaw every
-    ``thaw_interval`` seconds on ``loop`` (an asyncio loop)."""
+    what is loaded and re-freeze every ``interval`` seconds on ``loop`` (an
+    asyncio loop)."""
     configure()
     took = freeze()
     log.info("gc: %d objects frozen after the load (%.0f ms)", gc.get_freeze_count(), took * 1000)
-    every = max(1, round(thaw_interval / interval))
-    ticks = [0]
 
     def tick() -> None:
         if loop.is_closed():
             return
-        ticks[0] += 1
-        if ticks[0] % every == 0:
-            took = thaw()
-            log.debug("gc: thawed, collected and refrozen in %.0f ms", took * 1000)
-        else:
-            refreeze()
+        refreeze()
         loop.call_later(interval, tick)
 
     loop.call_later(interval, tick)

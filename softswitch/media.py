@@ -178,9 +178,7 @@ def offer_for(
 ) -> SessionDescription:
     """``sd`` as offered on the other leg: ``codecs`` only, media on the bearer."""
     out = sd.copy()
-    md = filter_codecs(sd.media[index], codecs)
-    md.session = out
-    out.media[index] = md
+    out.media[index] = out.adopt(filter_codecs(sd.media[index], codecs))
     return rewrite_for_relay(out, address, {index: port}, origin=origin)
 
 

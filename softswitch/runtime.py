@@ -4,6 +4,9 @@
 file (control's bearer socket and admin socket, each bearer's control socket):
 a file left behind by a process that died is removed, a socket somebody still
 serves is never taken over, and any other file is never deleted.
+
+``release_transport`` is what softswitch-control does with every closed
+asyncio connection (SIP over TCP, the admin socket): see there.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import socket
 import stat
 from pathlib import Path
 
-__all__ = ["SocketFileError", "remove_stale_socket"]
+__all__ = ["SocketFileError", "release_transport", "remove_stale_socket"]
 
 
 class SocketFileError(Exception):
@@ -56,3 +59,19 @@ def remove_stale_socket(
     finally:
         probe.close()
     raise SocketFileError(f"{path}: {owner} is serving this socket")
+
+
+def release_transport(transport: object) -> None:
+    """Break the reference cycle a closed asyncio socket transport keeps.
+
+    CPython's selector transports (3.8 to 3.13 at least) hold a bound method
+    of themselves, ``_read_ready_cb``: each connection is a reference cycle,
+    which only the cyclic collector frees.  softswitch-control freezes its
+    heap (softswitch/gctune.py), and a frozen cycle is never collected, so a
+    TCP connection that lived through a re-freeze would leak its transport
+    and socket when it closed.  Call this once the transport is closed (its
+    reader is removed then, so the callback can never run again); a
+    transport without the attribute (uvloop's) is left alone.
+    """
+    if getattr(transport, "_read_ready_cb", None) is not None:
+        transport._read_ready_cb = None  # type: ignore[attr-defined]

@@ -66,6 +66,7 @@ __all__ = [
     "Origin",
     "SdpError",
     "SessionDescription",
+    "SessionLevel",
     "Timing",
     "parse_rtpmap",
     "payload_type_of",
@@ -279,13 +280,42 @@ def _is_rtp(proto: str) -> bool:
     return "RTP/" in proto.upper()
 
 
+class SessionLevel:
+    """The session-level c= and a= lines, shared by a description and its
+    media sections (which inherit the address and the direction from them).
+
+    A ``SessionDescription`` keeps its ``connection`` and ``attributes`` here,
+    so assigning either is seen at once by every section.
+    """
+
+    __slots__ = ("attributes", "connection")
+
+    def __init__(
+        self, connection: Connection | None, attributes: list[tuple[str, str | None]]
+    ) -> None:
+        self.connection = connection
+        self.attributes = attributes
+
+    @property
+    def direction(self) -> str:
+        """Session-level direction attribute, sendrecv if none (RFC 4566 §6)."""
+        for key, _ in self.attributes:
+            if key in DIRECTIONS:
+                return key
+        return "sendrecv"
+
+
 @dataclass(slots=True, kw_only=True)
 class MediaDescription:
     """One m= section (RFC 4566 §5.14) and the lines under it.
 
-    ``session`` points back at the enclosing description, for what a media
-    section inherits from the session level: the c= address and the direction
-    attribute.  ``SessionDescription`` sets it; it is not compared or printed.
+    ``session_level`` is what the section inherits from its description: the
+    session-level c= and a= lines (for the address and the direction).  It is
+    an object the description shares with its sections, not a reference back
+    to the description, so parsed SDP holds no reference cycle: the control
+    daemon freezes its heap (softswitch/gctune.py), and a frozen cycle that
+    dies is never reclaimed.  ``SessionDescription`` sets it; it is not
+    compared or printed.
     """
 
     media: str
@@ -297,7 +327,7 @@ class MediaDescription:
     bandwidths: list[Bandwidth] = field(default_factory=list)
     attributes: list[tuple[str, str | None]] = field(default_factory=list)
     extra_lines: list[tuple[str, str]] = field(default_factory=list)
-    session: SessionDescription | None = field(default=None, repr=False, compare=False)
+    session_level: SessionLevel | None = field(default=None, repr=False, compare=False)
 
     # -- attributes -------------------------------------------------------
 
@@ -321,7 +351,7 @@ class MediaDescription:
         """Media-level c= wins over the session's (RFC 4566 §5.7, RFC 5118 §4.6)."""
         if self.connections:
             return self.connections[0]
-        return self.session.connection if self.session is not None else None
+        return self.session_level.connection if self.session_level is not None else None
 
     @property
     def effective_address(self) -> str | None:
@@ -338,8 +368,8 @@ class MediaDescription:
         for key, _ in self.attributes:
             if key in DIRECTIONS:
                 return key
-        if self.session is not None:
-            return self.session.direction
+        if self.session_level is not None:
+            return self.session_level.direction
         return "sendrecv"
 
     @property
@@ -433,7 +463,7 @@ class MediaDescription:
             bandwidths=list(self.bandwidths),
             attributes=list(self.attributes),
             extra_lines=list(self.extra_lines),
-            session=self.session,
+            session_level=self.session_level,
         )
 
     def lines(self) -> list[str]:
@@ -454,31 +484,104 @@ class MediaDescription:
 _SESSION_BEFORE_C = "iuep"  # RFC 4566 §5: v o s i u e p c b t r z k a
 
 
-@dataclass(slots=True, kw_only=True)
 class SessionDescription:
-    """A whole SDP body (RFC 4566 §5)."""
+    """A whole SDP body (RFC 4566 §5).
 
-    origin: Origin
-    version: int = 0
-    name: str | None = "-"
-    connection: Connection | None = None
-    bandwidths: list[Bandwidth] = field(default_factory=list)
-    timing: list[Timing] = field(default_factory=lambda: [Timing()])
-    attributes: list[tuple[str, str | None]] = field(default_factory=list)
-    media: list[MediaDescription] = field(default_factory=list)
-    extra_lines: list[tuple[str, str]] = field(default_factory=list)
+    A plain class rather than a dataclass only because ``connection`` and
+    ``attributes`` live in the ``SessionLevel`` it shares with its media
+    sections (see ``MediaDescription``); it compares and prints like one.
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = (
+        "bandwidths",
+        "extra_lines",
+        "media",
+        "name",
+        "origin",
+        "session_level",
+        "timing",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        origin: Origin,
+        version: int = 0,
+        name: str | None = "-",
+        connection: Connection | None = None,
+        bandwidths: list[Bandwidth] | None = None,
+        timing: list[Timing] | None = None,
+        attributes: list[tuple[str, str | None]] | None = None,
+        media: list[MediaDescription] | None = None,
+        extra_lines: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.origin = origin
+        self.version = version
+        self.name = name
+        self.bandwidths = bandwidths if bandwidths is not None else []
+        self.timing = timing if timing is not None else [Timing()]
+        self.media = media if media is not None else []
+        self.extra_lines = extra_lines if extra_lines is not None else []
+        self.session_level = SessionLevel(connection, attributes if attributes is not None else [])
         for md in self.media:
-            md.session = self
+            md.session_level = self.session_level
+
+    @property
+    def connection(self) -> Connection | None:
+        """The session-level c= line, inherited by sections without their own."""
+        return self.session_level.connection
+
+    @connection.setter
+    def connection(self, value: Connection | None) -> None:
+        self.session_level.connection = value
+
+    @property
+    def attributes(self) -> list[tuple[str, str | None]]:
+        """The session-level a= lines in order, as ``(name, value | None)``."""
+        return self.session_level.attributes
+
+    @attributes.setter
+    def attributes(self, value: list[tuple[str, str | None]]) -> None:
+        self.session_level.attributes = value
 
     @property
     def direction(self) -> str:
         """Session-level direction attribute, sendrecv if none (RFC 4566 §6)."""
-        for key, _ in self.attributes:
-            if key in DIRECTIONS:
-                return key
-        return "sendrecv"
+        return self.session_level.direction
+
+    def adopt(self, md: MediaDescription) -> MediaDescription:
+        """Make ``md`` inherit this description's session level; returns it
+        (for a section put into ``media`` after construction)."""
+        md.session_level = self.session_level
+        return md
+
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.origin,
+            self.version,
+            self.name,
+            self.connection,
+            self.bandwidths,
+            self.timing,
+            self.attributes,
+            self.media,
+            self.extra_lines,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, SessionDescription)
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        names = ("origin", "version", "name", "connection", "bandwidths", "timing")
+        names += ("attributes", "media", "extra_lines")
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._key(), strict=True))
+        return f"SessionDescription({inner})"
 
     def copy(self) -> SessionDescription:
         """A copy whose media and lists can be changed without touching this one."""
