@@ -60,7 +60,8 @@ daemon starts, so it loads them as it would in production.
     drained, but the completed transactions still held for Timer J, 32 s
     on UDP); and after a restart, users and registrations restored from
     the database: what is held, without the registration traffic's
-    transient state.  The last one is the figure.
+    transient state.  That one is the figure.  Last, the same once the calls
+    of (b) and (c) are over: their growth per call shows a leak.
 
 Per step: target and achieved rate, successes/failures/retransmissions,
 response time p50/p99, CPU % of softswitch-control (all threads, /proc), of
@@ -68,8 +69,11 @@ the SIPp processes (rusage) and of the bearers, the daemon's counters, and
 its garbage-collector pauses: unless --no-gc-trace, the daemon starts with
 bench/gctrace/ first on its PYTHONPATH, a sitecustomize that times each
 collection through ``gc.callbacks`` (about a microsecond each) and logs the
-ones over 1 ms; a step reports those over 10 ms (count, how many were full
-gen2 collections, the longest, the total).
+ones over 1 ms or that found cyclic garbage; a step reports those over
+10 ms (count, how many were full gen2 collections, the longest, the total)
+and the objects all collections found (``cyclic_garbage_objects``): the
+request and call paths should make no reference cycles at all, which the
+daemon's frozen heap could never reclaim (softswitch/gctune.py).
 Results go to bench/results/control.json with the load average and CPU
 pressure before and after (``machine_busy`` when the load exceeded the two
 cores we use).
@@ -283,26 +287,32 @@ class Switch:
         return time.monotonic() - t0
 
     def gc_pauses(self, since: float, until: float) -> dict[str, Any] | None:
-        """The daemon's garbage collections longer than 10 ms in [since, until] (epoch s)."""
+        """The daemon's garbage collections in [since, until] (epoch s): those
+        longer than 10 ms, and the cyclic garbage all of them found."""
         if self.gc_log is None:
             return None
         pauses = []
+        collected = 0
         try:
             lines = self.gc_log.read_text().splitlines()
         except OSError:
             return None
         for line in lines:
-            try:
-                stamp, gen, ms = line.split()
-            except ValueError:
+            fields = line.split()
+            if len(fields) != 4:
                 continue
-            if since <= float(stamp) <= until and float(ms) > 10:
-                pauses.append((int(gen), float(ms)))
+            stamp, gen, ms, found = float(fields[0]), int(fields[1]), float(fields[2]), fields[3]
+            if not since <= stamp <= until:
+                continue
+            collected += int(found)
+            if ms > 10:
+                pauses.append((gen, ms))
         return {
             "over_10ms": len(pauses),
             "gen2": sum(1 for g, _ in pauses if g == 2),
             "max_ms": round(max((ms for _, ms in pauses), default=0.0), 1),
             "total_ms": round(sum(ms for _, ms in pauses), 1),
+            "cyclic_garbage_objects": collected,
         }
 
     def stop(self) -> dict[str, Any]:
@@ -1130,6 +1140,31 @@ def rss_row(sw: Switch, what: str) -> dict[str, Any]:
     }
 
 
+def after_calls_rss(sw: Switch, before: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """RSS once every call of (b) and (c) is over and its transactions gone,
+    against the restored state before them: what calls leave behind.
+
+    softswitch-control freezes its heap (softswitch/gctune.py), so a
+    reference cycle made by a call would never be reclaimed; this row is the
+    end-to-end check that calls leak nothing (the CPython allocator keeps
+    some freed memory, so a few MiB of growth is not a leak; a leak grows
+    with the number of calls).
+    """
+    time.sleep(LINGER_SECONDS)
+    row = rss_row(sw, f"after the calls of (b) and (c), and {LINGER_SECONDS} s for Timer J")
+    steps = [*out["calls"]["steps"], out["setup_delay"]["step"]]
+    calls = sum(int(r.get("successful", 0)) for r in steps)
+    grew = row["rss_mib"] - before["rss_mib"]
+    row["calls_since_restart"] = calls
+    row["grew_mib"] = round(grew, 1)
+    row["grew_bytes_per_call"] = round(grew * 1024 * 1024 / calls) if calls else None
+    return row
+
+
+#: Seconds for finished transactions to go (Timer J, 64*T1 = 32 s) and a margin.
+LINGER_SECONDS = 35
+
+
 # ------------------------------------------------------------------------------------- main
 
 
@@ -1279,6 +1314,8 @@ def _run(
                 sw, callee, float(plan["delay_seconds"]), 0, users, args.hold_ms, workdir
             )
             wait_calls_gone(sw)
+            rss["after_calls"] = after_calls_rss(sw, rss["users_registered"], out)
+            print(json.dumps(rss["after_calls"]), flush=True)
         finally:
             stopped = sw.stop()
             out["stop"] = stopped
