@@ -789,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     features = _features()
     log.info("%s", features_text(features))
+    if not cfg.bearers.endpoints:
+        log.warning("no bearers configured ([bearers] endpoints): every call will get 503")
     daemon = ControlDaemon(
         cfg, config_path, required=required, key=key, logs=logs, features=features
     )

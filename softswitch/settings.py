@@ -7,6 +7,7 @@ etc/softswitch/softswitch.conf is rendered from this list (see
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from softswitch.config import (
     Value,
     boolean,
     choice,
+    either,
     endpoint,
     integer,
     ip_address,
@@ -186,9 +188,10 @@ CONTROL_OPTIONS: list[Option] = [
     Option(
         "bearers",
         "endpoints",
-        listof(endpoint),
-        ["unix:/run/softswitch/bearer-0.sock", "unix:/run/softswitch/bearer-1.sock"],
-        "Bearer control endpoints: unix:/path (same host) or udp:host:port (HMAC).",
+        either(choice("auto"), listof(endpoint)),
+        "auto",
+        'Bearer control endpoints: "auto" (the bearers this host runs, per bearer.conf '
+        "beside this file) or a list of unix:/path (same host) and udp:host:port (HMAC).",
     ),
     Option(
         "bearers",
@@ -258,8 +261,37 @@ HEADER = """\
 
 
 def load_control_config(path: str | Path, **kwargs: object) -> SimpleNamespace:
-    """softswitch.conf as attribute namespaces, with defaults filled in."""
-    return load(path, CONTROL_OPTIONS, **kwargs)  # type: ignore[arg-type]
+    """softswitch.conf as attribute namespaces, with defaults filled in
+    (``[bearers] endpoints = "auto"`` resolved to a list: see there)."""
+    cfg = load(path, CONTROL_OPTIONS, **kwargs)  # type: ignore[arg-type]
+    if cfg.bearers.endpoints == "auto":
+        cfg.bearers.endpoints = local_bearer_endpoints(Path(path).parent / "bearer.conf")
+    return cfg
+
+
+#: Bearer instances "auto" means at most (softswitch-generator's max_auto).
+MAX_AUTO_INSTANCES = 2
+
+
+def local_bearer_endpoints(bearer_conf: Path) -> list[tuple[str, str, int]]:
+    """The control endpoints of the bearers this host runs, by the rule
+    systemd/softswitch-generator applies to the same file: [bearer]
+    instances "auto" is one per online core, at most MAX_AUTO_INSTANCES;
+    "none" is none; a list is those instances.  Each one's endpoint is its
+    [bearer] control with %i (or the UDP port offset) for the instance.
+
+    Why not a fixed pair: a one-core host runs only bearer@0, and a fixed
+    bearer-1 would show as down forever.  A missing bearer.conf means its
+    defaults (a control-only install keeps the file, with "none").
+    """
+    from bearer.settings import load_bearer_config  # the bearer's own schema
+
+    instances = load_bearer_config(bearer_conf, 0).bearer.instances
+    if instances == "auto":
+        instances = range(min(os.cpu_count() or 1, MAX_AUTO_INSTANCES))
+    elif instances == "none":
+        instances = []
+    return [load_bearer_config(bearer_conf, n).bearer.control for n in instances]
 
 
 if __name__ == "__main__":

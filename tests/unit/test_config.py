@@ -1,5 +1,6 @@
 """Config files (TOML): shipped defaults match the schema; errors name file, line, key, type."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -43,12 +44,52 @@ def test_shipped_files_load_to_the_defaults():
     assert cfg.sip.digest_algorithms == ["SHA-256", "MD5"]
     assert cfg.log.sip_trace is False
     assert cfg.database.sync_interval == 2.0 and isinstance(cfg.database.sync_interval, float)
-    assert cfg.bearers.endpoints == [
-        ("unix", "/run/softswitch/bearer-0.sock", 0),
-        ("unix", "/run/softswitch/bearer-1.sock", 0),
+    assert cfg.bearers.endpoints == [  # "auto": one bearer per core, at most two
+        ("unix", f"/run/softswitch/bearer-{n}.sock", 0) for n in range(min(os.cpu_count(), 2))
     ]
     assert cfg.bearers.local == ("unix", "/run/softswitch/control.sock", 0)
     assert load_bearer_config(ETC / "bearer.conf", 0).bearer.instances == "auto"
+
+
+ZERO, ONE = "unix:/run/softswitch/bearer-0.sock", "unix:/run/softswitch/bearer-1.sock"
+
+
+@pytest.mark.parametrize(
+    ("bearer_conf", "cores", "expected"),
+    [
+        (None, 1, [ZERO]),  # the one-core host: no bearer-1
+        (None, 8, [ZERO, ONE]),
+        ('[bearer]\ninstances = "none"\n', 4, []),
+        (
+            '[bearer]\ninstances = [0, 3]\ncontrol = "unix:/run/b-%i.sock"\n',
+            1,
+            ["unix:/run/b-0.sock", "unix:/run/b-3.sock"],
+        ),
+        (
+            '[bearer]\ncontrol = "udp:10.0.0.2:7700"\n',
+            2,
+            ["udp:10.0.0.2:7700", "udp:10.0.0.2:7701"],
+        ),
+    ],
+)
+def test_auto_bearer_endpoints_are_the_bearers_this_host_runs(
+    tmp_path, monkeypatch, bearer_conf, cores, expected
+):
+    """softswitch-generator starts bearers by bearer.conf; control must look
+    for exactly those, or a one-core host shows a bearer-1 down forever."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if bearer_conf is not None:
+        (tmp_path / "bearer.conf").write_text(bearer_conf)
+    (tmp_path / "softswitch.conf").write_text('[bearers]\nendpoints = "auto"\n')
+    cfg = load_control_config(tmp_path / "softswitch.conf")
+    shown = [f"{k}:{a}" if k == "unix" else f"{k}:{a}:{p}" for k, a, p in cfg.bearers.endpoints]
+    assert shown == expected
+
+
+def test_auto_bearer_endpoints_report_a_bad_bearer_conf_by_name(tmp_path):
+    (tmp_path / "bearer.conf").write_text('[bearer]\ninstances = "some"\n')
+    with pytest.raises(ConfigError, match=r"bearer.conf:2: \[bearer\] instances"):
+        load_control_config(tmp_path / "softswitch.conf")
 
 
 def test_missing_file_gives_defaults_unless_required(tmp_path):
