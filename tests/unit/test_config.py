@@ -298,3 +298,10 @@ def test_bearer_instances_get_their_own_socket_and_port_slice(tmp_path):
     assert zero.advertised_address == "127.0.0.1"
     conf.write_text('[bearer]\ninstances = "None"\n')
     assert load_bearer_config(conf, 0).bearer.instances == "none"
+
+
+def test_auto_means_as_many_bearers_for_control_as_for_the_generator():
+    from softswitch.settings import MAX_AUTO_INSTANCES
+
+    generator = Path(__file__).parents[2] / "systemd" / "softswitch-generator"
+    assert f"\nmax_auto={MAX_AUTO_INSTANCES}\n" in generator.read_text()
