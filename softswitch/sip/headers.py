@@ -369,10 +369,10 @@ def parse_address(text: str, what: str) -> Address:
         m = _FASTEST_NAME_ADDR_RE.fullmatch(text)
         if m is not None:
             quoted, tokens, scheme, user, password, host, port, params, tag = m.groups()
-            uri = fast_sip_uri(scheme, user, password, host, port, params)
-            if uri is not None:
+            fast = fast_sip_uri(scheme, user, password, host, port, params)
+            if fast is not None:
                 return Address(
-                    uri,
+                    fast,
                     tokens if quoted is None else quoted,
                     {} if tag is None else {"tag": tag},
                 )
@@ -380,9 +380,9 @@ def parse_address(text: str, what: str) -> Address:
     if m is not None:
         g = m.groups()
         end = m.end()
-        uri = sip_uri_from_groups(g[2].lower(), g[3:], text[m.start(3) : end], f"{what} header")
+        sip = sip_uri_from_groups(g[2].lower(), g[3:], text[m.start(3) : end], f"{what} header")
         return Address(
-            uri,
+            sip,
             g[1] if g[0] is None else g[0],
             parse_params(text[end:], what) if end < len(text) else {},
         )

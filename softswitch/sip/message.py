@@ -185,7 +185,7 @@ class Message:
         """Replace every ``name`` header with one, where the first one was."""
         name = self._edit(name, value)
         pos = None
-        kept = []
+        kept: list[list[str]] = []
         for _i, h in enumerate(self.headers):
             if _same(h[0], name):
                 if pos is None:

@@ -371,6 +371,7 @@ def create_answer(
             )
             continue
         accepted += 1
+        assert port is not None, "usable, so common, only with a port"
         attrs: list[tuple[str, str | None]] = []
         for codec in common:
             attrs.append(("rtpmap", f"{codec.pt} {codec.encoding}"))

@@ -578,8 +578,10 @@ class SessionDescription:
     __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
     def __repr__(self) -> str:
-        names = ("origin", "version", "name", "connection", "bandwidths", "timing")
-        names += ("attributes", "media", "extra_lines")
+        names = (
+            *("origin", "version", "name", "connection", "bandwidths", "timing"),
+            *("attributes", "media", "extra_lines"),
+        )
         inner = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._key(), strict=True))
         return f"SessionDescription({inner})"
 

@@ -297,7 +297,10 @@ class State(IntEnum):
 # Short names for the transition tables below.
 _S, _In = State, Input
 
-Action = Callable[["Transaction", "Request | Response | None", float, list], None]
+# An action's message is a Response, a Request or None depending on the input
+# that selected it, and its self is the machine whose table holds it: a
+# dependency on the key that a dict type cannot state, hence the "...".
+Action = Callable[..., None]
 Table = dict[tuple[State, Input], tuple[State, Action | None]]
 
 
@@ -410,6 +413,12 @@ class Transaction:
     def _send(self, data: bytes) -> None:
         self._layer._outgoing.append((data, self.peer))
 
+    def _send_wire(self) -> None:
+        """Send the request (client) or the last response (server) again;
+        only states that keep the bytes (see _linger) retransmit."""
+        assert self._wire is not None, f"{self!r} has nothing to retransmit"
+        self._layer._outgoing.append((self._wire, self.peer))
+
     # Actions shared by several machines.
 
     def _absorb(self, msg: object, now: float, events: list) -> None:
@@ -439,10 +448,13 @@ class ClientTransaction(Transaction):
         request: same Request-URI, one Via equal to the request's top Via (so
         same branch), From, Call-ID, CSeq number, Route set."""
         req = self.request
+        assert req is not None, "ACK and CANCEL are built before the transaction lingers"
+        from_ = req.get("From")
+        assert from_ is not None, "a request we sent has a From"
         headers = [
             ["Via", _top_via_text(req)],
             ["Max-Forwards", "70"],
-            ["From", req.get("From")],
+            ["From", from_],
             ["To", to],
             ["Call-ID", req.call_id],
             ["CSeq", f"{req.cseq} {method}"],
@@ -468,7 +480,7 @@ class ClientInviteTransaction(ClientTransaction):
 
     def _start(self, now: float) -> None:
         self._ack: bytes | None = None  # our ACK for a non-2xx final, once built
-        self._send(self._wire)
+        self._send_wire()
         timers = self._layer.timers
         if not self.reliable:
             self._interval = timers.a
@@ -478,10 +490,13 @@ class ClientInviteTransaction(ClientTransaction):
     def create_cancel(self) -> Request:
         """The CANCEL for this INVITE (§9.1). Send it with send_request(); by
         §9.1 only once a provisional response has arrived (state PROCEEDING)."""
-        return self._copy_for("CANCEL", self.request.get("To"))
+        assert self.request is not None, "a lingering INVITE cannot be cancelled"
+        to = self.request.get("To")
+        assert to is not None, "a request we sent has a To"
+        return self._copy_for("CANCEL", to)
 
     def _retransmit(self, msg: None, now: float, events: list) -> None:
-        self._send(self._wire)
+        self._send_wire()
         self._layer.stats.retransmitted += 1
         self._interval *= 2
         self._arm(Input.TIMER_A, self._interval, now)
@@ -497,12 +512,15 @@ class ClientInviteTransaction(ClientTransaction):
 
     def _complete(self, msg: Response, now: float, events: list) -> None:
         self._cancel(Input.TIMER_A, Input.TIMER_B)
-        self._ack = bytes(self._copy_for("ACK", msg.get("To")))
+        to = msg.get("To")
+        assert to is not None, "the parser refuses a response without To"
+        self._ack = bytes(self._copy_for("ACK", to))
         self._send(self._ack)
         self._arm(Input.TIMER_D, self._layer.timers.d(self.reliable), now)
         self._pass_up(msg, now, events)
 
     def _resend_ack(self, msg: Response, now: float, events: list) -> None:
+        assert self._ack is not None, "COMPLETED is entered by _complete, which builds it"
         self._send(self._ack)
         self._layer.stats.retransmitted += 1
         self._layer.stats.absorbed += 1
@@ -545,7 +563,7 @@ class ClientNonInviteTransaction(ClientTransaction):
     LINGER = frozenset((State.COMPLETED,))
 
     def _start(self, now: float) -> None:
-        self._send(self._wire)
+        self._send_wire()
         timers = self._layer.timers
         if not self.reliable:
             self._interval = timers.e
@@ -553,13 +571,13 @@ class ClientNonInviteTransaction(ClientTransaction):
         self._arm(Input.TIMER_F, timers.f, now)
 
     def _retransmit_trying(self, msg: None, now: float, events: list) -> None:
-        self._send(self._wire)
+        self._send_wire()
         self._layer.stats.retransmitted += 1
         self._interval = min(2 * self._interval, self._layer.timers.t2)
         self._arm(Input.TIMER_E, self._interval, now)
 
     def _retransmit_proceeding(self, msg: None, now: float, events: list) -> None:
-        self._send(self._wire)
+        self._send_wire()
         self._layer.stats.retransmitted += 1
         self._interval = self._layer.timers.t2
         self._arm(Input.TIMER_E, self._interval, now)
@@ -640,7 +658,7 @@ class ServerInviteTransaction(ServerTransaction):
         self._arm(Input.TIMER_H, timers.h, now)
 
     def _retransmit(self, msg: None, now: float, events: list) -> None:
-        self._send(self._wire)
+        self._send_wire()
         self._layer.stats.retransmitted += 1
         self._interval = min(2 * self._interval, self._layer.timers.t2)
         self._arm(Input.TIMER_G, self._interval, now)
@@ -771,6 +789,7 @@ def _to_tag_matches(tx: Transaction, request: Request) -> bool:
     if request.method == "ACK":
         sent = tx.last_response
         return sent is not None and request.to.tag == sent.to.tag
+    assert tx.request is not None, "RFC 2543 transactions keep their request (_linger)"
     return request.to.tag == tx.request.to.tag
 
 
@@ -899,11 +918,12 @@ class TransactionLayer:
         and should not have to race the transaction's lifetime.
         """
         if isinstance(tx_or_request, ServerTransaction):
-            tx: ServerTransaction | None = tx_or_request
+            tx = tx_or_request
         else:
-            tx = self.find_server(tx_or_request)
-            if tx is None:
+            found = self.find_server(tx_or_request)
+            if found is None:
                 raise LookupError("no server transaction for this request")
+            tx = found
         if tx.state is State.TERMINATED:
             if tx.is_invite and 200 <= response.status < 300:
                 self._outgoing.append((bytes(response), tx.peer))
