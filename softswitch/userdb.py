@@ -42,7 +42,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
 #: Bumped whenever a table changes; `create_schema` refuses a newer database.
-SCHEMA_VERSION = 1
+#: 2: ``cdrs.uid``, so a CDR replayed from the DB thread's journal is not written twice.
+SCHEMA_VERSION = 2
 
 #: Seconds of re-read overlap for ``updated_at`` polling (see module doc).
 OVERLAP = 5.0
@@ -139,6 +140,9 @@ cdrs = sa.Table(
     sa.Column("b_packets", sa.Integer, nullable=False, default=0),
     sa.Column("b_lost", sa.Integer, nullable=False, default=0),
     sa.Column("b_jitter_ms", sa.Float, nullable=False, default=0.0),
+    # Set by the DB thread (softswitch/spool.py); NULL in rows written before version 2.
+    sa.Column("uid", sa.String(32), nullable=True),
+    sa.Index("uq_cdrs_uid", "uid", unique=True),
     **_MYSQL,
 )
 
@@ -225,9 +229,23 @@ def create_schema(engine: Engine) -> int:
             conn.execute(
                 sa.insert(schema_version).values(id=1, version=SCHEMA_VERSION, updated_at=now)
             )
-        elif found < SCHEMA_VERSION:  # future migrations go here, oldest first
+        elif found < SCHEMA_VERSION:
+            if found < 2:
+                _add_cdr_uid(conn)
             conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION, updated_at=now))
     return SCHEMA_VERSION
+
+
+def _add_cdr_uid(conn: Connection) -> None:
+    """Migration 1 -> 2: ``cdrs.uid`` and its unique index (NULL for the old rows)."""
+    if "uid" in {c["name"] for c in sa.inspect(conn).get_columns("cdrs")}:
+        return
+    column = cdrs.c.uid
+    kind = column.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE cdrs ADD COLUMN {column.name} {kind} NULL"))
+    for index in cdrs.indexes:
+        if index.name == "uq_cdrs_uid":
+            index.create(conn)
 
 
 @dataclass(frozen=True, slots=True)
