@@ -654,6 +654,7 @@ class Switch:
             "database": _db_text(db, self.loaded),
             "db_queued": 0 if db is None else db.queued,
             "db_dropped": 0 if db is None else db.dropped,
+            "db_spool_errors": 0 if db is None else db.spool_errors,
             "transactions": len(self.layer),
         }
         for name, available in sorted(self.features.items()):

@@ -34,8 +34,17 @@ exponential backoff; when a retry succeeds it writes the backlog, reports
 own merits (IntegrityError, DataError) is dropped and counted so that it
 cannot block the rows behind it.
 
+Every write the thread takes off its queue is journaled first (one write(2)
+per wake-up, softswitch/spool.py) and the journal is emptied whenever nothing
+is pending, so a crash of the daemon loses nothing that was handed over: the
+next DB thread replays what it finds in `spool_dir` into the database before
+it loads (CDRs carry a ``uid`` so that one committed just before the crash is
+not written twice). A journal that cannot be written is logged, counted
+(`spool_errors`) and switched off until it can be again; writes go on.
+
 `stop(timeout)` (the SIGTERM path) writes everything pending, retrying until
-the deadline; what still cannot be written is logged with its count.
+the deadline; what still cannot be written is logged with its count, and
+stays in the journal for the next start.
 """
 
 from __future__ import annotations
@@ -46,14 +55,18 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from softswitch.cdr import Cdr
 from softswitch.cdr import to_row as cdr_row
+from softswitch.spool import CdrWrite, Delete, Record, Save, Spool
+from softswitch.spool import read as read_journal
 from softswitch.userdb import (
     BINDING_COLUMNS,
     OVERLAP,
@@ -83,6 +96,10 @@ CHUNK = 1000
 MAX_DRAIN = 20_000
 #: Longest the thread sleeps with nothing to do (it re-checks its timers).
 IDLE = 1.0
+#: A journal with more records than this and twice what is pending is compacted.
+COMPACT_MIN = 10_000
+#: Seconds between attempts to switch a failed journal back on.
+SPOOL_RETRY = 30.0
 
 
 # -- results (DB thread -> main thread) -------------------------------------
@@ -112,6 +129,7 @@ class DbStatus:
     queued: int
     dropped: int
     error: str | None
+    spool_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +140,6 @@ class DbFatal:
 
 
 # -- commands (main thread -> DB thread) ------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Save:
-    binding: Binding
-
-
-@dataclass(frozen=True, slots=True)
-class _Delete:
-    key: tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +166,7 @@ _DELETE_BINDING = sa.delete(registrations).where(
 )
 _INSERT_BINDING = sa.insert(registrations)
 _INSERT_CDR = sa.insert(cdrs)
+_CDR_UIDS = sa.select(cdrs.c.uid).where(cdrs.c.uid.in_(sa.bindparam("uids", expanding=True)))
 _COUNT_USERS = sa.select(sa.func.count()).select_from(users)
 _USER_IDS = sa.select(users.c.id)
 _USERS_BY_ID = sa.select(*USER_COLUMNS).where(users.c.id.in_(sa.bindparam("ids", expanding=True)))
@@ -188,6 +197,7 @@ class DbThread:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         timeout: float = 5.0,
+        spool_dir: str | Path | None = None,
     ) -> None:
         self.results: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._url = url
@@ -208,7 +218,14 @@ class DbThread:
         # Everything below belongs to the DB thread.
         self._engine: sa.engine.Engine | None = None
         self._bindings: dict[BindingKey, Binding | None] = {}
-        self._cdrs: collections.deque[Cdr] = collections.deque()
+        self._cdrs: collections.deque[CdrWrite] = collections.deque()
+        self._spool = None if spool_dir is None else Spool(spool_dir)
+        self._leftovers: list[Path] = []
+        self._journal: list[Record] = []  # taken in this wake-up, not yet journaled
+        self._spool_errors = 0
+        self._spool_retry = 0.0
+        self._spool_logged = False
+        self._recheck = False  # a CDR batch may have committed unseen: skip known uids
         self._first_pending = 0.0
         self._flush_requested = False
         self._stop: _Stop | None = None
@@ -235,11 +252,11 @@ class DbThread:
     def save_binding(self, binding: Binding) -> bool:
         """Persist a binding (insert or replace). ValueError if it cannot be stored."""
         check_binding(binding)
-        return self._put(_Save(binding))
+        return self._put(Save(binding))
 
     def delete_binding(self, username: str, domain: str, contact: str) -> bool:
         """Forget a binding (unregistered or expired)."""
-        return self._put(_Delete((username, domain, contact)))
+        return self._put(Delete((username, domain, contact)))
 
     def write_cdr(self, cdr: Cdr) -> bool:
         """Queue a CDR for the next batch. False if it had to be dropped."""
@@ -259,6 +276,11 @@ class DbThread:
         """Writes waiting: handed over but not yet taken, plus taken but not
         yet written.  Approximate, and safe from any thread (lengths only)."""
         return self._cmds.qsize() + len(self._bindings) + len(self._cdrs)
+
+    @property
+    def spool_errors(self) -> int:
+        """Times the journal could not be written (it is off until it can be again)."""
+        return self._spool_errors
 
     @property
     def healthy(self) -> bool | None:
@@ -309,6 +331,10 @@ class DbThread:
             except (sa.exc.ArgumentError, ImportError) as exc:  # bad URL, driver missing
                 self._emit(DbFatal(f"[database] url: {_first_line(exc)}"))
                 return
+            if self._spool is not None:
+                self._leftovers = self._spool.leftovers()
+                if not self._spool.active:
+                    self._spool_failed()
             if self._loop():
                 self._shutdown()
         except Exception as exc:  # a bug here must not vanish with the thread
@@ -316,6 +342,8 @@ class DbThread:
             self._emit(DbFatal(f"DB thread crashed: {_first_line(exc)}"))
         finally:
             self._unwritten = len(self._bindings) + len(self._cdrs)
+            if self._spool is not None:
+                self._spool.close()
             if self._engine is not None:
                 self._engine.dispose()
 
@@ -365,8 +393,11 @@ class DbThread:
             try:
                 item = self._cmds.get_nowait()
             except queue.Empty:
-                return
+                break
             self._take(item)
+        if self._journal:
+            self._write_journal(self._journal)
+            self._journal = []
 
     def _take(self, item: object) -> None:
         if item is _FLUSH:  # only what is pending now; a later write waits its turn
@@ -380,13 +411,16 @@ class DbThread:
             if pending >= self._write_queue_max:
                 self._overflow()
                 return
-            self._cdrs.append(item)
-        elif isinstance(item, (_Save, _Delete)):
-            key = item.binding.key if isinstance(item, _Save) else item.key
+            write = CdrWrite(uuid.uuid4().hex, item)
+            self._cdrs.append(write)
+            self._journal.append(write)
+        elif isinstance(item, (Save, Delete)):
+            key = item.binding.key if isinstance(item, Save) else item.key
             if key not in self._bindings and pending >= self._write_queue_max:
                 self._overflow()
                 return
-            self._bindings[key] = item.binding if isinstance(item, _Save) else None
+            self._bindings[key] = item.binding if isinstance(item, Save) else None
+            self._journal.append(item)
         else:
             log.error("DB thread got an unknown command %r", item)
             return
@@ -402,10 +436,109 @@ class DbThread:
                 "until the database is back",
                 self._write_queue_max,
             )
-            self._emit(DbStatus(bool(self._ok), self._pending(), self.dropped, self._error))
+            self._emit(self._status(bool(self._ok)))
 
     def _pending(self) -> int:
         return len(self._bindings) + len(self._cdrs)
+
+    def _status(self, ok: bool) -> DbStatus:
+        return DbStatus(ok, self._pending(), self.dropped, self._error, self._spool_errors)
+
+    # -- the journal ----------------------------------------------------------------
+
+    def _write_journal(self, records: list[Record]) -> None:
+        """Journal what was just taken, before any of it can be committed."""
+        spool = self._spool
+        if spool is None:
+            return
+        if spool.active:
+            ok = spool.append(records)
+            if ok and spool.records > max(COMPACT_MIN, 2 * self._pending()):
+                ok = spool.restart(self._snapshot())
+        elif time.monotonic() >= self._spool_retry:
+            ok = spool.restart(self._snapshot())  # everything pending, these included
+            if ok:
+                log.warning("journal %s written again", spool.directory)
+                self._spool_logged = False
+        else:
+            return
+        if not ok:
+            self._spool_failed()
+
+    def _snapshot(self) -> list[Record]:
+        """Everything pending, as journal records (one per binding key)."""
+        records: list[Record] = [
+            Save(b) if b is not None else Delete(k) for k, b in self._bindings.items()
+        ]
+        records.extend(self._cdrs)
+        return records
+
+    def _journal_committed(self) -> None:
+        """Nothing is pending: the journal holds nothing the database lacks."""
+        spool = self._spool
+        if spool is None:
+            return
+        if spool.active:
+            if spool.clear():
+                return
+        elif time.monotonic() < self._spool_retry or spool.restart([]):
+            if spool.active:
+                log.warning("journal %s written again", spool.directory)
+                self._spool_logged = False
+            return
+        self._spool_failed()
+
+    def _spool_failed(self) -> None:
+        assert self._spool is not None
+        self._spool_errors += 1
+        self._spool_retry = time.monotonic() + SPOOL_RETRY
+        if not self._spool_logged:
+            self._spool_logged = True
+            log.error(
+                "journal off: %s; pending registrations and CDRs are held in memory "
+                "only (a crash now loses them); retrying every %.0f s",
+                self._spool.error,
+                SPOOL_RETRY,
+            )
+            self._emit(self._status(bool(self._ok)))
+
+    def _replay(self) -> None:
+        """Write what an earlier run left in the journal; raises SQLAlchemyError
+        to be retried (from the start of the file: replaying is idempotent)."""
+        while self._leftovers:
+            path = self._leftovers[0]
+            try:
+                records = read_journal(path)
+            except OSError as exc:
+                log.error("journal %s not replayed: %s", path, exc.strerror or exc)
+                self._leftovers.pop(0)
+                continue
+            bindings: dict[BindingKey, Binding | None] = {}
+            writes: list[CdrWrite] = []
+            for record in records:
+                if isinstance(record, CdrWrite):
+                    writes.append(record)
+                elif isinstance(record, Save):
+                    bindings.pop(record.binding.key, None)  # keep the order of the last write
+                    bindings[record.binding.key] = record.binding
+                else:
+                    bindings.pop(record.key, None)
+                    bindings[record.key] = None
+            items = list(bindings.items())
+            self._recheck = True
+            for i in range(0, len(items), CHUNK):
+                self._write_rows(items[i : i + CHUNK], self._write_bindings, lambda _: None)
+            for i in range(0, len(writes), CHUNK):
+                self._write_rows(writes[i : i + CHUNK], self._write_cdrs, lambda _: None)
+            if self._spool is not None:
+                self._spool.remove(path)
+            self._leftovers.pop(0)
+            log.warning(
+                "replayed journal %s left by an earlier run: %d registration writes, %d CDRs",
+                path.name,
+                len(items),
+                len(writes),
+            )
 
     def _write_due(self, now: float) -> bool:
         if not (self._bindings or self._cdrs):
@@ -427,11 +560,12 @@ class DbThread:
             else min(self._retry_max, self._backoff * 2)
         )
         self._next_retry = now + self._backoff
+        self._recheck = True  # the failure may have come after a commit
         if self._ok is not False:
             log.error("database unavailable: %s (retrying, writes queued)", error)
             self._ok = False
             self._error = error
-            self._emit(DbStatus(False, self._pending(), self.dropped, error))
+            self._emit(self._status(False))
 
     def _succeeded(self) -> None:
         if self._ok is False:
@@ -439,7 +573,7 @@ class DbThread:
             self._ok = True
             self._error = None
             self._overflow_logged = False
-            self._emit(DbStatus(True, self._pending(), self.dropped, None))
+            self._emit(self._status(True))
         self._ok = True
 
     # -- loading and polling ----------------------------------------------------
@@ -447,6 +581,7 @@ class DbThread:
     def _load(self) -> None:
         assert self._engine is not None
         create_schema(self._engine)
+        self._replay()
         started = time.time()
         since = started - OVERLAP
         loaded: dict[UserKey, User] = {}
@@ -551,6 +686,8 @@ class DbThread:
             batch = list(itertools.islice(self._cdrs, CHUNK))
             self._write_rows(batch, self._write_cdrs, lambda _: self._cdrs.popleft())
         self._flush_requested = False
+        self._recheck = False
+        self._journal_committed()
 
     def _write_rows(
         self,
@@ -590,9 +727,13 @@ class DbThread:
         if rows:
             conn.execute(_INSERT_BINDING, rows)
 
-    @staticmethod
-    def _write_cdrs(conn: Any, batch: list[Cdr]) -> None:
-        conn.execute(_INSERT_CDR, [cdr_row(c) for c in batch])
+    def _write_cdrs(self, conn: Any, batch: list[CdrWrite]) -> None:
+        if self._recheck:  # replaying, or retrying after a commit that may have happened
+            known = set(conn.execute(_CDR_UIDS, {"uids": [w.uid for w in batch]}).scalars())
+            batch = [w for w in batch if w.uid not in known]
+            if not batch:
+                return
+        conn.execute(_INSERT_CDR, [{**cdr_row(w.cdr), "uid": w.uid} for w in batch])
 
     def _shutdown(self) -> None:
         """Drain the queue and write everything, retrying until the stop deadline."""
@@ -612,9 +753,14 @@ class DbThread:
                 time.sleep(pause)
         left_b, left_c = len(self._bindings), len(self._cdrs)
         if left_b or left_c:
+            spool = self._spool
+            kept = spool is not None and spool.active
             log.error(
-                "stopping with %d CDRs and %d registration writes unwritten: %s",
+                "stopping with %d CDRs and %d registration writes unwritten: %s; %s",
                 left_c,
                 left_b,
                 self._error,
+                f"kept in the journal {spool.directory} for the next start"
+                if kept and spool is not None
+                else "lost (no journal)",
             )

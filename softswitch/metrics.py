@@ -387,6 +387,11 @@ def _database(db: Any) -> Iterator[Metric]:
         "Writes lost: the queue was full during an outage, or the database refused the row.",
         db.dropped,
     )
+    yield _counter(
+        "softswitch_db_spool_errors_total",
+        "Times the journal of pending writes ([database] spool_dir) could not be written.",
+        db.spool_errors,
+    )
 
 
 # --------------------------------------------------------------------------- registry and server

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +21,9 @@ from typing import Any, Protocol
 import pytest
 import sqlalchemy as sa
 
-from softswitch import ctl
+from softswitch import ctl, dbthread
 from softswitch.cdr import Cdr, Disposition, from_row
+from softswitch.cdr import to_row as cdr_row
 from softswitch.config import dumps
 from softswitch.dbthread import DbFatal, DbStatus, DbThread, Loaded, UsersChanged
 from softswitch.sip.digest import ha1
@@ -36,6 +40,7 @@ from softswitch.userdb import (
     users,
 )
 
+ROOT = Path(__file__).resolve().parents[3]
 DOMAIN = "example.com"
 #: Expiry of test bindings: fixed so that two calls of binding(n) are equal.
 EXPIRES = float(round(time.time()) + 7200)
@@ -151,6 +156,54 @@ def run_ctl(config: Path, *argv: str) -> None:
     assert ctl.main(["--config-dir", str(config), *argv]) == 0
 
 
+def journal_records(spool: Path) -> int:
+    """Records in the journal files under `spool` (0 if there are none)."""
+    return sum(len(p.read_bytes().splitlines()) for p in spool.glob("journal-*.jsonl"))
+
+
+_CHILD = """
+import sys
+from softswitch.dbthread import DbThread
+from tests.unit.control import dbthread_cases
+from tests.unit.control.dbthread_cases import a_cdr, binding, DOMAIN
+dbthread_cases.EXPIRES = float(sys.argv[3])  # the test's, so that bindings compare equal
+thread = DbThread(sys.argv[1], lambda: None, spool_dir=sys.argv[2], batch_interval=0.05,
+                  retry_initial=0.05, retry_max=0.3, timeout=0.3)
+thread.start()
+for line in sys.stdin:
+    op, *args = line.split()
+    n = int(args[0]) if args else 0
+    if op == "cdr":
+        thread.write_cdr(a_cdr(n))
+    elif op == "save":
+        thread.save_binding(binding(n, cseq=int(args[1])))
+    elif op == "delete":
+        thread.delete_binding(f"user{n}", DOMAIN, binding(n).contact)
+"""
+
+
+class ChildDbThread:
+    """A DbThread in a child process, fed through stdin, that a test can SIGKILL:
+    softswitch-control dying with writes pending (no stop(), no atexit)."""
+
+    def __init__(self, url: str, spool: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, url, str(spool), repr(EXPIRES)],
+            stdin=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+        )
+
+    def send(self, *commands: str) -> None:
+        assert self.proc.stdin is not None and self.proc.poll() is None
+        self.proc.stdin.write("".join(f"{c}\n" for c in commands))
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(10) == -signal.SIGKILL
+
+
 class DbThreadCases:
     """Subclasses add the ``db`` fixture."""
 
@@ -165,7 +218,7 @@ class DbThreadCases:
     def start(self, db: Db) -> Iterator[Callable[..., DbThread]]:
         threads: list[DbThread] = []
 
-        def start(**options: Any) -> DbThread:
+        def start(**options: Any) -> DbThread:  # spool_dir=... to journal
             settings: dict[str, Any] = {
                 "sync_interval": 0.1,
                 "batch_interval": 0.05,
@@ -449,3 +502,147 @@ class DbThreadCases:
             assert thread.stop(1.5) is False
         finally:
             db.up()
+
+    # -- the journal: a crash loses nothing ---------------------------------------------
+
+    def test_a_crash_while_the_database_is_down_loses_no_cdr_and_no_registration(
+        self, db, engine, start, tmp_path
+    ):
+        spool = tmp_path / "spool"
+        db.down()
+        child = ChildDbThread(db.url, spool)
+        try:
+            child.send(*(f"cdr {n}" for n in range(20)))
+            child.send("save 1 1", "save 2 1", "save 3 1", "save 2 7", "delete 3")
+            eventually(lambda: journal_records(spool) == 25)  # journaled before any commit
+        finally:
+            child.kill()
+        db.up()
+        thread = start(spool_dir=spool)
+        loaded = next_message(thread, Loaded)
+        assert sorted(loaded.registrations, key=lambda b: b.username) == [
+            binding(1),
+            binding(2, cseq=7),
+        ]
+        with engine.connect() as conn:
+            ids = conn.execute(sa.select(cdrs.c.call_id)).scalars().all()
+        assert sorted(ids) == sorted(f"call-{n}@example.com" for n in range(20))
+        assert journal_records(spool) == 0 and thread.spool_errors == 0
+
+    def test_a_journal_replayed_after_its_writes_were_committed_writes_no_cdr_twice(
+        self, db, engine, start, tmp_path
+    ):
+        spool = tmp_path / "spool"
+        db.down()
+        child = ChildDbThread(db.url, spool)
+        try:
+            child.send(*(f"cdr {n}" for n in range(10)), "save 1 1")
+            eventually(lambda: journal_records(spool) == 11)
+            [journal] = spool.glob("journal-*.jsonl")
+            before = journal.read_bytes()  # as the journal was when the batch committed
+            db.up()
+            eventually(lambda: count(engine, cdrs) == 10)
+            eventually(lambda: journal_records(spool) == 0)  # committed: emptied
+            db.down()
+            child.send("cdr 10", "cdr 11", "save 1 2")  # pending when control dies
+            eventually(lambda: journal_records(spool) == 3)
+        finally:
+            child.kill()
+        # The crash came between the commit and the emptying (or a compaction
+        # left its old file behind): the committed records are in a journal too.
+        (spool / "journal-00000000000000000001-1.jsonl").write_bytes(before)
+        db.up()
+        thread = start(spool_dir=spool)
+        assert next_message(thread, Loaded).registrations == [binding(1, cseq=2)]
+        with engine.connect() as conn:
+            ids = conn.execute(sa.select(cdrs.c.call_id)).scalars().all()
+        assert sorted(ids) == sorted(f"call-{n}@example.com" for n in range(12))
+        assert journal_records(spool) == 0
+
+    def test_a_stop_with_the_database_down_keeps_the_writes_for_the_next_start(
+        self, db, engine, start, tmp_path
+    ):
+        spool = tmp_path / "spool"
+        thread = start(spool_dir=spool)
+        next_message(thread, Loaded)
+        db.down()
+        thread.write_cdr(a_cdr(1))
+        thread.save_binding(binding(4))
+        try:
+            assert thread.stop(1.5) is False
+        finally:
+            db.up()
+        assert journal_records(spool) == 2
+        again = start(spool_dir=spool)
+        assert next_message(again, Loaded).registrations == [binding(4)]
+        assert count(engine, cdrs) == 1 and journal_records(spool) == 0
+
+    def test_the_journal_is_emptied_once_the_database_has_everything(self, engine, start, tmp_path):
+        spool = tmp_path / "spool"
+        thread = start(spool_dir=spool, batch_interval=60)
+        next_message(thread, Loaded)
+        for n in range(5):
+            thread.write_cdr(a_cdr(n))
+        eventually(lambda: journal_records(spool) == 5)
+        thread.flush()
+        eventually(lambda: count(engine, cdrs) == 5)
+        eventually(lambda: journal_records(spool) == 0)
+        assert thread.stop(5) is True
+        assert list(spool.iterdir()) == []  # a clean stop leaves no file
+
+    def test_a_journal_growing_during_an_outage_is_compacted(
+        self, db, engine, start, tmp_path, monkeypatch
+    ):
+        monkeypatch.setattr(dbthread, "COMPACT_MIN", 20)
+        spool = tmp_path / "spool"
+        thread = start(spool_dir=spool)
+        next_message(thread, Loaded)
+        db.down()
+        for cseq in range(1, 201):  # one phone re-registering: one pending write
+            thread.save_binding(binding(1, cseq=cseq))
+            if cseq % 10 == 0:
+                eventually(lambda: thread.backlog == 1)
+        assert journal_records(spool) <= 20 + 10
+        db.up()
+        eventually(lambda: count(engine, registrations) == 1)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(registrations.c.cseq)).scalar() == 200
+
+    def test_an_unusable_spool_dir_is_logged_and_counted_and_writes_go_on(
+        self, engine, start, tmp_path, caplog
+    ):
+        (tmp_path / "spool").write_text("a file where the directory should be")
+        with caplog.at_level("ERROR", logger="softswitch.db"):
+            thread = start(spool_dir=tmp_path / "spool")
+            status = next_message(thread, DbStatus)
+        assert status.spool_errors == 1 and thread.spool_errors == 1
+        assert "journal off: " in caplog.text and "File exists" in caplog.text
+        next_message(thread, Loaded)
+        thread.write_cdr(a_cdr(1))
+        thread.flush()
+        eventually(lambda: count(engine, cdrs) == 1)
+        assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+
+    def test_a_database_of_schema_version_1_gets_cdr_uids_and_keeps_its_cdrs(
+        self, engine, start, tmp_path
+    ):
+        with engine.begin() as conn:  # what softswitch with schema version 1 left
+            conn.execute(sa.insert(cdrs), [cdr_row(a_cdr(1))])
+            conn.execute(sa.text("DROP INDEX uq_cdrs_uid" + (" ON cdrs" if _mysql(conn) else "")))
+            conn.execute(sa.text("ALTER TABLE cdrs DROP COLUMN uid"))
+            conn.execute(sa.update(schema_version).values(version=1))
+        thread = start(spool_dir=tmp_path / "spool")
+        next_message(thread, Loaded)
+        thread.write_cdr(a_cdr(2))
+        thread.flush()
+        eventually(lambda: count(engine, cdrs) == 2)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(schema_version.c.version)).scalar() == 2
+            rows = conn.execute(sa.select(cdrs.c.call_id, cdrs.c.uid).order_by(cdrs.c.id)).all()
+        assert rows[0] == ("call-1@example.com", None) and len(rows[1].uid) == 32
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.insert(cdrs), [{**cdr_row(a_cdr(3)), "uid": rows[1].uid}])
+
+
+def _mysql(conn: Any) -> bool:
+    return conn.dialect.name in ("mysql", "mariadb")

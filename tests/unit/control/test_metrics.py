@@ -179,11 +179,12 @@ def test_drops_and_core_refusals_are_labelled_by_reason() -> None:
 
 
 def test_the_database_section() -> None:
-    db = SimpleNamespace(healthy=False, backlog=17, dropped=3)
+    db = SimpleNamespace(healthy=False, backlog=17, dropped=3, spool_errors=2)
     text = exposition(SimpleNamespace(db=db))
     assert value(text, "softswitch_db_up") == 0
     assert value(text, "softswitch_db_write_queue") == 17
     assert value(text, "softswitch_db_writes_dropped_total") == 3
+    assert value(text, "softswitch_db_spool_errors_total") == 2
     db.healthy = None  # not reached yet
     assert value(exposition(SimpleNamespace(db=db)), "softswitch_db_up") == 0
 
@@ -222,7 +223,7 @@ def test_delay_histogram_buckets_are_cumulative_and_le() -> None:
 
 
 def test_the_server_serves_the_registry_and_a_taken_port_is_an_oserror() -> None:
-    db = SimpleNamespace(healthy=True, backlog=0, dropped=0)
+    db = SimpleNamespace(healthy=True, backlog=0, dropped=0, spool_errors=0)
     server = MetricsServer("127.0.0.1", 0, make_registry(SimpleNamespace(db=db)))
     server.start()
     try:
