@@ -207,6 +207,7 @@ class ControlDaemon:
             lambda: self.loop.call_soon_threadsafe(self._drain_db),
             sync_interval=self.cfg.database.sync_interval,
             write_queue_max=self.cfg.database.write_queue_max,
+            spool_dir=self.cfg.database.spool_dir,
         )
         self.db.start()
 

@@ -49,7 +49,10 @@ def write_dev_config(
             dumps(
                 {
                     "sip": {"listen": ["127.0.0.1"], "port": sip_port},
-                    "database": {"url": f"sqlite:///{var}/softswitch.db"},
+                    "database": {
+                        "url": f"sqlite:///{var}/softswitch.db",
+                        "spool_dir": str(var / "spool"),
+                    },
                     "bearers": {
                         "endpoints": [f"unix:{run}/bearer-{i}.sock" for i in range(BEARERS)],
                         "local": f"unix:{run}/control.sock",

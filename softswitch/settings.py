@@ -184,6 +184,13 @@ CONTROL_OPTIONS: list[Option] = [
         100000,
         "Writes (registrations, CDRs) held in memory while the database is down.",
     ),
+    Option(
+        "database",
+        "spool_dir",
+        optional(string),
+        "/var/lib/softswitch/spool",
+        "Journal of writes not yet in the database, replayed at start (empty: none).",
+    ),
     # [bearers]
     Option(
         "bearers",

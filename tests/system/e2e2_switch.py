@@ -187,7 +187,11 @@ class NetSwitch:
         sections: dict[str, dict[str, Any]] = {
             "sip": {"listen": [self.addr], "port": self.sip_port, "transports": ["udp", "tcp"]},
             "calls": self.calls_section,
-            "database": {"url": f"sqlite:///{self.tmp / 'softswitch.db'}", "sync_interval": 0.5},
+            "database": {
+                "url": f"sqlite:///{self.tmp / 'softswitch.db'}",
+                "sync_interval": 0.5,
+                "spool_dir": str(self.tmp / "spool"),  # not the host's /var/lib/softswitch
+            },
             "bearers": {
                 "endpoints": endpoints,
                 "local": local,

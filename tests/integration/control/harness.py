@@ -66,7 +66,11 @@ def write_control_config(
     run.mkdir(parents=True, exist_ok=True)
     values: dict[str, dict[str, Any]] = {
         "sip": {"listen": ["127.0.0.1"], "port": port},
-        "database": {"url": f"sqlite:///{tmp / 'softswitch.db'}", "sync_interval": 0.5},
+        "database": {
+            "url": f"sqlite:///{tmp / 'softswitch.db'}",
+            "sync_interval": 0.5,
+            "spool_dir": str(tmp / "spool"),
+        },
         "bearers": {
             "endpoints": [f"unix:{b.control}" for b in bearer_procs]
             or [f"unix:{run}/no-bearer.sock"],
