@@ -458,7 +458,9 @@ class CallManager(CallSetup, MidCall):
         request = call.a_request
         response = make_response(request, status, reason, to_tag=call.a_tag)
         if status < 300:
-            response.add("Contact", self._contact[call.legs[CALLER].peer.transport])
+            peer = call.legs[CALLER].peer
+            assert peer is not None, "the caller's INVITE came from somewhere"
+            response.add("Contact", self._contact[peer.transport])
         if body:
             response.add("Content-Type", _SDP)
             response.body = body
@@ -511,12 +513,15 @@ class CallManager(CallSetup, MidCall):
         t1 = self.layer.timers.t1
         give_up = now + 64 * t1
         call.resend[leg] = [tx, response, t1, give_up, owed]
-        reliable = call.legs[leg].peer.reliable
+        peer = call.legs[leg].peer
+        assert peer is not None, "a leg that sent an INVITE has a peer"
+        reliable = peer.reliable
         self._arm(call, resend_timer(leg), give_up if reliable else now + t1)
 
     def _send_ack(self, call: Call, leg: int, cseq: int) -> None:
         """ACK the 2xx leg ``leg`` sent to our INVITE with CSeq ``cseq`` (§13.2.2.4)."""
         target = call.legs[leg]
+        assert target.peer is not None and target.dialog is not None, "its 2xx made the dialog"
         via = self._via[target.peer.transport] + new_branch()
         ack = target.dialog.create_ack(cseq, via=via)
         call.acks[leg] = (cseq, ack)
@@ -544,12 +549,17 @@ class CallManager(CallSetup, MidCall):
         call.resend.clear()
         a, b = call.legs
         if call.answer is None:
-            code = status if status is not None else REFUSALS[refusal][0]
+            if status is not None:
+                code = status
+            else:
+                assert refusal is not None, "a hang-up names a status or a refusal"
+                code = REFUSALS[refusal][0]
             call.status = code
             disposition = REFUSALS[refusal][1] if refusal is not None else None
             call.disposition = disposition or disposition_for(code)
             if call.a_tx.state is State.PROCEEDING:
                 self._reply_a(call, code, now)
+            assert a.dialog is not None, "the caller's dialog exists from its INVITE on"
             a.dialog.terminate()
         else:
             call.status = 200
@@ -584,6 +594,7 @@ class CallManager(CallSetup, MidCall):
         target = call.legs[leg]
         if target.dialog is None:
             return
+        assert target.peer is not None, "a leg with a dialog has a peer"
         bye = target.dialog.create_request(
             "BYE", via=self._via[target.peer.transport] + new_branch()
         )
@@ -595,6 +606,7 @@ class CallManager(CallSetup, MidCall):
         if call.state is CallState.ENDED:
             return
         call.step(CallInput.DELETED)
+        assert call.disposition is not None and call.status is not None, "set by _hangup"
         a_stats = call.stats[0] if len(call.stats) > 0 else None
         b_stats = call.stats[1] if len(call.stats) > 1 else None
         self.on_cdr(

@@ -2,7 +2,8 @@
 
 Split out of softswitch/calls.py only to keep each file readable in one
 sitting; ``CallSetup`` is a mixin of ``CallManager`` and uses its helpers
-(``_reply``, ``_bearer``, ``_update``, ``_hangup``, ``_send_2xx`` ...).
+(``_reply``, ``_bearer``, ``_update``, ``_hangup``, ``_send_2xx`` ...),
+declared for the type checker in ``callhost.py``.
 
 The order of the checks on a new INVITE is the order a caller would want to
 hear about problems in, and cheapest first: 100 Trying (§17.2.1), hop count
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
+from typing import Any, cast
 
 from bearer.protocol import Allocate, AllocFlags, LegSpec
 from softswitch import media
+from softswitch.callhost import CallHost
 from softswitch.callstate import (
     ALLOW,
     CALLEE,
@@ -48,7 +50,7 @@ from softswitch.sip.errors import SipError
 from softswitch.sip.headers import parse_address
 from softswitch.sip.message import Address, Request, Response, make_response
 from softswitch.sip.sdp import SdpError
-from softswitch.sip.transaction import Peer, ServerTransaction, new_branch
+from softswitch.sip.transaction import ClientInviteTransaction, Peer, ServerTransaction, new_branch
 from softswitch.sip.uri import SipUri, parse_uri
 from softswitch.userdb import Binding, User
 
@@ -61,15 +63,8 @@ RETRY_AFTER = 5
 _SDP = "application/sdp"
 
 
-class CallSetup:
+class CallSetup(CallHost):
     """INVITE processing, forking and the answer (a mixin of CallManager)."""
-
-    layer: Any
-    config: Any
-    _rooms: dict[str, list[Any]]
-    _via: dict[str, str]
-    _contact: dict[str, str]
-    setup_delay: Any
 
     # ================================================================ initial INVITE
 
@@ -111,10 +106,11 @@ class CallSetup:
         except SdpError as err:
             refusal = Refusal.MALFORMED if err.status == 400 else Refusal.NOT_ACCEPTABLE
             return self._refuse(tx, request, refusal, now, caller, aor, reason=err.reason)
-        conference = isinstance(where, Conference)
-        bearer = self._room_bearer(where.room) if conference else self.bearers.choose()
+        room = where.room if isinstance(where, Conference) else None
+        dest = None if isinstance(where, Conference) else where
+        bearer = self._room_bearer(room) if room is not None else self.bearers.choose()
         if bearer is None:
-            hosted = conference and where.room in self._rooms
+            hosted = room is not None and room in self._rooms
             return self._refuse(
                 tx,
                 request,
@@ -136,9 +132,9 @@ class CallSetup:
             a_request=request,
             a_tag=a_tag,
             caller=caller,
-            callee=None if conference else where.user,
+            callee=None if dest is None else dest.user,
             callee_aor=aor,
-            room=where.room if conference else None,
+            room=room,
             start=now,
             legs=[a, Leg(peer=None)],
             bearer=bearer,
@@ -146,11 +142,11 @@ class CallSetup:
         flags = AllocFlags.NONE
         if ":" in a.spec.address:
             flags |= AllocFlags.IPV6
-        if conference:
+        if dest is None:
             flags |= AllocFlags.CONFERENCE
             specs: tuple[LegSpec, ...] = (a.spec,)
         else:
-            call.bindings = where.bindings
+            call.bindings = dest.bindings
             offered = media.callee_codecs(codecs, self.config.calls.codecs)
             call.legs[CALLEE].codecs = tuple(offered)
             te = media.telephone_event(offered)
@@ -161,14 +157,14 @@ class CallSetup:
             specs = (a.spec, b_spec)
             # Not AllocFlags.RECORD: the bearer would start a file under a name of
             # its own, and the CDR must name the file control chose (_allocated).
-            call.record = caller.record_calls or where.user.record_calls
+            call.record = caller.record_calls or dest.user.record_calls
         call.flags = flags
         self._by_invite[(request.call_id, request.from_.tag)] = call
         self._sessions[call.session_id] = call
         self._dialogs[a.dialog.id] = (call, CALLER)
         self._count(call, +1)
-        if conference:
-            self._rooms.setdefault(where.room, [bearer, 0])[1] += 1
+        if room is not None:
+            self._rooms.setdefault(room, [bearer, 0])[1] += 1
         call.allocating = True
         self._bearer(call, Allocate(call.session_id, request.call_id, specs, flags), now)
         return None
@@ -269,6 +265,7 @@ class CallSetup:
         a = call.legs[CALLER]
         request = call.a_request
         b = call.legs[CALLEE]
+        assert a.sdp is not None and call.address is not None and b.origin is not None, "allocated"
         offer = media.offer_for(
             a.sdp, a.index, b.codecs, call.address, call.ports[CALLEE], b.origin
         )
@@ -324,7 +321,8 @@ class CallSetup:
             headers += [["Route", p] for p in binding.path.split(",") if p.strip()]
         invite = Request("INVITE", uri, body=body)
         invite.headers = headers  # canonical names already: skip add()'s checks
-        tx = self.layer.send_request(invite, peer, now)
+        # An INVITE starts an INVITE client transaction (TransactionLayer.send_request).
+        tx = cast(ClientInviteTransaction, self.layer.send_request(invite, peer, now))
         fork = Fork(binding=binding, peer=peer, request=invite, tx=tx)
         call.forks.append(fork)
         self._txs[tx] = (call, "fork", fork)
@@ -411,6 +409,7 @@ class CallSetup:
     def _send_early_media(self, call: Call, now: float) -> None:
         call.step(CallInput.PROGRESS)
         a = call.legs[CALLER]
+        assert a.sent is not None, "_callee_media answered the caller"
         self._reply_a(call, 183, now, body=bytes(a.sent))
 
     def _callee_media(self, call: Call, fork: Fork, sd: Any, codecs: tuple, now: float) -> None:
@@ -423,7 +422,9 @@ class CallSetup:
         b.selected = media.real_codec(codecs)
         md = sd.media[a.index]
         b_direction = media.direction_of(md)
+        assert b.selected is not None, "answered_codecs returns at least one real codec"
         if a.sent is None:  # the caller's answer is given once (§13.2.1)
+            assert a.sdp is not None and call.address is not None and a.origin is not None
             a.selected = media.caller_codec(a.codecs, b.selected)
             a_te = media.telephone_event(a.codecs)
             answer = [a.selected]
@@ -443,6 +444,9 @@ class CallSetup:
         call.winner = fork
         fork.dialog = Dialog.from_uac(fork.request, response)
         b = call.legs[CALLEE]
+        # Where the callee's in-dialog requests go, at once: the hang-up below
+        # (an unusable answer) ACKs and BYEs it before _callee_media runs.
+        b.peer = fork.peer
         b.dialog = fork.dialog
         self._dialogs[fork.dialog.id] = (call, CALLEE)
         self._disarm(call, Timer.NO_ANSWER)
@@ -456,6 +460,7 @@ class CallSetup:
                 sd = media.parse_sdp(response.body, response.content_type, "answer")
                 codecs = media.answered_codecs(sd, call.legs[CALLER].index)
             elif call.early is fork:
+                assert b.sdp is not None, "_callee_media took its 183's answer"
                 sd, codecs = b.sdp, b.codecs  # the answer came in its 183 already
             else:
                 raise SdpError(488, "Not Acceptable Here: 2xx without SDP answer")
@@ -471,7 +476,9 @@ class CallSetup:
     def _answer_caller(self, call: Call, now: float) -> None:
         """200 to A with the bearer's A-leg address; retransmitted until the ACK."""
         a = call.legs[CALLER]
+        assert a.dialog is not None, "the caller's dialog exists from its INVITE on"
         if call.room is not None:
+            assert a.sdp is not None and call.address is not None and a.origin is not None
             call.step(CallInput.JOINED)
             answer = [c for c in (a.selected, media.telephone_event(a.codecs)) if c is not None]
             a.sent = media.answer_for(
@@ -483,5 +490,6 @@ class CallSetup:
             owed = call.b_invite_cseq
         call.answer = now
         a.dialog.confirm()
+        assert a.sent is not None, "answered in _callee_media, or just above for a room"
         response = self._a_response(call, 200, body=bytes(a.sent))
         self._send_2xx(call, CALLER, call.a_tx, response, owed, now)

@@ -50,7 +50,12 @@ if TYPE_CHECKING:
     from softswitch.sip.message import Request, Response
     from softswitch.sip.offeranswer import LegOrigin
     from softswitch.sip.sdp import Codec, SessionDescription
-    from softswitch.sip.transaction import ClientTransaction, Peer, ServerTransaction
+    from softswitch.sip.transaction import (
+        ClientInviteTransaction,
+        ClientTransaction,
+        Peer,
+        ServerTransaction,
+    )
     from softswitch.userdb import Binding, User
 
 __all__ = [
@@ -325,7 +330,7 @@ class Fork:
     binding: Binding
     peer: Peer
     request: Request
-    tx: ClientTransaction
+    tx: ClientInviteTransaction
     state: ForkState = ForkState.TRYING
     status: int | None = None
     dialog: Dialog | None = None

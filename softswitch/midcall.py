@@ -1,7 +1,8 @@
 """Requests within a call for ``CallManager``: CANCEL, BYE, INFO/UPDATE/OPTIONS, re-INVITE.
 
 Split out of softswitch/calls.py only to keep each file readable in one
-sitting; ``MidCall`` is a mixin of ``CallManager`` and uses its helpers.
+sitting; ``MidCall`` is a mixin of ``CallManager`` and uses its helpers
+(declared for the type checker in ``callhost.py``).
 
 A re-INVITE (hold/resume, RFC 3264 §8.4) is relayed, not answered: the
 offer goes to the other leg rewritten to the bearer with that leg's own
@@ -16,9 +17,9 @@ is in progress, or before the last 2xx was ACKed, gets 491 (§14.2).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from softswitch import media
+from softswitch.callhost import CallHost
 from softswitch.callstate import ALLOW, CALLER, Call, CallInput, CallState, Refusal, Reinvite
 from softswitch.sip.dialog import request_dialog_id, response_dialog_id
 from softswitch.sip.message import Request, Response, make_response
@@ -32,13 +33,8 @@ __all__ = ["MidCall"]
 _SDP = "application/sdp"
 
 
-class MidCall:
+class MidCall(CallHost):
     """CANCEL, BYE, in-dialog requests and re-INVITEs (a mixin of CallManager)."""
-
-    layer: Any
-    config: Any
-    _via: dict[str, str]
-    _contact: dict[str, str]
 
     # ================================================================ CANCEL, BYE, in-dialog
 
@@ -58,7 +54,9 @@ class MidCall:
         if entry is None:
             return self._reply(tx, request, 481, now)
         call, leg = entry
-        call.legs[leg].dialog.receive_request(request)
+        dialog = call.legs[leg].dialog
+        assert dialog is not None, "_dialogs holds legs with a dialog"
+        dialog.receive_request(request)
         self._reply(tx, request, 200, now)
         if call.live:
             if leg == CALLER and call.answer is None:
@@ -73,7 +71,9 @@ class MidCall:
         if entry is None:
             return self._reply(tx, request, 481, now)
         call, leg = entry
-        call.legs[leg].dialog.receive_request(request)
+        dialog = call.legs[leg].dialog
+        assert dialog is not None, "_dialogs holds legs with a dialog"
+        dialog.receive_request(request)
         method = request.method
         other = call.legs[1 - leg] if call.room is None else None
         if method == "UPDATE" and request.body:
@@ -81,6 +81,7 @@ class MidCall:
             return self._reply(tx, request, 488, now, reason="Not Acceptable Here: use re-INVITE")
         if method != "INFO" or other is None or other.dialog is None or not call.live:
             return self._reply(tx, request, 200, now, headers=[("Allow", ALLOW)])
+        assert other.peer is not None, "a leg with a dialog has a peer"
         headers = [(n, v) for n in ("Info-Package", "Content-Disposition") if (v := request.get(n))]
         relayed = other.dialog.create_request(
             "INFO",
@@ -123,9 +124,11 @@ class MidCall:
         if call.state is not CallState.CONFIRMED or call.resend:
             return self._refuse(tx, request, Refusal.REQUEST_PENDING, now)  # §14.2
         x = call.legs[leg]
+        assert x.dialog is not None, "_dialogs holds legs with a dialog"
         x.dialog.receive_request(request)
         if not request.body:
             # No offer: ours goes in the 2xx, its answer in the ACK (§14.1).
+            assert x.sent is not None, "a confirmed leg has had our description"
             response = self._leg_response(call, leg, request, 200, bytes(x.sent))
             return self._send_2xx(call, leg, tx, response, None, now)
         sd = media.parse_sdp(request.body, request.content_type)
@@ -139,6 +142,8 @@ class MidCall:
                 self._reinvite_answer(call, now)
             return None
         y = call.legs[1 - leg]
+        assert y.dialog is not None and y.peer is not None, "a confirmed call has both dialogs"
+        assert call.address is not None and y.origin is not None, "allocated"
         keep = [c for c in (y.selected, media.telephone_event(y.codecs)) if c is not None]
         offer = media.offer_for(sd, index, keep, call.address, call.ports[1 - leg], y.origin)
         out = y.dialog.create_request(
@@ -159,9 +164,13 @@ class MidCall:
         if ri is None or ri.out is not tx:
             if 200 <= status < 300:  # a copy of a 2xx we handled: ACK it again (§13.2.2.4)
                 entry = self._dialogs.get(response_dialog_id(response))
-                sent = call.acks.get(entry[1]) if entry is not None else None
+                if entry is None:
+                    return
+                target = call.legs[entry[1]]
+                sent = call.acks.get(entry[1])
                 if sent is not None and sent[0] == response.cseq:
-                    self.layer.send_stateless(sent[1], call.legs[entry[1]].peer)
+                    assert target.peer is not None, "a leg we ACKed has a peer"
+                    self.layer.send_stateless(sent[1], target.peer)
             return
         if status < 200:
             return
@@ -169,6 +178,7 @@ class MidCall:
         y = call.legs[other]
         if status >= 300:
             return self._reinvite_failed(call, status, now)
+        assert y.dialog is not None, "the re-INVITE went out in its dialog"
         y.dialog.receive_response(response)
         ri.answer = response
         index = media.audio_index(ri.offer)
@@ -192,11 +202,14 @@ class MidCall:
     def _reinvite_apply_source(self, call: Call, direction: str, now: float) -> None:
         """The re-INVITE's sender: new media, same codec if still offered, its answer built."""
         ri = call.reinvite
+        assert ri is not None, "called while a re-INVITE is relayed"
         x = call.legs[ri.source]
+        assert call.address is not None and x.origin is not None, "allocated"
         sd = ri.offer
         index = media.audio_index(sd)
         codecs = ri.codecs
         previous = x.selected
+        assert previous is not None, "usable_codecs left a confirmed leg a real codec"
         x.sdp, x.index, x.codecs = sd, index, codecs
         partner = call.legs[1 - ri.source].selected or previous
         x.selected = media.caller_codec(codecs, previous or partner)
@@ -214,9 +227,11 @@ class MidCall:
 
     def _reinvite_answer(self, call: Call, now: float) -> None:
         ri = call.reinvite
+        assert ri is not None, "called while a re-INVITE is relayed"
         call.reinvite = None
         call.step(CallInput.REINVITE_DONE)
         x = call.legs[ri.source]
+        assert x.sent is not None, "_reinvite_apply_source built its answer"
         response = self._leg_response(call, ri.source, ri.request, 200, bytes(x.sent))
         owed = None if ri.answer is None else ri.answer.cseq
         self._send_2xx(call, ri.source, ri.tx, response, owed, now)
@@ -235,7 +250,9 @@ class MidCall:
         self, call: Call, leg: int, request: Request, status: int, body: bytes
     ) -> Response:
         response = make_response(request, status)
-        response.add("Contact", self._contact[call.legs[leg].peer.transport])
+        peer = call.legs[leg].peer
+        assert peer is not None, "a leg that sends requests has a peer"
+        response.add("Contact", self._contact[peer.transport])
         if body:
             response.add("Content-Type", _SDP)
             response.body = body

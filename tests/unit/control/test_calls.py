@@ -145,6 +145,24 @@ def test_callee_decline_603_relays_603_and_cdr_rejected(sw: Switch) -> None:
     assert sw.cdrs[0].disposition is Disposition.REJECTED and sw.cdrs[0].sip_code == 603
 
 
+def test_callee_200_without_sdp_is_acked_and_byed_and_the_caller_gets_502(sw: Switch) -> None:
+    """Regression: with no early media before it, the callee leg had no peer yet, so
+    the hang-up raised AttributeError building the ACK: no BYE, no DELETE, no CDR."""
+    alice = sw.phone("alice", "198.51.100.10")
+    bob = sw.phone("bob", "198.51.100.20")
+    sw.register(bob)
+    sw.authenticated_invite(alice, "bob")
+    invite_b = bob.take("INVITE")
+    bob.send(bob.answer(invite_b, 200))  # no SDP answer, and none in a 183 before
+    alice.take(502)
+    assert bob.take("ACK").cseq == invite_b.cseq
+    assert bob.take("BYE").call_id == invite_b.call_id
+    assert len(sw.pool.of(Delete)) == 1
+    (cdr,) = sw.cdrs
+    assert (cdr.disposition, cdr.sip_code) == (Disposition.FAILED, 502)
+    assert sw.calls.active_calls("bob", "example.com") == 0
+
+
 def test_caller_cancel_while_ringing_cancels_forks_and_deletes_session(sw: Switch) -> None:
     alice = sw.phone("alice", "198.51.100.10")
     bob = sw.phone("bob", "198.51.100.20")
