@@ -38,6 +38,7 @@ future Opus decoder) can be pushed directly with codec ``"L16"``.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -62,8 +63,8 @@ _CODEC_ID: dict[str, int] = {c.name: i for i, c in enumerate(_TABLE_CODECS)}
 _L16 = len(_TABLE_CODECS)
 _CODEC_ID["L16"] = _L16
 _NO_KEY = -(2**62)
-_DECODE_ALL = np.concatenate([c.decode_table for c in _TABLE_CODECS])  # type: ignore[misc]
-_ENCODE_ALL = np.concatenate([c.encode_table for c in _TABLE_CODECS])  # type: ignore[misc]
+_DECODE_ALL = np.concatenate([c.decode_table for c in _TABLE_CODECS])
+_ENCODE_ALL = np.concatenate([c.encode_table for c in _TABLE_CODECS])
 
 
 class _Participant:
@@ -125,7 +126,7 @@ class Mixer:
         old, d, n = self._capacity, self.depth, FRAME_SAMPLES
 
         def grow(name: str, shape: tuple[int, ...], dtype: type, fill: int) -> None:
-            new = np.full((capacity, *shape), fill, dtype=dtype)
+            new: npt.NDArray[Any] = np.full((capacity, *shape), fill, dtype=dtype)
             if old:
                 new[:old] = getattr(self, name)
             setattr(self, name, new)
@@ -139,7 +140,7 @@ class Mixer:
         grow("_wait", (), np.int64, 0)  # ticks spent with frames buffered, not playing
         grow("_under", (), np.int64, 0)  # consecutive missing frames while playing
         grow("_last", (n,), np.int16, 0)  # last frame played, for one repeat
-        self._ring_flat = memoryview(self._ring.reshape(-1))
+        self._ring_flat = self._ring.reshape(-1).data  # memoryview(), as numpy's stubs allow
         self._free.extend(range(capacity - 1, old - 1, -1))
         self._capacity = capacity
 

@@ -57,7 +57,7 @@ _OPEN, _DATA, _CLOSE, _STOP = range(4)
 
 _TABLE_CODECS = [c for c in CODECS.values() if c.decode_table is not None]
 _CODEC_ID = {c.name: i for i, c in enumerate(_TABLE_CODECS)}
-_DECODE_ALL = np.concatenate([c.decode_table for c in _TABLE_CODECS])  # type: ignore[misc]
+_DECODE_ALL = np.concatenate([c.decode_table for c in _TABLE_CODECS])
 _NO_KEY = -(2**62)
 
 
@@ -285,7 +285,7 @@ class Recording:
         ring = chunk_frames + delay_frames + self._ahead + 4
         self._ring = ring
         self._codes = np.zeros((2, ring, FRAME), dtype=np.uint8)
-        self._codes_flat = memoryview(self._codes.reshape(-1))
+        self._codes_flat = self._codes.reshape(-1).data  # memoryview(), as numpy's stubs allow
         # Frame number and codec id held at each ring position, per leg: plain
         # lists because push sets one item (cheaper than a numpy scalar write).
         self._keys = [[_NO_KEY] * ring, [_NO_KEY] * ring]

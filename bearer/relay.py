@@ -169,7 +169,7 @@ class Relay:
         self._hk: list[Session] = []
         self._hk_pos = 0
         self._hk_due = 0.0
-        self.totals = [0] * S.NCOUNTERS  # counters of deleted sessions
+        self.totals: list[Any] = [0] * S.NCOUNTERS  # like Leg.c: int slots, two float ones
         self.totals[S.JITTER] = 0.0
         self.totals[S.TRANSIT] = 0.0
         self.recordings: set[Session] = set()
@@ -465,6 +465,7 @@ class Relay:
         for leg in s.legs:
             if leg.rtp is None:
                 continue
+            assert leg.rtcp is not None, "a leg's RTP and RTCP sockets come and go together"
             fdmap[leg.rtp.fileno()] = self._entry(s, leg)
             fdmap[leg.rtcp.fileno()] = (K_RTCP, None, None, leg.c, None, -1, 0.0, None, leg)
             if leg.catcher is not None:
@@ -483,6 +484,8 @@ class Relay:
                 out, dest = other.rtp.send, None
             elif other.destination is not None:
                 out, dest = other.rtp.sendto, other.destination
+        remap: tuple[Any, ...]  # remap_table's, or (audio PT, codec name) for K_CONF
+        recv: Callable[..., Any]  # recvfrom_into (K_LATCH) or recv_into
         if other is not None:
             remap = remap_table(leg.spec, other.spec)
         else:

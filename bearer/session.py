@@ -484,7 +484,7 @@ class ConferenceOut:
                 pk[i]["ssrc"] = random.getrandbits(32)
         self.pk = pk
         self.rows = {pid: i for i, pid in enumerate(pids)}
-        flat = memoryview(pk.view(np.uint8).reshape(-1))
+        flat = pk.view(np.uint8).reshape(-1).data  # memoryview(), as numpy's stubs allow
         size = _CONF_PKT.itemsize
         self.out = []
         for i, pid in enumerate(pids):
