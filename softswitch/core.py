@@ -342,6 +342,8 @@ class Switch:
         tx = getattr(ev, "tx", None)
         if isinstance(tx, ServerTransaction) and tx.state in (State.TRYING, State.PROCEEDING):
             try:
+                # Not lingering yet (TRYING, PROCEEDING), so it still has its request.
+                assert tx.request is not None
                 self._refuse(tx, tx.request, CoreRefusal.INTERNAL_ERROR, now)
             except Exception:
                 log.exception("could not even answer 500")
@@ -582,8 +584,8 @@ class Switch:
         for tx in list(self.layer._clients.values()):
             if tx.state in (State.CALLING, State.TRYING, State.PROCEEDING):
                 n += 1
-        for tx in list(self.layer._servers.values()):
-            if tx.state in (State.TRYING, State.PROCEEDING):
+        for server in list(self.layer._servers.values()):
+            if server.state in (State.TRYING, State.PROCEEDING):
                 n += 1
         return n
 

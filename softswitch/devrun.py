@@ -22,6 +22,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import cast
 
 from softswitch.config import dumps
 
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         dead = [c for c in children if c.poll() is not None]
         if dead:
             for c in dead:
-                print(f"softswitch: {' '.join(c.args)} exited with {c.returncode}", file=sys.stderr)
+                command = " ".join(cast("list[str]", c.args))  # one of ``commands``
+                print(f"softswitch: {command} exited with {c.returncode}", file=sys.stderr)
             rc = 1
             break
         time.sleep(0.2)

@@ -74,7 +74,7 @@ class LogSetup:
             self.handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
             self.handler.setFormatter(logging.Formatter(_STDERR_FORMAT))
         self.listener = logging.handlers.QueueListener(
-            self.queue,  # type: ignore[arg-type]
+            self.queue,
             self.handler,
             respect_handler_level=False,
         )
@@ -88,7 +88,7 @@ class LogSetup:
         self._saved = (list(root.handlers), root.level)
         for old in self._saved[0]:
             root.removeHandler(old)
-        self._queue_handler = logging.handlers.QueueHandler(self.queue)  # type: ignore[arg-type]
+        self._queue_handler = logging.handlers.QueueHandler(self.queue)
         root.addHandler(self._queue_handler)
         root.setLevel(self.level)
         self.listener.start()

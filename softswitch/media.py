@@ -131,9 +131,9 @@ def caller_codec(caller: Sequence[Codec], callee_selected: Codec) -> Codec:
     for codec in caller:
         if codec.same_format(callee_selected):
             return codec
-    codec = real_codec(caller)
-    assert codec is not None  # usable_codecs guaranteed one
-    return codec
+    fallback = real_codec(caller)
+    assert fallback is not None  # usable_codecs guaranteed one
+    return fallback
 
 
 def direction_of(md: MediaDescription) -> str:

@@ -39,7 +39,7 @@ import logging
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -124,7 +124,7 @@ def _labelled(
     name: str,
     doc: str,
     label: str,
-    values: dict[str, float],
+    values: Mapping[str, float],
 ) -> Metric:
     family = kind(name, doc, labels=[label])
     for key in sorted(values):
@@ -307,7 +307,7 @@ def _calls(sw: Any, calls: Any) -> Iterator[Metric]:
 
 def _bearers(pool: Any) -> Iterator[Metric]:
     bearers = tuple(pool.bearers)
-    families = {
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "up": GaugeMetricFamily(
             "softswitch_bearer_up",
             "1 if the bearer is up (heartbeats answered).",

@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 __all__ = ["Notifier", "watchdog_interval"]
 
 
-def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
+def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     """Seconds between WATCHDOG=1 pings, or None if no watchdog is armed.
 
     systemd sets ``$WATCHDOG_USEC`` to the unit's WatchdogSec and, when it
@@ -48,7 +49,7 @@ class Notifier:
     interval above, so a main loop may call it every iteration.
     """
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         path = env.get("NOTIFY_SOCKET", "")
         self._address: str | bytes | None = None
