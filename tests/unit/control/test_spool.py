@@ -145,7 +145,8 @@ def test_a_journal_held_by_a_running_process_is_not_a_leftover(tmp_path: Path, c
             sys.executable,
             "-c",
             "import os, sys; from softswitch.spool import Spool, Delete;"
-            "s = Spool(sys.argv[1]); s.leftovers(); s.append([Delete(('a', 'b', 'c'))]); os._exit(9)",
+            "s = Spool(sys.argv[1]); s.leftovers();"
+            "s.append([Delete(('a', 'b', 'c'))]); os._exit(9)",
             str(tmp_path / "child"),
         ],
         cwd=ROOT,
