@@ -559,7 +559,7 @@ class DbThreadCases:
         assert sorted(ids) == sorted(f"call-{n}@example.com" for n in range(12))
         assert journal_records(spool) == 0
 
-    def test_a_stop_with_the_database_down_keeps_the_writes_for_the_next_start(
+    def test_a_stop_with_the_database_down_keeps_the_writes_for_the_next_start_which_waits(
         self, db, engine, start, tmp_path
     ):
         spool = tmp_path / "spool"
@@ -570,10 +570,11 @@ class DbThreadCases:
         thread.save_binding(binding(4))
         try:
             assert thread.stop(1.5) is False
+            assert journal_records(spool) == 2
+            again = start(spool_dir=spool)  # still down: the replay waits, like the load
+            assert next_message(again, DbStatus).ok is False
         finally:
             db.up()
-        assert journal_records(spool) == 2
-        again = start(spool_dir=spool)
         assert next_message(again, Loaded).registrations == [binding(4)]
         assert count(engine, cdrs) == 1 and journal_records(spool) == 0
 
