@@ -289,13 +289,13 @@ class Registrar:
             saves[text] = binding
 
         # Commit (§10.3 step 7: all or nothing; nothing above changed state).
-        deleted = []
+        removed: list[Binding] = []
         for contact_text, b in removes.items():
             if contact_text not in saves and location.remove(b.username, b.domain, contact_text):
-                deleted.append(b)
+                removed.append(b)
         for b in saves.values():
-            deleted.extend(location.save(b))
-        return tuple(saves.values()), tuple(deleted)
+            removed.extend(location.save(b))
+        return tuple(saves.values()), tuple(removed)
 
     # ------------------------------------------------------------------ responses
 
