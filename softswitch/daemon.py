@@ -54,7 +54,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from bearer.protocol import MAX_DATAGRAM, KeyFileError, load_key
 from softswitch.admin import AdminError, AdminServer
@@ -577,7 +577,11 @@ class ControlDaemon:
         if db is not None:
             if sw is not None:
                 self._hand_to_db()
-            if not await self.loop.run_in_executor(None, db.stop, DB_STOP_TIMEOUT):
+            if await self.loop.run_in_executor(None, db.stop, DB_STOP_TIMEOUT):
+                pass
+            elif db.kept_at_stop:
+                log.warning("database writes unwritten at stop, kept in the journal")
+            else:
                 log.error("database writes lost at stop (%d dropped)", db.dropped)
         log.info("stopped")
 
@@ -599,13 +603,12 @@ class ControlDaemon:
         """The Switch's DB commands, to the DB thread's queue (never blocks)."""
         db = self.db
         for cmd in self.switch.db_commands():
-            kind = type(cmd)
             try:
-                if kind is SaveBinding:
+                if isinstance(cmd, SaveBinding):
                     db.save_binding(cmd.binding)
-                elif kind is DeleteBinding:
+                elif isinstance(cmd, DeleteBinding):
                     db.delete_binding(cmd.username, cmd.domain, cmd.contact)
-                elif kind is WriteCdr:
+                elif isinstance(cmd, WriteCdr):
                     db.write_cdr(cmd.cdr)
             except ValueError as exc:
                 log.warning("not persisted: %s", exc)
@@ -626,7 +629,10 @@ class SipTcp(asyncio.Protocol):
         self.last_activity = time.time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream transport (create_server/create_connection); uvloop's are not
+        # asyncio.Transport subclasses, hence a cast rather than isinstance.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         peername = transport.get_extra_info("peername")
         key = (peername[0], peername[1])
         tcp = self.daemon._tcp
@@ -641,7 +647,7 @@ class SipTcp(asyncio.Protocol):
                 old.close()
             tcp[key] = self
         for data in self.backlog:
-            self.transport.write(data)
+            transport.write(data)
         self.backlog.clear()
 
     def data_received(self, data: bytes) -> None:

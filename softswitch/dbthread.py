@@ -186,7 +186,7 @@ class DbThread:
     def __init__(
         self,
         url: str,
-        notify: Callable[[], None],
+        notify: Callable[[], object],
         *,
         sync_interval: float = 2.0,
         write_queue_max: int = 100_000,
@@ -238,6 +238,7 @@ class DbThread:
         self._next_retry = 0.0
         self._next_poll = 0.0
         self._polls = 0
+        self._kept_at_stop = False
         self._last_poll_wall = 0.0
         self._known: dict[int, UserKey] = {}  # user id -> key, for deletions
         self._seen: dict[int, float] = {}  # user id -> updated_at sent, within OVERLAP
@@ -281,6 +282,12 @@ class DbThread:
     def spool_errors(self) -> int:
         """Times the journal could not be written (it is off until it can be again)."""
         return self._spool_errors
+
+    @property
+    def kept_at_stop(self) -> bool:
+        """After a stop that could not write everything: whether the journal
+        holds the rest for the next start (False: they are lost)."""
+        return self._kept_at_stop
 
     @property
     def healthy(self) -> bool | None:
@@ -755,6 +762,7 @@ class DbThread:
         if left_b or left_c:
             spool = self._spool
             kept = spool is not None and spool.active
+            self._kept_at_stop = kept
             log.error(
                 "stopping with %d CDRs and %d registration writes unwritten: %s; %s",
                 left_c,
