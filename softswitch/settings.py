@@ -188,8 +188,10 @@ CONTROL_OPTIONS: list[Option] = [
         "database",
         "spool_dir",
         optional(string),
-        "/var/lib/softswitch/spool",
-        "Journal of writes not yet in the database, replayed at start (empty: none).",
+        "auto",
+        "Journal of writes not yet in the database, replayed at start: a directory; "
+        '"auto" = spool/ beside an SQLite database file, else /var/lib/softswitch/spool; '
+        "empty: no journal.",
     ),
     # [bearers]
     Option(
@@ -273,7 +275,22 @@ def load_control_config(path: str | Path, **kwargs: object) -> SimpleNamespace:
     cfg = load(path, CONTROL_OPTIONS, **kwargs)  # type: ignore[arg-type]
     if cfg.bearers.endpoints == "auto":
         cfg.bearers.endpoints = local_bearer_endpoints(Path(path).parent / "bearer.conf")
+    if cfg.database.spool_dir == "auto":
+        cfg.database.spool_dir = auto_spool_dir(cfg.database.url)
     return cfg
+
+
+def auto_spool_dir(url: str) -> str:
+    """Where the journal of pending writes goes when not configured: beside
+    the database file for SQLite (a checkout's ./var/, the package's
+    /var/lib/softswitch/), else the package's state directory.  So a
+    configuration written before the option existed still gets a journal
+    where its user can write."""
+    if url.startswith("sqlite:///"):
+        database = url[len("sqlite:///") :].partition("?")[0]
+        if database and database != ":memory:":
+            return str(Path(database).parent / "spool")
+    return "/var/lib/softswitch/spool"
 
 
 #: Bearer instances "auto" means at most (softswitch-generator's max_auto).

@@ -305,3 +305,23 @@ def test_auto_means_as_many_bearers_for_control_as_for_the_generator():
 
     generator = Path(__file__).parents[2] / "systemd" / "softswitch-generator"
     assert f"\nmax_auto={MAX_AUTO_INSTANCES}\n" in generator.read_text()
+
+
+@pytest.mark.parametrize(
+    ("url", "spool"),
+    [
+        ("sqlite:////var/lib/softswitch/softswitch.db", "/var/lib/softswitch/spool"),
+        ("sqlite:////home/me/switch/var/softswitch.db?timeout=5", "/home/me/switch/var/spool"),
+        ("sqlite:///var/softswitch.db", "var/spool"),  # relative, as an old `make run` wrote
+        ("sqlite://", "/var/lib/softswitch/spool"),
+        ("mysql+pymysql://switch:pw@db.example.com/switch", "/var/lib/softswitch/spool"),
+    ],
+)
+def test_auto_spool_dir_is_beside_an_sqlite_file_else_the_state_directory(tmp_path, url, spool):
+    (tmp_path / "softswitch.conf").write_text(f'[database]\nurl = "{url}"\n')
+    assert load_control_config(tmp_path / "softswitch.conf").database.spool_dir == spool
+
+
+def test_an_empty_spool_dir_turns_the_journal_off(tmp_path):
+    (tmp_path / "softswitch.conf").write_text('[database]\nspool_dir = ""\n')
+    assert load_control_config(tmp_path / "softswitch.conf").database.spool_dir is None
