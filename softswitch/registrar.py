@@ -87,7 +87,7 @@ class Challenge(Enum):
 
 
 #: The one table: refusal -> (status, reason phrase or None for the standard
-#: one, challenge).  Digest failures follow the advice in sip/digest.py.
+#: one, challenge).  Digest failures follow the advice in sip/digest/server.py.
 ANSWERS: dict[Refusal | AuthFailure, tuple[int, str | None, Challenge]] = {
     Refusal.NO_CREDENTIALS: (401, None, Challenge.FRESH),
     AuthFailure.MALFORMED: (400, "Malformed Authorization header", Challenge.NONE),
