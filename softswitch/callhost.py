@@ -1,8 +1,8 @@
-"""What the B2BUA's mixins (``CallSetup``, ``MidCall``) use of ``CallManager``.
+"""What the B2BUA's mixins (``CallSetup``, ``MidCall``, ``Failover``) use of ``CallManager``.
 
-The B2BUA is one class, ``softswitch.calls.CallManager``, written in three
+The B2BUA is one class, ``softswitch.calls.CallManager``, written in four
 files so each reads in one sitting.  The mixins call helpers and read state
-that only ``CallManager`` defines; ``CallHost``, the base of both mixins,
+that only ``CallManager`` defines; ``CallHost``, the base of the mixins,
 declares them so that a type checker can follow those calls, and checks
 that ``CallManager``'s definitions keep matching.  It adds nothing at run
 time: the annotations are not evaluated and the methods exist only for the
@@ -66,6 +66,8 @@ class CallHost:
         def _bearer(self, call: Call, message: Message, now: float) -> int: ...
 
         def _update(self, call: Call, leg: int, spec: LegSpec, now: float) -> None: ...
+
+        def _start_recording(self, call: Call, now: float) -> None: ...
 
         def _a_response(
             self, call: Call, status: int, *, reason: str | None = None, body: bytes = b""

@@ -28,9 +28,10 @@ A call's bearer requests are matched by request id; the step that waits on
 them (``call.pending``) resumes when the last one is answered.  Every call
 attempt that passed authentication leaves exactly one ``Cdr``.
 
-The code is in three files read in this order: this one (entry points,
+The code is in four files read in this order: this one (entry points,
 bearer replies, hang-up and CDR, timers), ``callsetup.py`` (the initial
-INVITE up to the 200) and ``midcall.py`` (CANCEL, BYE, INFO, re-INVITE);
+INVITE up to the 200), ``midcall.py`` (CANCEL, BYE, INFO, re-INVITE) and
+``failover.py`` (an answered call moved off a dead bearer);
 states and refusals are data in ``callstate.py``, SDP decisions in
 ``media.py``, routing in ``routing.py``.
 """
@@ -90,6 +91,7 @@ from softswitch.callstate import (
     resend_timer,
 )
 from softswitch.cdr import Cdr, Disposition
+from softswitch.failover import Failover
 from softswitch.midcall import MidCall
 from softswitch.sip.dialog import request_dialog_id
 from softswitch.sip.digest import DigestServer
@@ -129,7 +131,7 @@ def _bearer_name(bearer: Any) -> str | None:
     return getattr(bearer, "name", None) or str(bearer.id)
 
 
-class CallManager(CallSetup, MidCall):
+class CallManager(CallSetup, MidCall, Failover):
     """Every call of the switch; see the module docstring."""
 
     def __init__(
@@ -227,6 +229,8 @@ class CallManager(CallSetup, MidCall):
             self._fork_response(call, extra, response, now)
         elif role == "reinvite":
             self._reinvite_response(call, tx, response, now)
+        elif role == "move":
+            self._move_response(call, tx, extra, response, now)
         elif role == "relay" and response.status >= 200:
             del self._txs[tx]
             self._relay_back(extra, response, now)
@@ -248,6 +252,8 @@ class CallManager(CallSetup, MidCall):
             self._fork_settled(call, now)
         elif role == "reinvite":
             self._reinvite_failed(call, 408, now)
+        elif role == "move":
+            self._move_failed(call, tx, extra, now)
         elif role == "relay":
             server_tx, original = extra
             self._reply(server_tx, original, 408, now)
@@ -367,6 +373,8 @@ class CallManager(CallSetup, MidCall):
                     self._bearer(call, Delete(call.session_id), now)
                 else:
                     self._finish(call, now)
+            elif isinstance(reply, Allocated) and call.state is CallState.MOVING:
+                self._moved(call, reply, now)
             elif isinstance(reply, Allocated):
                 self._allocated(call, reply, now)
             else:
@@ -404,6 +412,8 @@ class CallManager(CallSetup, MidCall):
             self._answer_caller(call, now)
         elif state is CallState.REINVITING:
             self._reinvite_answer(call, now)
+        elif state is CallState.MOVING:
+            self._move_settled(call, now)
         return None
 
     def _allocated(self, call: Call, reply: Allocated, now: float) -> None:
@@ -411,18 +421,25 @@ class CallManager(CallSetup, MidCall):
         call.ports = reply.ports
         for leg in call.legs:
             leg.origin = LegOrigin(reply.address, sess_id=secrets.randbits(31))
-        if call.record:  # one RECORD, with the path the CDR will name
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-            name = _UNSAFE.sub("_", call.a_request.call_id)[:120]
-            directory = self.config.recording.dir.rstrip("/")
-            call.recording = f"{directory}/{name}-{stamp}.wav"
-            self._bearer(call, Record(call.session_id, True, call.recording), now)
+        if call.record:
+            self._start_recording(call, now)
         if call.room is not None:
             call.step(CallInput.ROOM_ALLOCATED)
             call.pending.add(self._bearer(call, Join(call.room, call.session_id), now))
             return
         call.step(CallInput.ALLOCATED)
         self._fork(call, now)
+
+    def _start_recording(self, call: Call, now: float) -> None:
+        """One RECORD, with the path the CDR will name (a new one after a move)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        name = _UNSAFE.sub("_", call.a_request.call_id)[:120]
+        directory = self.config.recording.dir.rstrip("/")
+        path = f"{directory}/{name}-{stamp}.wav"
+        if path == call.recording:  # moved within the second it started
+            path = f"{directory}/{name}-{stamp}-{call.session_id & 0xFFFF}.wav"
+        call.recording = path
+        self._bearer(call, Record(call.session_id, True, path), now)
 
     def _update(self, call: Call, leg: int, spec: LegSpec, now: float) -> None:
         """Tell the bearer a leg's new description, unless it already has it."""
@@ -443,12 +460,6 @@ class CallManager(CallSetup, MidCall):
                 call.dtmf.append(event.digit)
         elif isinstance(event, RecordingDone):
             call.recording = event.path
-
-    def _bearer_lost(self, peer: object, now: float) -> None:
-        """A bearer died or restarted: its sessions are gone, hang their calls up."""
-        for call in [c for c in self._sessions.values() if c.bearer.peer == peer]:
-            call.bearer_lost = True
-            self._hangup(call, now, refusal=Refusal.BEARER_FAILED)
 
     # ================================================================ responses to A
 
@@ -543,6 +554,8 @@ class CallManager(CallSetup, MidCall):
         """End ``call``: final answer or BYE to each side not already gone, bearer DELETE."""
         if not call.live:
             return
+        if call.state is CallState.MOVING and by is None:
+            self._bump("bearer_lost")  # the move failed
         call.end = now
         for kind in list(call.timers):
             self._disarm(call, kind)
@@ -670,6 +683,10 @@ class CallManager(CallSetup, MidCall):
                 self._hangup(call, now, refusal=Refusal.NO_ANSWER)
         elif kind is Timer.FORGET:
             self._forget(call)
+        elif kind is Timer.MOVE:
+            if call.state is CallState.MOVING:
+                log.warning("call %s: the move took too long", call.a_request.call_id)
+                self._hangup(call, now, refusal=Refusal.BEARER_FAILED)
         else:
             leg = CALLER if kind is Timer.RESEND_CALLER else CALLEE
             entry = call.resend.get(leg)

@@ -17,7 +17,9 @@ numbers its legs the same way.  Every step of a call is one input to
     ANSWERED  <------------------------------------------+
        | CALLER_ACK: ACK to B (the 2xx's ACK is end to end, RFC 3261 §13.2.2.4)
     CONFIRMED  <--REINVITE_DONE--  REINVITING  (a hold/resume re-INVITE relayed)
-       |                              ^ REINVITE
+       |     ^                        ^ REINVITE
+       |     +--MOVED--  MOVING  (BEARER_LOST: its bearer died; a new session is
+       |                          allocated elsewhere and both phones re-INVITEd)
     any live state --HANGUP--> TERMINATING (BYE/CANCEL sent, DELETE in flight)
                                   | DELETED: CDR written
                                ENDED
@@ -95,6 +97,7 @@ class CallState(Enum):
     ANSWERED = auto()
     CONFIRMED = auto()
     REINVITING = auto()
+    MOVING = auto()  # its bearer died: ALLOCATE elsewhere, re-INVITE both (softswitch.failover)
     TERMINATING = auto()
     ENDED = auto()
 
@@ -109,6 +112,8 @@ class CallInput(Enum):
     CALLER_ACK = auto()
     REINVITE = auto()
     REINVITE_DONE = auto()
+    BEARER_LOST = auto()
+    MOVED = auto()
     HANGUP = auto()
     DELETED = auto()
 
@@ -128,6 +133,8 @@ CALL_TRANSITIONS: dict[tuple[CallState, CallInput], CallState] = {
     (_C.ANSWERED, _I.CALLER_ACK): _C.CONFIRMED,
     (_C.CONFIRMED, _I.REINVITE): _C.REINVITING,
     (_C.REINVITING, _I.REINVITE_DONE): _C.CONFIRMED,
+    (_C.CONFIRMED, _I.BEARER_LOST): _C.MOVING,
+    (_C.MOVING, _I.MOVED): _C.CONFIRMED,
     **{(state, _I.HANGUP): _C.TERMINATING for state in LIVE_STATES},
     (_C.TERMINATING, _I.DELETED): _C.ENDED,
 }
@@ -195,6 +202,7 @@ class Timer(Enum):
     RESEND_CALLER = auto()  # our 2xx to leg 0 again, until its ACK (§13.3.1.4)
     RESEND_CALLEE = auto()  # our 2xx to leg 1 (a re-INVITE it sent)
     FORGET = auto()  # stop waiting for the last forks' final responses (§9.1: 64*T1)
+    MOVE = auto()  # a move to another bearer not done within 64*T1: hang up
 
 
 def resend_timer(leg: int) -> Timer:
@@ -392,6 +400,7 @@ class Call:
     early: Fork | None = None  # the fork whose early media the bearer carries
     b_invite_cseq: int = 0
     reinvite: Reinvite | None = None
+    moving: dict[int, ClientTransaction] = field(default_factory=dict)  # leg -> its re-INVITE
     acks: dict[int, tuple[int, Request]] = field(default_factory=dict)  # leg -> CSeq, our ACK
     timers: dict[Timer, int] = field(default_factory=dict)  # armed timer -> heap token
     # leg -> [tx, our 2xx, interval, give-up time, CSeq of the other leg's INVITE to ACK]

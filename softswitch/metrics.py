@@ -290,6 +290,14 @@ def _calls(sw: Any, calls: Any) -> Iterator[Metric]:
     )
     yield _labelled(
         CounterMetricFamily,
+        "softswitch_calls_bearer_failover",
+        "Live calls whose bearer died or restarted: moved to another bearer (re-INVITEd) "
+        "or lost (hung up: not movable, or the move failed).",
+        "outcome",
+        {k: counters.get(f"bearer_{k}", 0) for k in ("moved", "lost")},
+    )
+    yield _labelled(
+        CounterMetricFamily,
         "softswitch_call_auth_failures",
         "INVITE credentials refused, by reason.",
         "reason",

@@ -112,6 +112,8 @@ class FakeBearer:
     capacity: int = 500
     cpu: float = 0.0
     auth_failed: bool = False
+    address: str = BEARER_ADDRESS  # what its ALLOCATEs answer
+    ports: tuple[int, ...] = BEARER_PORTS
 
 
 class FakeBearerPool:
@@ -155,7 +157,7 @@ class FakeBearerPool:
     def _reply(self, bearer: FakeBearer, m: Any) -> Message:
         if isinstance(m, Allocate):
             bearer.sessions += 1
-            return Allocated(m.session_id, BEARER_ADDRESS, BEARER_PORTS[: len(m.legs)])
+            return Allocated(m.session_id, bearer.address, bearer.ports[: len(m.legs)])
         if isinstance(m, Update):
             return Updated(m.session_id)
         if isinstance(m, Delete):

@@ -200,12 +200,13 @@ def test_dtmf_events_are_counted_per_call(sw: Switch) -> None:
     assert sw.calls.snapshot()[0]["dtmf"] == "12#"
 
 
-def test_bearer_down_tears_its_calls_down_with_byes(sw: Switch) -> None:
+def test_bearer_down_with_no_other_bearer_tears_its_calls_down_with_byes(sw: Switch) -> None:
     alice = sw.phone("alice", "198.51.100.10")
     bob = sw.phone("bob", "198.51.100.20")
     sw.register(bob)
     sw.establish(alice, bob)
     bob.take("ACK")
+    sw.pool.bearers[1].up = False  # nowhere to move the call to (softswitch/failover.py)
     sw.bearer_down(0)
     assert alice.has("BYE") and bob.has("BYE")
     assert sw.pool.of(Delete) == []  # the session died with the bearer

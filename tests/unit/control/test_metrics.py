@@ -130,6 +130,7 @@ def test_exposition_after_a_register_and_a_call() -> None:
     assert v("softswitch_calls_active") == 0
     assert v("softswitch_calls_total", disposition="answered") == 1
     assert v("softswitch_calls_total", disposition="busy") == 0  # every disposition, from 0
+    assert v("softswitch_calls_bearer_failover_total", outcome="moved") == 0
     # Set-up delay: one call, forked 1.5 ms after its INVITE (the ALLOCATE round trip).
     assert v("softswitch_call_setup_delay_seconds_count") == 1
     assert v("softswitch_call_setup_delay_seconds_sum") == pytest.approx(0.0015, abs=1e-6)
