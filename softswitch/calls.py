@@ -651,14 +651,21 @@ class CallManager(CallSetup, MidCall, Failover):
             if leg.dialog is not None and self._dialogs.get(leg.dialog.id, (None,))[0] is call:
                 del self._dialogs[leg.dialog.id]
         unsettled = (ForkState.CANCEL_PENDING, ForkState.CANCELLED)
-        if any(f.state in unsettled for f in call.forks):
+        if call.reinvites or any(f.state in unsettled for f in call.forks):
+            # A 2xx may still come (a re-INVITE crossing our BYE) or come
+            # again: ACK it, for as long as the phone may retransmit it.
             self._arm(call, Timer.FORGET, now + 64 * self.layer.timers.t1)
         else:
             self._forget(call)
 
     def _forget(self, call: Call) -> None:
+        """Drop the call's INVITE transactions from the table, which keeps
+        them after their final response for 2xx retransmissions: the last
+        reference to the call, so nothing of it outlives it."""
         for fork in call.forks:
             self._txs.pop(fork.tx, None)
+        for tx in call.reinvites:
+            self._txs.pop(tx, None)
 
     # ================================================================ timers
 

@@ -401,6 +401,9 @@ class Call:
     b_invite_cseq: int = 0
     reinvite: Reinvite | None = None
     moving: dict[int, ClientTransaction] = field(default_factory=dict)  # leg -> its re-INVITE
+    # Our re-INVITEs (hold/resume, moves), kept in the manager's transaction
+    # table for their 2xx retransmissions (ACKed again) until the call is forgotten.
+    reinvites: list[ClientTransaction] = field(default_factory=list)
     acks: dict[int, tuple[int, Request]] = field(default_factory=dict)  # leg -> CSeq, our ACK
     timers: dict[Timer, int] = field(default_factory=dict)  # armed timer -> heap token
     # leg -> [tx, our 2xx, interval, give-up time, CSeq of the other leg's INVITE to ACK]

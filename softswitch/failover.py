@@ -148,6 +148,7 @@ class Failover(CallHost):
             )
             tx = self.layer.send_request(invite, leg.peer, now)
             self._txs[tx] = (call, "move", n)
+            call.reinvites.append(tx)
             call.moving[n] = tx
 
     def _move_response(

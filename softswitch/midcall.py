@@ -154,6 +154,7 @@ class MidCall(CallHost):
         )
         call.reinvite.out = self.layer.send_request(out, y.peer, now)
         self._txs[call.reinvite.out] = (call, "reinvite", None)
+        call.reinvites.append(call.reinvite.out)
         return None
 
     def _reinvite_response(

@@ -91,6 +91,8 @@ def test_answered_call_moves_to_another_bearer_and_goes_on(sw: Switch) -> None:
     assert cdr.answer == T0 and cdr.duration == 30  # its answer time kept
     assert cdr.a_packets == 1500  # the new session's stats: the lost one's are gone
     assert sw.calls.snapshot() == []
+    sw.advance(64 * 0.5 + 1)
+    assert sw.calls._txs == {}  # the move's re-INVITEs went with the call
 
 
 def test_a_changed_answer_updates_the_new_bearer(sw: Switch) -> None:

@@ -24,6 +24,8 @@ from softswitch.sip.dialog import Dialog
 from tests.unit.control.test_calls_harness import (
     BEARER_ADDRESS,
     BEARER_PORTS,
+    Established,
+    Phone,
     Switch,
     media_of,
 )
@@ -78,7 +80,7 @@ def test_callee_without_telephone_event_drops_it_from_the_callers_answer(sw: Swi
     assert sw.pool.of(Update)[0].spec.dtmf_pt is None
 
 
-def hold_and_resume(sw: Switch, holder: str) -> None:
+def hold_and_resume(sw: Switch, holder: str) -> tuple[Phone, Phone, Established]:
     alice = sw.phone("alice", "198.51.100.10")
     bob = sw.phone("bob", "198.51.100.20")
     sw.register(bob)
@@ -122,6 +124,7 @@ def hold_and_resume(sw: Switch, holder: str) -> None:
         assert y.take("ACK").cseq == relayed.cseq
     held = sw.calls.snapshot()[0]["held"]
     assert held == [False, False]
+    return alice, bob, call
 
 
 def test_hold_and_resume_from_the_caller(sw: Switch) -> None:
@@ -130,6 +133,20 @@ def test_hold_and_resume_from_the_caller(sw: Switch) -> None:
 
 def test_hold_and_resume_from_the_callee(sw: Switch) -> None:
     hold_and_resume(sw, "bob")
+
+
+@pytest.mark.parametrize("holder", ["alice", "bob"])
+def test_a_call_with_reinvites_leaves_nothing_behind(sw: Switch, holder: str) -> None:
+    """Our re-INVITEs stay in the transaction table for their 2xx
+    retransmissions; once the call is over they must go with it."""
+    alice, bob, call = hold_and_resume(sw, holder)
+    alice.send(call.dialog_a.create_request("BYE", via=alice.via()))
+    alice.take(200)
+    bob.send(bob.answer(bob.take("BYE"), 200))
+    sw.advance(64 * 0.5 + 1)  # Timer M/K/FORGET: everything of the call settled
+    assert sw.cdrs and sw.cdrs[-1].disposition is Disposition.ANSWERED
+    assert sw.calls._txs == {}
+    assert sw.calls._sessions == {} and sw.calls._dialogs == {}
 
 
 def test_reinvite_glare_gets_491(sw: Switch) -> None:
