@@ -270,6 +270,8 @@ class Spool:
         name = max(time.time_ns(), self._last_name + 1)
         self._last_name = name
         path = self.directory / f"{PREFIX}{name:020d}-{os.getpid()}{SUFFIX}"
+        # Again here: a directory unusable at start may have been mended since.
+        self.directory.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
         fd = os.open(path, flags, 0o640)
         try:

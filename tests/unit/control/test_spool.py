@@ -157,16 +157,16 @@ def test_a_journal_held_by_a_running_process_is_not_a_leftover(tmp_path: Path, c
     assert read(left) == [Delete(("a", "b", "c"))]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
 def test_an_unwritable_directory_switches_the_journal_off(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    spool = Spool(locked / "spool")
+    """sysfs refuses new directories to everyone, root included (CI runs as
+    root, who may write into any directory whatever its mode)."""
+    spool = Spool("/sys/softswitch-test-spool")
     assert spool.leftovers() == [] and not spool.active
-    assert spool.error == f"{locked / 'spool'}: Permission denied"
+    assert spool.error in (
+        "/sys/softswitch-test-spool: Permission denied",
+        "/sys/softswitch-test-spool: Operation not permitted",
+    )
     assert spool.append([Save(binding(1))]) is False
-    locked.chmod(0o700)
-    assert spool.restart([Save(binding(1))]) is True and spool.active
 
 
 def test_a_write_error_switches_the_journal_off_and_removes_the_stale_file(
@@ -194,4 +194,7 @@ def test_a_directory_that_is_a_file_is_an_error_not_a_traceback(tmp_path: Path) 
     spool = Spool(tmp_path / "spool")
     assert spool.leftovers() == [] and not spool.active
     assert spool.error is not None and spool.error.endswith("File exists")
-    assert spool.restart([]) is False and spool.error.endswith("Not a directory")
+    assert spool.restart([]) is False and spool.error.endswith("File exists")
+    (tmp_path / "spool").unlink()  # the operator mends it: the next restart works
+    assert spool.restart([Save(binding(1))]) is True and spool.active
+    assert spool.append([Save(binding(2))]) is True
