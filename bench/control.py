@@ -326,11 +326,14 @@ class Switch:
         took = time.monotonic() - t0
         bearer_codes = [b.stop() for b in self.bearers]
         log = self.control.log()
+        warnings = [ln for ln in log.splitlines() if ln.startswith(("WARNING", "ERROR"))]
         return {
             "control_exit_code": code,
             "control_stop_seconds": round(took, 2),
             "bearer_exit_codes": bearer_codes,
             "control_log_tracebacks": log.count("Traceback"),
+            "control_log_warnings": len(warnings),
+            "control_log_warnings_first": warnings[:20],
         }
 
 
