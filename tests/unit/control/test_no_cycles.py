@@ -23,7 +23,6 @@ import pytest
 from softswitch.admin import AdminClient
 from softswitch.daemon import SipTcp
 from softswitch.dbthread import DbThread, Loaded
-from softswitch.sip.dialog import Dialog
 from softswitch.sip.digest import ha1
 from softswitch.sip.sdp import SessionDescription
 from softswitch.userdb import add_user, create_schema, make_engine
@@ -61,17 +60,10 @@ def _call(sw: Switch, n: int) -> None:
     alice = sw.phone("alice", "198.51.100.10", 5060 + n)
     bob = sw.phone("bob", "198.51.100.20")
     sw.register(bob)
-    invite_a = sw.authenticated_invite(alice, "bob")
-    invite_b = bob.take("INVITE")
-    bob.send(bob.answer(invite_b, 180))
-    alice.take(180)
-    bob.send(bob.answer(invite_b, 200, bob.offer()))
-    ok = alice.take(200)
-    dialog = Dialog.from_uac(invite_a, ok)
-    alice.send(dialog.create_ack(invite_a.cseq, via=alice.via()))
+    call = sw.establish(alice, bob)
     bob.take("ACK")
     sw.now += 30
-    alice.send(dialog.create_request("BYE", via=alice.via()))
+    alice.send(call.dialog_a.create_request("BYE", via=alice.via()))
     alice.take(200)
     bob.send(bob.answer(bob.take("BYE"), 200))
 
