@@ -56,8 +56,8 @@ class FailoverSwitch(E2eSwitch):
         return f"unix:{self.bearers[i].control}"[:64]
 
     def holds(self, i: int, port: int) -> bool:
-        """Whether ``port`` is in bearer ``i``'s range (the two ranges are random
-        400-port slices and may overlap: a port can be in both)."""
+        """Whether ``port`` is in bearer ``i``'s range (random 400-port slices,
+        disjoint within one switch: tests/integration/bearer/harness.py)."""
         b = self.bearers[i]
         return b.port_first <= port <= b.port_last
 
