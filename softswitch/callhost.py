@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from softswitch.location import Location
     from softswitch.sip.digest import DigestServer
     from softswitch.sip.message import Request, Response
+    from softswitch.sip.sdp import SessionDescription
     from softswitch.sip.transaction import (
         ClientTransaction,
         Peer,
@@ -68,6 +69,10 @@ class CallHost:
         def _update(self, call: Call, leg: int, spec: LegSpec, now: float) -> None: ...
 
         def _start_recording(self, call: Call, now: float) -> None: ...
+
+        def _send_reinvite(
+            self, call: Call, leg: int, offer: SessionDescription, role: str, extra: Any, now: float
+        ) -> ClientTransaction: ...
 
         def _a_response(
             self, call: Call, status: int, *, reason: str | None = None, body: bytes = b""

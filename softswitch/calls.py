@@ -98,6 +98,7 @@ from softswitch.sip.digest import DigestServer
 from softswitch.sip.errors import SipError
 from softswitch.sip.message import Request, Response, make_response
 from softswitch.sip.offeranswer import LegOrigin
+from softswitch.sip.sdp import SessionDescription
 from softswitch.sip.transaction import (
     ClientTransaction,
     Peer,
@@ -602,6 +603,27 @@ class CallManager(CallSetup, MidCall, Failover):
             self._bearer(call, Leave(call.room, call.session_id), now)
         self._bearer(call, Delete(call.session_id), now)
         return None
+
+    def _send_reinvite(
+        self, call: Call, leg: int, offer: SessionDescription, role: str, extra: Any, now: float
+    ) -> ClientTransaction:
+        """An INVITE offering ``offer`` in ``leg``'s dialog (hold/resume, a move).
+
+        Its transaction stays in the table under ``role`` after its final
+        response, so that 2xx retransmissions are ACKed again, until the call
+        is forgotten (``_forget``)."""
+        target = call.legs[leg]
+        assert target.dialog is not None and target.peer is not None, "a confirmed leg"
+        invite = target.dialog.create_request(
+            "INVITE",
+            via=self._via[target.peer.transport] + new_branch(),
+            body=bytes(offer),
+            content_type=_SDP,
+        )
+        tx = self.layer.send_request(invite, target.peer, now)
+        self._txs[tx] = (call, role, extra)
+        call.reinvites.append(tx)
+        return tx
 
     def _send_bye(self, call: Call, leg: int, now: float) -> None:
         target = call.legs[leg]

@@ -51,13 +51,11 @@ from softswitch.callhost import CallHost
 from softswitch.callstate import Call, CallInput, CallState, Refusal, Timer
 from softswitch.sip.message import Response
 from softswitch.sip.sdp import SdpError
-from softswitch.sip.transaction import ClientTransaction, new_branch
+from softswitch.sip.transaction import ClientTransaction
 
 log = logging.getLogger("softswitch.calls")
 
 __all__ = ["Failover"]
-
-_SDP = "application/sdp"
 
 
 class Failover(CallHost):
@@ -140,16 +138,7 @@ class Failover(CallHost):
                 leg.sent, leg.index, keep, reply.address, reply.ports[n], leg.origin
             )
             leg.sent = offer
-            invite = leg.dialog.create_request(
-                "INVITE",
-                via=self._via[leg.peer.transport] + new_branch(),
-                body=bytes(offer),
-                content_type=_SDP,
-            )
-            tx = self.layer.send_request(invite, leg.peer, now)
-            self._txs[tx] = (call, "move", n)
-            call.reinvites.append(tx)
-            call.moving[n] = tx
+            call.moving[n] = self._send_reinvite(call, n, offer, "move", n, now)
 
     def _move_response(
         self, call: Call, tx: ClientTransaction, n: int, response: Response, now: float

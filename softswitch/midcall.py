@@ -146,15 +146,7 @@ class MidCall(CallHost):
         assert call.address is not None and y.origin is not None, "allocated"
         keep = [c for c in (y.selected, media.telephone_event(y.codecs)) if c is not None]
         offer = media.offer_for(sd, index, keep, call.address, call.ports[1 - leg], y.origin)
-        out = y.dialog.create_request(
-            "INVITE",
-            via=self._via[y.peer.transport] + new_branch(),
-            body=bytes(offer),
-            content_type=_SDP,
-        )
-        call.reinvite.out = self.layer.send_request(out, y.peer, now)
-        self._txs[call.reinvite.out] = (call, "reinvite", None)
-        call.reinvites.append(call.reinvite.out)
+        call.reinvite.out = self._send_reinvite(call, 1 - leg, offer, "reinvite", None, now)
         return None
 
     def _reinvite_response(
