@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-debian12.txt
 # Start the switch in the foreground on 127.0.0.1:5060 with SQLite and
 # recordings under ./var/. Ctrl-C stops everything.
 run: $(STAMP)
-	$(PY) -m softswitch.devrun
+	$(PY) -m softswitch.cli.devrun
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -7,7 +7,7 @@ The daemon is the I/O edge around three sans-I/O or self-contained parts:
 * ``bearer.relay.Relay`` owns the epoll loop, the RTP/RTCP sockets and the
   20 ms tick; the daemon registers its control socket and the signal
   wake-up fd with it as readers, and a few timers;
-* ``bearer.protoclient.EventSender`` is the protocol's bearer end: it decodes
+* ``softswitch.protocol.endpoint.EventSender`` is the protocol's bearer end: it decodes
   and authenticates control datagrams, answers retransmitted requests from
   its reply cache (a retransmitted ALLOCATE gets the identical reply and
   allocates nothing twice), retransmits our events until acked and runs the
@@ -49,8 +49,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from bearer.ports import raise_fd_limit
-from bearer.protoclient import EventSender, RequestReceived
-from bearer.protocol import (
+from bearer.recorder import RecorderWriter, Recording
+from bearer.relay import Relay, RelayError
+from bearer.session import Session
+from softswitch.daemonkit.bearerconf import load_bearer_config
+from softswitch.daemonkit.config import ConfigError, resolve_config_dir
+from softswitch.daemonkit.logsetup import LogSetup
+from softswitch.daemonkit.outbox import Outbox
+from softswitch.daemonkit.runtime import SocketFileError, remove_stale_socket
+from softswitch.daemonkit.sdnotify import Notifier
+from softswitch.protocol import (
     MAX_DATAGRAM,
     Allocate,
     Allocated,
@@ -79,15 +87,7 @@ from bearer.protocol import (
     Updated,
     load_key,
 )
-from bearer.recorder import RecorderWriter, Recording
-from bearer.relay import Relay, RelayError
-from bearer.session import Session
-from bearer.settings import load_bearer_config
-from softswitch.config import ConfigError, resolve_config_dir
-from softswitch.logsetup import LogSetup
-from softswitch.outbox import Outbox
-from softswitch.runtime import SocketFileError, remove_stale_socket
-from softswitch.sdnotify import Notifier
+from softswitch.protocol.endpoint import EventSender, RequestReceived
 
 __all__ = ["BearerDaemon", "main"]
 

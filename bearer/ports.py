@@ -1,6 +1,6 @@
 """The RTP port pool of one bearer instance.
 
-Each instance owns a slice of the port range (bearer.settings computes it), so
+Each instance owns a slice of the port range (softswitch.daemonkit.bearerconf computes it), so
 instances on one host never compete. Within the slice, RTP takes the even port
 and RTCP the odd one above it (RFC 3550 §11: "RTP SHOULD use an even
 destination port number and the corresponding RTCP stream SHOULD use the next

@@ -66,7 +66,9 @@ from typing import Any
 from bearer import session as S
 from bearer.mixer import Mixer
 from bearer.ports import PortPool, PortsExhausted
-from bearer.protocol import (
+from bearer.rtp import parse_header, parse_rtcp, payload_end
+from bearer.session import IDENTITY, ConferenceOut, Leg, Mode, Session, remap_table
+from softswitch.protocol import (
     AllocFlags,
     Dtmf,
     ErrorCode,
@@ -77,8 +79,6 @@ from bearer.protocol import (
     LegStats,
     MediaTimeout,
 )
-from bearer.rtp import parse_header, parse_rtcp, payload_end
-from bearer.session import IDENTITY, ConferenceOut, Leg, Mode, Session, remap_table
 
 __all__ = ["LATCH_GRACE", "TICK", "Relay", "RelayError"]
 

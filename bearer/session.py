@@ -34,8 +34,8 @@ import numpy as np
 
 from bearer.codecs import transcode_table
 from bearer.mixer import FRAME_SAMPLES, Mixer
-from bearer.protocol import AllocFlags, Direction, JoinFlags, LegSpec, LegStats, PayloadType
 from bearer.rtp import DtmfDetector
+from softswitch.protocol import AllocFlags, Direction, JoinFlags, LegSpec, LegStats, PayloadType
 
 __all__ = [
     "COUNTER_NAMES",

@@ -43,7 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from bearer.protocol import (
+from bench.bearerctl import BearerUnderTest
+from bench.loadgen import Generator, cpu_seconds_of, rss_kib_of
+from softswitch.protocol import (
     Allocate,
     Allocated,
     AllocFlags,
@@ -53,8 +55,6 @@ from bearer.protocol import (
     Record,
     Update,
 )
-from bench.bearerctl import BearerUnderTest
-from bench.loadgen import Generator, cpu_seconds_of, rss_kib_of
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bearer.json"
 PCMU = PayloadType(0, "PCMU", 8000)

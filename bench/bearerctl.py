@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bearer.protocol import (
+from softswitch.protocol import (
     Event,
     EventAck,
     Message,
@@ -42,7 +42,7 @@ BEARER_EXE = Path(sys.executable).with_name("softswitch-bearer")
 
 def render_conf(sections: dict[str, dict[str, Any]]) -> str:
     """A bearer.conf (TOML) with these sections of values."""
-    from softswitch.config import dumps
+    from softswitch.daemonkit.config import dumps
 
     return dumps(sections)
 

@@ -74,7 +74,7 @@ ones over 1 ms or that found cyclic garbage; a step reports those over
 10 ms (count, how many were full gen2 collections, the longest, the total)
 and the objects all collections found (``cyclic_garbage_objects``): the
 request and call paths should make no reference cycles at all, which the
-daemon's frozen heap could never reclaim (softswitch/gctune.py).
+daemon's frozen heap could never reclaim (softswitch/daemonkit/gctune.py).
 Results go to bench/results/control.json with the load average and CPU
 pressure before and after (``machine_busy`` when the load exceeded the two
 cores we use).
@@ -105,11 +105,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-import softswitch.settings
+import softswitch.daemon.settings
 from bench.loadgen import cpu_seconds_of, rss_kib_of
+from softswitch.db.schema import make_engine
+from softswitch.db.schema import users as users_table
 from softswitch.sip.digest import ha1
-from softswitch.userdb import make_engine
-from softswitch.userdb import users as users_table
 from tests.integration.bearer.harness import BearerProcess, start_bearer
 from tests.integration.control.harness import (
     DOMAIN,
@@ -256,7 +256,9 @@ def bulk_users(tmp: Path, count: int) -> float:
 
 
 def _has_option(section: str, key: str) -> bool:
-    return any(o.section == section and o.key == key for o in softswitch.settings.CONTROL_OPTIONS)
+    return any(
+        o.section == section and o.key == key for o in softswitch.daemon.settings.CONTROL_OPTIONS
+    )
 
 
 @dataclass
@@ -1161,7 +1163,7 @@ def leak_check(
     """RSS across rounds of ``count`` calls at ``rate``, each round followed
     by Timer J's wait, so that only what calls leave behind can remain.
 
-    softswitch-control freezes its heap (softswitch/gctune.py): a reference
+    softswitch-control freezes its heap (softswitch/daemonkit/gctune.py): a reference
     cycle made by a call would never be reclaimed, and this is the
     end-to-end check that calls leak nothing.  RSS alone is not: after a
     load peak it stays at the peak's high-water mark (the allocator keeps

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from softswitch.userdb import Binding
+from softswitch.model.users import Binding
 
 __all__ = ["MAX_CONTACTS", "LocalAddress", "Location"]
 

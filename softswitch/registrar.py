@@ -49,13 +49,13 @@ from enum import Enum
 from types import SimpleNamespace
 
 from softswitch.location import Location
+from softswitch.model.users import Binding, User, UserDirectory, check_binding
 from softswitch.sip.digest import AuthFailure, DigestServer
 from softswitch.sip.errors import SipError
 from softswitch.sip.grammar import parse_uint, unescape
 from softswitch.sip.message import Address, Request, Response, make_response
 from softswitch.sip.transaction import Peer
 from softswitch.sip.uri import SipUri, parse_uri, uri_equal
-from softswitch.userdb import Binding, User, UserDirectory, check_binding
 
 __all__ = ["ANSWERS", "Challenge", "Refusal", "RegisterResult", "Registrar"]
 

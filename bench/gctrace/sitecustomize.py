@@ -9,7 +9,7 @@ is appended to the file as ``<epoch seconds> <generation> <milliseconds>
 <objects collected>``.  The benchmark reads the file per step: long
 collections stop the daemon's event loop, which is where its latency tail
 comes from; and cyclic garbage under load means some path makes reference
-cycles, which leak once softswitch/gctune.py has frozen them.
+cycles, which leak once softswitch/daemonkit/gctune.py has frozen them.
 
 Without the variable this does nothing.  Either way the sitecustomize that
 this one shadows (Debian's, say) is run afterwards.

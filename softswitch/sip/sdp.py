@@ -313,7 +313,7 @@ class MediaDescription:
     session-level c= and a= lines (for the address and the direction).  It is
     an object the description shares with its sections, not a reference back
     to the description, so parsed SDP holds no reference cycle: the control
-    daemon freezes its heap (softswitch/gctune.py), and a frozen cycle that
+    daemon freezes its heap (softswitch/daemonkit/gctune.py), and a frozen cycle that
     dies is never reclaimed.  ``SessionDescription`` sets it; it is not
     compared or printed.
     """

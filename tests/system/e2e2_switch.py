@@ -39,8 +39,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from softswitch.admin import AdminClient, AdminError
-from softswitch.config import dumps
+from softswitch.daemon.admin import AdminClient, AdminError
+from softswitch.daemonkit.config import dumps
 from tests.system.netns import Topology
 
 BIN = Path(sys.executable).parent
@@ -59,7 +59,7 @@ RTP_PORT_MIN = 30000
 BEARER_STATS_CODE = r"""
 import json, sys
 from pathlib import Path
-from bearer.protocol import Stats, load_key
+from softswitch.protocol import Stats, load_key
 from tests.integration.bearer.harness import ControlClient
 client = ControlClient((sys.argv[2], int(sys.argv[3])), load_key(sys.argv[1]), Path(sys.argv[4]))
 try:

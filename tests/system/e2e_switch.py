@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from softswitch.userdb import cdrs, make_engine
+from softswitch.db.schema import cdrs, make_engine
 from tests.audio import Delay, Recording, assert_hears, measure_delay
 from tests.integration.bearer.harness import BearerProcess, start_bearer
 from tests.integration.control.harness import (

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from softswitch.userdb import cdrs
+from softswitch.db.schema import cdrs
 from tests.mariadb import MariaDB, mariadb_server  # noqa: F401 - session fixture
 from tests.system.e2e_switch import E2eSwitch
 from tests.system.test_calls_phones import (  # noqa: F401 - collected here too

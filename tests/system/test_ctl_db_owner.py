@@ -1,4 +1,4 @@
-"""softswitchctl run as root on a SQLite database another user owns (softswitch/ctl.py).
+"""softswitchctl run as root on a SQLite database another user owns (softswitch/cli/ctl.py).
 
 Used to break: `softswitchctl user add` as root before the daemon's first start
 created /var/lib/softswitch/softswitch.db owned by root, which the daemon
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from softswitch import ctl
+from softswitch.cli import ctl
 from tests.unit.control.dbthread_cases import write_config
 
 pytestmark = [pytest.mark.root]

@@ -1,4 +1,4 @@
-"""A bearer killed under a live call between two real phones (softswitch/failover.py).
+"""A bearer killed under a live call between two real phones (softswitch/calls/failover.py).
 
 Alice (pjsua2) calls Bob (pjsua2) through the real switch; both hear each
 other through bearer X. X gets SIGKILL: no goodbye, its sessions and ports

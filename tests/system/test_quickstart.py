@@ -1,7 +1,7 @@
 """The README's quick start, followed to the letter by a test.
 
 A fresh clone of the repository's HEAD (committed work only, as a new user
-gets it) → ``make run``'s command (``python -m softswitch.devrun``) → the
+gets it) → ``make run``'s command (``python -m softswitch.cli.devrun``) → the
 README's own ``.venv/bin/softswitchctl user add ...`` lines, run from the
 clone with no extra flags → two pjsua2 phones register with those
 credentials and one calls the other; both hear each other; the CDR shows it;
@@ -75,7 +75,7 @@ def make_run(clone: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str
     log = tmp_path / "make-run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [str(PY), "-m", "softswitch.devrun", "--sip-port", str(port)],
+            [str(PY), "-m", "softswitch.cli.devrun", "--sip-port", str(port)],
             cwd=clone,
             env=clone_env(clone),
             stdout=out,

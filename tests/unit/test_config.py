@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from bearer.settings import BEARER_OPTIONS, load_bearer_config
-from bearer.settings import HEADER as BEARER_HEADER
-from softswitch.config import ConfigError, _key_lines, dumps, render_defaults
-from softswitch.settings import CONTROL_OPTIONS, HEADER, load_control_config
+from softswitch.daemon.settings import CONTROL_OPTIONS, HEADER, load_control_config
+from softswitch.daemonkit.bearerconf import BEARER_OPTIONS, load_bearer_config
+from softswitch.daemonkit.bearerconf import HEADER as BEARER_HEADER
+from softswitch.daemonkit.config import ConfigError, _key_lines, dumps, render_defaults
 
 ETC = Path(__file__).resolve().parents[2] / "etc" / "softswitch"
 
@@ -301,7 +301,7 @@ def test_bearer_instances_get_their_own_socket_and_port_slice(tmp_path):
 
 
 def test_auto_means_as_many_bearers_for_control_as_for_the_generator():
-    from softswitch.settings import MAX_AUTO_INSTANCES
+    from softswitch.daemon.settings import MAX_AUTO_INSTANCES
 
     generator = Path(__file__).parents[2] / "systemd" / "softswitch-generator"
     assert f"\nmax_auto={MAX_AUTO_INSTANCES}\n" in generator.read_text()

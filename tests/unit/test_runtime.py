@@ -1,4 +1,4 @@
-"""softswitch.runtime: what both daemons do before binding a UNIX socket file."""
+"""softswitch.daemonkit.runtime: what both daemons do before binding a UNIX socket file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from softswitch.runtime import SocketFileError, remove_stale_socket
+from softswitch.daemonkit.runtime import SocketFileError, remove_stale_socket
 
 
 def _bound(path: Path, kind: int) -> socket.socket:

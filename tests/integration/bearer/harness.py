@@ -3,7 +3,7 @@
 Everything here uses real sockets on loopback: the bearer is started as the
 ``softswitch-bearer`` console script with a temporary configuration, control
 talks to it over its real UNIX (or UDP+HMAC) socket through a tiny
-synchronous client built on ``bearer.protocol``, and phones are plain UDP
+synchronous client built on ``softswitch.protocol``, and phones are plain UDP
 sockets that send RTP built with ``bearer.rtp.build_rtp``.
 """
 
@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from bearer.protocol import (
+from bearer.rtp import build_rtp
+from softswitch.daemonkit.config import dumps
+from softswitch.protocol import (
     Allocate,
     Allocated,
     Event,
@@ -43,8 +45,6 @@ from bearer.protocol import (
     decode,
     encode,
 )
-from bearer.rtp import build_rtp
-from softswitch.config import dumps
 
 ROOT = Path(__file__).resolve().parents[3]
 BEARER_EXE = Path(sys.executable).with_name("softswitch-bearer")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bearer.codecs import ulaw_encode
-from bearer.protocol import (
+from softswitch.protocol import (
     Allocate,
     Allocated,
     Delete,

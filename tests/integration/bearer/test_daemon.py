@@ -138,7 +138,7 @@ def test_sighup_reopens_the_log_file_and_affinity_is_logged(tmp_path: Path) -> N
 
 
 def test_notifier_path_socket_watchdog_rate_and_pid_check(tmp_path: Path) -> None:
-    from softswitch.sdnotify import Notifier, watchdog_interval
+    from softswitch.daemonkit.sdnotify import Notifier, watchdog_interval
 
     assert watchdog_interval({"WATCHDOG_USEC": "3000000"}) == 1.5
     assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}) is None
@@ -161,7 +161,7 @@ def test_notifier_path_socket_watchdog_rate_and_pid_check(tmp_path: Path) -> Non
 def test_log_reopen_is_ordered_behind_queued_records(tmp_path: Path) -> None:
     import logging
 
-    from softswitch.logsetup import LogSetup
+    from softswitch.daemonkit.logsetup import LogSetup
 
     path = tmp_path / "x.log"
     logs = LogSetup("info", str(path)).start()

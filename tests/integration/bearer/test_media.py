@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bearer.codecs import alaw_decode, ulaw_decode, ulaw_encode
-from bearer.protocol import (
+from softswitch.protocol import (
     AllocFlags,
     Delete,
     ErrorCode,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bearer.protoclient import PeerLoad, ProtocolClient, ReplyReceived
-from bearer.protocol import MAX_DATAGRAM, Allocate, Allocated, ProtocolError
-from softswitch.bearers import BearerPool
+from softswitch.bearerpool import BearerPool
+from softswitch.protocol import MAX_DATAGRAM, Allocate, Allocated, ProtocolError
+from softswitch.protocol.endpoint import PeerLoad, ProtocolClient, ReplyReceived
 from tests.integration.bearer.harness import BearerProcess, leg_spec, start_bearer
 
 

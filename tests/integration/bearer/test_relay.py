@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import time
 
-from bearer.protocol import Delete, Deleted, Dtmf, Latched, PayloadType
+from softswitch.protocol import Delete, Deleted, Dtmf, Latched, PayloadType
 from tests.integration.bearer.harness import (
     PCMA,
     PCMU,

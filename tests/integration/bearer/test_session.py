@@ -7,8 +7,8 @@ import struct
 import time
 from pathlib import Path
 
-from bearer.protocol import Allocate, Delete, Deleted, Direction, ErrorCode, ErrorReply
 from bearer.rtp import ReceiverReport, ReportBlock, SenderReport
+from softswitch.protocol import Allocate, Delete, Deleted, Direction, ErrorCode, ErrorReply
 from tests.integration.bearer.harness import BearerProcess, Phone, leg_spec, start_bearer
 
 

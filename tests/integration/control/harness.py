@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from softswitch.admin import AdminClient, AdminError
-from softswitch.config import dumps
+from softswitch.daemon.admin import AdminClient, AdminError
+from softswitch.daemonkit.config import dumps
+from softswitch.db.schema import create_schema, make_engine
+from softswitch.db.users import add_user
 from softswitch.sip.digest import DigestClient, ha1
 from softswitch.sip.framing import StreamFramer
 from softswitch.sip.message import Response, parse
-from softswitch.userdb import add_user, create_schema, make_engine
 from tests.integration.bearer.harness import BearerProcess, die_with_parent, start_bearer
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -26,7 +26,7 @@ def test_devrun_serves_and_softswitchctl_finds_it(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "softswitch.devrun",
+                "softswitch.cli.devrun",
                 "--var",
                 str(var),
                 "--sip-port",

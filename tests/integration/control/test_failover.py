@@ -1,5 +1,5 @@
 """A bearer killed mid-call: control moves the call to the other bearer
-(softswitch/failover.py) and both phones are re-INVITEd to it.
+(softswitch/calls/failover.py) and both phones are re-INVITEd to it.
 
 Alice and Bob talk through bearer X; X gets SIGKILL (no goodbye, its
 sessions gone); after three missed heartbeats (1 s apart, the default)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from softswitch.userdb import create_schema, make_engine, registrations, users
+from softswitch.db.schema import create_schema, make_engine, registrations, users
 
 AGENTS = [
     "Yealink SIP-T46S 66.86.0.15",
@@ -87,15 +87,16 @@ def populate(url: str, n: int, chunk: int = 10_000) -> None:
 
 def measure(url: str) -> dict[str, float]:
     """Load like the daemon does; the figures for the report."""
-    import softswitch.dbthread as dbthread
-    from softswitch.userdb import UserDirectory
+    import softswitch.db.thread as dbthread
+    from softswitch.db.messages import Loaded
+    from softswitch.model.users import UserDirectory
 
     baseline = _status_kb("VmRSS")
     started = time.monotonic()
     thread = dbthread.DbThread(url, lambda: None, sync_interval=3600)
     thread.start()
     loaded = thread.results.get(timeout=300)
-    assert isinstance(loaded, dbthread.Loaded), loaded
+    assert isinstance(loaded, Loaded), loaded
     directory = UserDirectory()
     directory.load(loaded.users)
     bindings = loaded.registrations

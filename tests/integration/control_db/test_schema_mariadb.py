@@ -5,20 +5,20 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from softswitch import ctl
-from softswitch.cdr import from_row
-from softswitch.cdr import to_row as cdr_row
-from softswitch.sip.digest import ha1
-from softswitch.userdb import (
+from softswitch.cli import ctl
+from softswitch.db.cdrs import from_row
+from softswitch.db.cdrs import to_row as cdr_row
+from softswitch.db.schema import (
     SCHEMA_VERSION,
     SchemaError,
-    add_user,
     cdrs,
     create_schema,
     make_engine,
     schema_version,
     users,
 )
+from softswitch.db.users import add_user
+from softswitch.sip.digest import ha1
 from tests.unit.control.dbthread_cases import DOMAIN, a_cdr, write_config
 
 

@@ -21,9 +21,9 @@ GENERATOR = ROOT / "systemd" / "softswitch-generator"
 UNITS = ROOT / "systemd"
 MAN = ROOT / "debian" / "man"
 COMMANDS = {
-    "softswitch-control": ["softswitch.daemon"],
+    "softswitch-control": ["softswitch.daemon.main"],
     "softswitch-bearer": ["bearer.daemon"],
-    "softswitchctl": ["softswitch.ctl"],
+    "softswitchctl": ["softswitch.cli.ctl"],
 }
 
 
@@ -119,7 +119,7 @@ def help_options(module: str) -> set[str]:
         ).stdout
         for a in (
             [["--help"]]
-            if module != "softswitch.ctl"
+            if module != "softswitch.cli.ctl"
             else [
                 ["--help"],
                 *[["user", a, "--help"] for a in ("add", "del", "list", "passwd", "set")],

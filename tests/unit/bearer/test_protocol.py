@@ -1,5 +1,5 @@
-"""The private control protocol: wire format (bearer.protocol) and its
-reliability layer (bearer.protoclient), driven on a fake clock."""
+"""The private control protocol: wire format (softswitch.protocol) and its
+reliability layer (softswitch.protocol.endpoint), driven on a fake clock."""
 
 from __future__ import annotations
 
@@ -12,20 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bearer.protoclient import (
-    EventReceived,
-    EventSender,
-    PeerDown,
-    PeerLoad,
-    PeerRestarted,
-    PeerUp,
-    ProtocolClient,
-    ReplyCache,
-    ReplyReceived,
-    RequestReceived,
-    RequestTimeout,
-)
-from bearer.protocol import (
+from softswitch.protocol import (
     HEADER,
     MAGIC,
     MAX_DATAGRAM,
@@ -67,6 +54,19 @@ from bearer.protocol import (
     encode,
     load_key,
     needs_transcoding,
+)
+from softswitch.protocol.endpoint import (
+    EventReceived,
+    EventSender,
+    PeerDown,
+    PeerLoad,
+    PeerRestarted,
+    PeerUp,
+    ProtocolClient,
+    ReplyCache,
+    ReplyReceived,
+    RequestReceived,
+    RequestTimeout,
 )
 
 KEY = bytes(range(32))

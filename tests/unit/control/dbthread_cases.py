@@ -21,16 +21,13 @@ from typing import Any, Protocol
 import pytest
 import sqlalchemy as sa
 
-from softswitch import ctl, dbthread
-from softswitch.cdr import Cdr, Disposition, from_row
-from softswitch.cdr import to_row as cdr_row
-from softswitch.config import dumps
-from softswitch.dbthread import DbFatal, DbStatus, DbThread, Loaded, UsersChanged
-from softswitch.sip.digest import ha1
-from softswitch.userdb import (
-    Binding,
-    UserDirectory,
-    add_user,
+from softswitch.cli import ctl
+from softswitch.daemonkit.config import dumps
+from softswitch.db import thread as dbthread
+from softswitch.db.cdrs import from_row
+from softswitch.db.cdrs import to_row as cdr_row
+from softswitch.db.messages import DbFatal, DbStatus, Loaded, UsersChanged
+from softswitch.db.schema import (
     binding_row,
     cdrs,
     create_schema,
@@ -39,6 +36,11 @@ from softswitch.userdb import (
     schema_version,
     users,
 )
+from softswitch.db.thread import DbThread
+from softswitch.db.users import add_user
+from softswitch.model.cdr import Cdr, Disposition
+from softswitch.model.users import Binding, UserDirectory
+from softswitch.sip.digest import ha1
 
 ROOT = Path(__file__).resolve().parents[3]
 DOMAIN = "example.com"
@@ -163,7 +165,7 @@ def journal_records(spool: Path) -> int:
 
 _CHILD = """
 import sys
-from softswitch.dbthread import DbThread
+from softswitch.db.thread import DbThread
 from tests.unit.control import dbthread_cases
 from tests.unit.control.dbthread_cases import a_cdr, binding, DOMAIN
 dbthread_cases.EXPIRES = float(sys.argv[3])  # the test's, so that bindings compare equal

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from softswitch.admin import (
+from softswitch.daemon.admin import (
     MAX_REQUEST,
     AdminClient,
     AdminDispatcher,

@@ -11,8 +11,8 @@ import logging
 
 import pytest
 
-from bearer.protoclient import EventSender, ProtocolClient, RequestReceived
-from bearer.protocol import (
+from softswitch.bearerpool import BearerPool, endpoint_name
+from softswitch.protocol import (
     Allocate,
     Allocated,
     Delete,
@@ -21,7 +21,7 @@ from bearer.protocol import (
     MsgType,
     ProtocolError,
 )
-from softswitch.bearers import BearerPool, endpoint_name
+from softswitch.protocol.endpoint import EventSender, ProtocolClient, RequestReceived
 
 KEY = b"k" * 32
 CONTROL = ("127.0.0.1", 7000)
@@ -197,7 +197,7 @@ def test_missed_heartbeats_mark_a_bearer_down_once(caplog: pytest.LogCaptureFixt
     w = Wire()
     w.run(0.1)
     w.bearers[0].alive = False
-    with caplog.at_level(logging.WARNING, "softswitch.bearers"):
+    with caplog.at_level(logging.WARNING, "softswitch.bearerpool"):
         w.run(10)
     b = w.pool.bearers[0]
     assert not b.up and b.reason == "missed heartbeats" and b.state == "down"
@@ -224,7 +224,7 @@ def test_a_bearer_with_another_key_is_reported_once(caplog: pytest.LogCaptureFix
     w = Wire([FakeBearer(("10.99.0.2", 7700), key=b"x" * 32), FakeBearer(("10.99.0.3", 7701))])
     # The bearer believes we are its control (it heartbeats us with its key).
     w.bearers[0].proto.add_peer(CONTROL, w.now)
-    with caplog.at_level(logging.WARNING, "softswitch.bearers"):
+    with caplog.at_level(logging.WARNING, "softswitch.bearerpool"):
         w.run(5)
     b = w.pool.bearers[0]
     assert b.auth_failed and not b.up and b.state == "auth-failed"
@@ -241,7 +241,7 @@ def test_a_bearer_with_another_key_answers_and_is_told_from_a_dead_one(
     """The bearer never takes us for its control (nothing of ours verifies), but
     it answers our heartbeats with a refusal under its key: wrong key, not dead."""
     w = Wire([FakeBearer(("10.99.0.2", 7700), key=b"x" * 32), FakeBearer(("10.99.0.3", 7701))])
-    with caplog.at_level(logging.WARNING, "softswitch.bearers"):
+    with caplog.at_level(logging.WARNING, "softswitch.bearerpool"):
         w.run(10)
     b = w.pool.bearers[0]
     assert b.state == "auth-failed" and b.reason == "refuses our requests: wrong key?"

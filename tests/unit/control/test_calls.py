@@ -1,11 +1,11 @@
-"""The B2BUA's basic call flows, message by message (softswitch/calls.py)."""
+"""The B2BUA's basic call flows, message by message (softswitch/calls/manager.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bearer.protocol import Allocate, Delete, Update
-from softswitch.cdr import Disposition
+from softswitch.model.cdr import Disposition
+from softswitch.protocol import Allocate, Delete, Update
 from tests.unit.control.test_calls_harness import (
     BEARER_ADDRESS,
     BEARER_PORTS,
@@ -307,7 +307,7 @@ def test_bearer_allocate_timeout_gives_503_and_no_invite_to_callee(sw: Switch) -
 
 
 def test_bearer_allocate_refused_gives_503(sw: Switch) -> None:
-    from bearer.protocol import ErrorCode
+    from softswitch.protocol import ErrorCode
 
     alice = sw.phone("alice", "198.51.100.10")
     bob = sw.phone("bob", "198.51.100.20")

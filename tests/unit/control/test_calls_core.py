@@ -1,4 +1,4 @@
-"""The CallManager wired into softswitch.core.Switch: SIP and bearer protocol as bytes.
+"""The CallManager wired into softswitch.switch.Switch: SIP and bearer protocol as bytes.
 
 Everything else in test_calls_* drives CallManager directly; this checks the
 contract with the sibling modules (core dispatch, BearerPool over the real
@@ -11,7 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bearer.protocol import (
+from softswitch.calls.manager import CallManager
+from softswitch.daemon.settings import load_control_config
+from softswitch.db.messages import Loaded
+from softswitch.model.cdr import Disposition
+from softswitch.model.users import Binding
+from softswitch.protocol import (
     Allocate,
     Allocated,
     Delete,
@@ -24,15 +29,10 @@ from bearer.protocol import (
     decode,
     encode,
 )
-from softswitch.calls import CallManager
-from softswitch.cdr import Disposition
-from softswitch.core import Switch as Core
-from softswitch.dbthread import Loaded
-from softswitch.settings import load_control_config
 from softswitch.sip.dialog import Dialog
 from softswitch.sip.message import parse
 from softswitch.sip.transaction import Peer
-from softswitch.userdb import Binding
+from softswitch.switch import Switch as Core
 from tests.unit.control.test_calls_harness import (
     BEARER_ADDRESS,
     BEARER_PORTS,

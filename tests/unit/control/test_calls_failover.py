@@ -1,13 +1,13 @@
-"""An answered call survives the death of its bearer (softswitch/failover.py):
+"""An answered call survives the death of its bearer (softswitch/calls/failover.py):
 a new session elsewhere, a re-INVITE to each phone, or the old hang-up."""
 
 from __future__ import annotations
 
 import pytest
 
-from bearer.protoclient import PeerRestarted
-from bearer.protocol import Allocate, Delete, Record, Update
-from softswitch.cdr import Disposition
+from softswitch.model.cdr import Disposition
+from softswitch.protocol import Allocate, Delete, Record, Update
+from softswitch.protocol.endpoint import PeerRestarted
 from softswitch.sip.message import Request
 from softswitch.sip.sdp import SessionDescription
 from tests.unit.control.test_calls_harness import (
@@ -146,7 +146,7 @@ def test_no_bearer_left_hangs_up_as_before(sw: Switch) -> None:
 
 
 def test_allocate_refused_on_the_new_bearer_hangs_up(sw: Switch) -> None:
-    from bearer.protocol import ErrorCode
+    from softswitch.protocol import ErrorCode
 
     alice, bob, _ = answered(sw)
     sw.pool.errors[Allocate] = ErrorCode.NO_CAPACITY

@@ -1,12 +1,12 @@
-"""Forking to every device of the callee (softswitch/calls.py) and the §16.7 choice."""
+"""Forking to every device of the callee (softswitch/calls/manager.py) and the §16.7 choice."""
 
 from __future__ import annotations
 
 import pytest
 
-from bearer.protocol import Allocate, Delete, Update
-from softswitch.callstate import best_response
-from softswitch.cdr import Disposition
+from softswitch.calls.state import best_response
+from softswitch.model.cdr import Disposition
+from softswitch.protocol import Allocate, Delete, Update
 from softswitch.sip.dialog import Dialog
 from tests.unit.control.test_calls_harness import Switch
 

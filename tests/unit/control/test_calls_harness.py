@@ -15,8 +15,12 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from bearer.protoclient import EventReceived, PeerDown, ReplyReceived, RequestTimeout
-from bearer.protocol import (
+from softswitch.calls.manager import CallManager
+from softswitch.daemon.settings import load_control_config
+from softswitch.location import LocalAddress, Location
+from softswitch.model.cdr import Cdr
+from softswitch.model.users import Binding, User, UserDirectory
+from softswitch.protocol import (
     Allocate,
     Allocated,
     Delete,
@@ -34,10 +38,7 @@ from bearer.protocol import (
     Update,
     Updated,
 )
-from softswitch.calls import CallManager
-from softswitch.cdr import Cdr
-from softswitch.location import LocalAddress, Location
-from softswitch.settings import load_control_config
+from softswitch.protocol.endpoint import EventReceived, PeerDown, ReplyReceived, RequestTimeout
 from softswitch.sip.dialog import Dialog
 from softswitch.sip.digest import DigestServer, authorize, ha1
 from softswitch.sip.message import Request, Response, make_response, parse
@@ -54,7 +55,6 @@ from softswitch.sip.transaction import (
     TransportError,
     new_branch,
 )
-from softswitch.userdb import Binding, User, UserDirectory
 
 DOMAIN = "example.com"
 SWITCH = LocalAddress(host="192.0.2.1", port=5060, transports=("udp", "tcp"))

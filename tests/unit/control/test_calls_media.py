@@ -1,11 +1,12 @@
 """Media through the bearer: codecs, transcoding, hold, early media, events,
-recording and conferences (softswitch/calls.py, softswitch/media.py)."""
+recording and conferences (softswitch/calls/manager.py, softswitch/calls/media.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bearer.protocol import (
+from softswitch.model.cdr import Disposition
+from softswitch.protocol import (
     Allocate,
     AllocFlags,
     Delete,
@@ -19,7 +20,6 @@ from bearer.protocol import (
     Update,
     needs_transcoding,
 )
-from softswitch.cdr import Disposition
 from softswitch.sip.dialog import Dialog
 from tests.unit.control.test_calls_harness import (
     BEARER_ADDRESS,
@@ -223,7 +223,7 @@ def test_bearer_down_with_no_other_bearer_tears_its_calls_down_with_byes(sw: Swi
     sw.register(bob)
     sw.establish(alice, bob)
     bob.take("ACK")
-    sw.pool.bearers[1].up = False  # nowhere to move the call to (softswitch/failover.py)
+    sw.pool.bearers[1].up = False  # nowhere to move the call to (softswitch/calls/failover.py)
     sw.bearer_down(0)
     assert alice.has("BYE") and bob.has("BYE")
     assert sw.pool.of(Delete) == []  # the session died with the bearer
@@ -295,7 +295,7 @@ def test_conference_join_and_leave(sw: Switch) -> None:
 
 
 def test_bearer_restart_hangs_up_an_unanswered_call_with_503(sw: Switch) -> None:
-    from bearer.protoclient import PeerRestarted
+    from softswitch.protocol.endpoint import PeerRestarted
 
     alice = sw.phone("alice", "198.51.100.10")
     bob = sw.phone("bob", "198.51.100.20")

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from bearer.protocol import Direction
-from softswitch.callstate import (
+from softswitch.calls.media import (
+    answered_codecs,
+    audio_index,
+    callee_codecs,
+    caller_codec,
+    direction_of,
+    leg_spec,
+    parse_sdp,
+    usable_codecs,
+)
+from softswitch.calls.routing import Conference, Destination, route
+from softswitch.calls.state import (
     CALL_TRANSITIONS,
     FORK_TRANSITIONS,
     LIVE_STATES,
@@ -19,18 +29,8 @@ from softswitch.callstate import (
     TransitionError,
     disposition_for,
 )
-from softswitch.cdr import Disposition
-from softswitch.media import (
-    answered_codecs,
-    audio_index,
-    callee_codecs,
-    caller_codec,
-    direction_of,
-    leg_spec,
-    parse_sdp,
-    usable_codecs,
-)
-from softswitch.routing import Conference, Destination, route
+from softswitch.model.cdr import Disposition
+from softswitch.protocol import Direction
 from softswitch.sip.sdp import Codec, SdpError, SessionDescription
 from softswitch.sip.uri import parse_uri
 from tests.unit.control.test_calls_harness import DOMAIN, Switch, sdp

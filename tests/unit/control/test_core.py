@@ -1,7 +1,7 @@
 """The Switch: dispatch, stateless refusals, DB plumbing, timers, admin.
 
 Driven with bytes in and bytes out on a fake clock; the B2BUA is a fake
-recording what it was handed (softswitch/calls.py is tested on its own).
+recording what it was handed (softswitch/calls/manager.py is tested on its own).
 """
 
 from __future__ import annotations
@@ -12,12 +12,19 @@ from typing import Any
 
 import pytest
 
-from bearer.protocol import Heartbeat, HeartbeatReply, decode, encode
-from softswitch.core import ALLOW, CORE_ANSWERS, CoreRefusal, DeleteBinding, SaveBinding, Switch
-from softswitch.dbthread import DbFatal, DbStatus, Loaded, UsersChanged
+from softswitch.db.messages import (
+    DbFatal,
+    DbStatus,
+    DeleteBinding,
+    Loaded,
+    SaveBinding,
+    UsersChanged,
+)
+from softswitch.model.users import Binding, Deleted
+from softswitch.protocol import Heartbeat, HeartbeatReply, decode, encode
 from softswitch.sip.message import Request, Response, parse
 from softswitch.sip.transaction import Peer, ServerTransaction
-from softswitch.userdb import Binding, Deleted
+from softswitch.switch import ALLOW, CORE_ANSWERS, CoreRefusal, Switch
 from tests.unit.control.test_registrar import (
     DOMAIN,
     NAT,

@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from softswitch import ctl
-from softswitch.cdr import Disposition
-from softswitch.cdr import to_row as cdr_row
-from softswitch.sip.digest import ha1
-from softswitch.userdb import (
+from softswitch.cli import ctl
+from softswitch.db.cdrs import to_row as cdr_row
+from softswitch.db.schema import (
     SCHEMA_VERSION,
     binding_row,
     cdrs,
@@ -28,6 +26,8 @@ from softswitch.userdb import (
     registrations,
     users,
 )
+from softswitch.model.cdr import Disposition
+from softswitch.sip.digest import ha1
 from tests.unit.control.dbthread_cases import DOMAIN, a_cdr, binding, write_config
 from tests.unit.control.test_admin import serving
 

@@ -1,4 +1,4 @@
-"""When softswitchctl acts as the owner of a SQLite database (softswitch/ctl.py).
+"""When softswitchctl acts as the owner of a SQLite database (softswitch/cli/ctl.py).
 
 Only as root, on a SQLite file (or, before it exists, its directory) owned by
 another user; the real run as root is tests/system/test_ctl_db_owner.py.
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from softswitch import ctl
+from softswitch.cli import ctl
 
 
 def test_no_change_of_user_unless_root_on_someone_elses_sqlite_file(

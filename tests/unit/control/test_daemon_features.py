@@ -1,4 +1,4 @@
-"""softswitch-control says at start which optional packages it found (softswitch/daemon.py)."""
+"""softswitch-control says at start which optional packages it found (softswitch/daemon/main.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from softswitch import daemon
+from softswitch.daemon import main as daemon
 
 
 def test_features_text_names_each_package_and_what_it_brings() -> None:

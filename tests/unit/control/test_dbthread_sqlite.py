@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from softswitch.dbthread import DbFatal, DbThread
+from softswitch.db.messages import DbFatal
+from softswitch.db.thread import DbThread
 from tests.unit.control.dbthread_cases import DbThreadCases, next_message
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from softswitch.location import LocalAddress, Location
-from softswitch.userdb import Binding
+from softswitch.model.users import Binding
 
 NOW = 1_700_000_000.0
 

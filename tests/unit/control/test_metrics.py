@@ -1,4 +1,4 @@
-"""softswitch.metrics: the collector against a real core.Switch, the histogram, the server.
+"""softswitch.daemon.metrics: the collector against a real core.Switch, the histogram, the server.
 
 The Switch is test_calls_core's ``CoreWorld`` (real core, CallManager,
 BearerPool over the real ProtocolClient, the bearer answered on the wire);
@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bearer.protocol import Allocate, Message
-from softswitch.calls import DelayHistogram
-from softswitch.config import ConfigError
-from softswitch.metrics import MetricsServer, SwitchCollector, exposition, make_registry
-from softswitch.settings import load_control_config
+from softswitch.calls.manager import DelayHistogram
+from softswitch.daemon.metrics import MetricsServer, SwitchCollector, exposition, make_registry
+from softswitch.daemon.settings import load_control_config
+from softswitch.daemonkit.config import ConfigError
+from softswitch.protocol import Allocate, Message
 from softswitch.sip.dialog import Dialog
 from softswitch.sip.digest import DigestClient
 from softswitch.sip.message import Response
@@ -203,7 +203,7 @@ def test_a_failing_section_costs_only_itself_and_is_logged_once(
     world = CoreWorld()
     world.core.bearers = None  # a bug: the bearers section cannot read its pool
     collector = SwitchCollector(SimpleNamespace(switch=world.core))
-    with caplog.at_level(logging.ERROR, "softswitch.metrics"):
+    with caplog.at_level(logging.ERROR, "softswitch.daemon.metrics"):
         first = {f.name for f in collector.collect()}
         second = {f.name for f in collector.collect()}
     assert first == second

@@ -1,6 +1,6 @@
 """A call leaves no reference cycles behind.
 
-softswitch-control freezes its heap (softswitch/gctune.py): whatever is alive
+softswitch-control freezes its heap (softswitch/daemonkit/gctune.py): whatever is alive
 at a re-freeze is never visited by the cyclic collector again, so a cycle
 that dies after being frozen is never reclaimed.  Reference counting frees
 everything else, which is why the call path must create no cycles at all:
@@ -20,12 +20,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from softswitch.admin import AdminClient
-from softswitch.daemon import SipTcp
-from softswitch.dbthread import DbThread, Loaded
+from softswitch.daemon.admin import AdminClient
+from softswitch.daemon.main import SipTcp
+from softswitch.db.messages import Loaded
+from softswitch.db.schema import create_schema, make_engine
+from softswitch.db.thread import DbThread
+from softswitch.db.users import add_user
 from softswitch.sip.digest import ha1
 from softswitch.sip.sdp import SessionDescription
-from softswitch.userdb import add_user, create_schema, make_engine
 from tests.unit.control.dbthread_cases import DOMAIN, a_cdr, binding, next_message
 from tests.unit.control.test_admin import serving
 from tests.unit.control.test_calls_harness import Switch

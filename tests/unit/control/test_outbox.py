@@ -1,4 +1,4 @@
-"""Bearer datagrams survive a full UNIX socket queue (softswitch/outbox.py and
+"""Bearer datagrams survive a full UNIX socket queue (softswitch/daemonkit/outbox.py and
 the control daemon's bearer-socket edge): nothing dropped, order kept."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from softswitch import daemon
-from softswitch.outbox import Outbox
+from softswitch.daemon import main as daemon
+from softswitch.daemonkit.outbox import Outbox
 
 
 def _reader(path: Path) -> socket.socket:

@@ -13,13 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from softswitch.daemon.settings import load_control_config
 from softswitch.location import Location
+from softswitch.model.users import User, UserDirectory
 from softswitch.registrar import ANSWERS, Refusal, RegisterResult, Registrar
-from softswitch.settings import load_control_config
 from softswitch.sip.digest import AuthFailure, DigestClient, DigestServer, ha1, parse_challenge
 from softswitch.sip.message import Request, Response, parse
 from softswitch.sip.transaction import Peer
-from softswitch.userdb import User, UserDirectory
 
 NOW = 1_700_000_000.0
 DOMAIN = "example.org"

@@ -1,4 +1,4 @@
-"""The DB thread's journal (softswitch/spool.py) on real files in a temporary directory."""
+"""The DB thread's journal (softswitch/db/spool.py) on real files in a temporary directory."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from softswitch.cdr import Disposition
-from softswitch.spool import CdrWrite, Delete, Save, Spool, decode, encode, read
+from softswitch.db.spool import CdrWrite, Delete, Save, Spool, decode, encode, read
+from softswitch.model.cdr import Disposition
 from tests.unit.control.dbthread_cases import a_cdr, binding
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -144,7 +144,7 @@ def test_a_journal_held_by_a_running_process_is_not_a_leftover(tmp_path: Path, c
         [
             sys.executable,
             "-c",
-            "import os, sys; from softswitch.spool import Spool, Delete;"
+            "import os, sys; from softswitch.db.spool import Spool, Delete;"
             "s = Spool(sys.argv[1]); s.leftovers();"
             "s.append([Delete(('a', 'b', 'c'))]); os._exit(9)",
             str(tmp_path / "child"),

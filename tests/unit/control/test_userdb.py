@@ -7,22 +7,19 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from softswitch.cdr import Cdr, Disposition, to_row
-from softswitch.userdb import (
+from softswitch.db.cdrs import to_row
+from softswitch.db.schema import (
     SCHEMA_VERSION,
-    Binding,
-    Deleted,
     SchemaError,
-    User,
-    UserDirectory,
     UserError,
-    add_user,
-    check_binding,
     create_schema,
     make_engine,
     schema_version,
     users,
 )
+from softswitch.db.users import add_user
+from softswitch.model.cdr import Cdr, Disposition
+from softswitch.model.users import Binding, Deleted, User, UserDirectory, check_binding
 from tests.unit.control.dbthread_cases import a_cdr, binding
 
 TABLES = {"users", "deleted_users", "registrations", "cdrs", "schema_version"}
