@@ -40,8 +40,8 @@ whatever private address its Contact names.
 
 from __future__ import annotations
 
-import email.utils
 import random
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -60,6 +60,24 @@ from softswitch.sip.uri import SipUri, parse_uri, uri_equal
 __all__ = ["ANSWERS", "Challenge", "Refusal", "RegisterResult", "Registrar"]
 
 MAX_USER_AGENT = 255
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def sip_date(epoch: int) -> str:
+    """``Date`` header text (RFC 3261 §20.17: RFC 1123 form, always GMT).
+
+    Written here rather than taken from ``email.utils.formatdate`` because
+    that module imports ``socket``, and the sans-I/O core must not (see
+    tests/unit/test_layering.py). English names regardless of the locale.
+    """
+    t = time.gmtime(epoch)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
 
 
 class Refusal(Enum):
@@ -313,7 +331,7 @@ class Registrar:
         """The Date header (§20.17), formatted once per second: it is on every 200."""
         second = int(now)
         if self._date_cache[0] != second:
-            self._date_cache = (second, email.utils.formatdate(second, usegmt=True))
+            self._date_cache = (second, sip_date(second))
         return self._date_cache[1]
 
     def _refuse(self, request: Request, refusal: Refusal | AuthFailure, now: float) -> Response:
