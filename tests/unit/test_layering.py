@@ -140,7 +140,8 @@ def test_importing_the_sans_io_core_loads_no_io_module() -> None:
         "import sys, importlib, logging\n"
         "before = set(sys.modules)\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
-        f"print(sorted(n for n in set(sys.modules) - before if n.split('.')[0] in {sorted(IO_MODULES)!r}))"
+        f"io = {sorted(IO_MODULES)!r}\n"
+        "print(sorted(n for n in set(sys.modules) - before if n.split('.')[0] in io))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
