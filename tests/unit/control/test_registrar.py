@@ -16,7 +16,7 @@ import pytest
 from softswitch.daemon.settings import load_control_config
 from softswitch.location import Location
 from softswitch.model.users import User, UserDirectory
-from softswitch.registrar import ANSWERS, Refusal, RegisterResult, Registrar
+from softswitch.registrar import ANSWERS, Refusal, RegisterResult, Registrar, sip_date
 from softswitch.sip.digest import AuthFailure, DigestClient, DigestServer, ha1, parse_challenge
 from softswitch.sip.message import Request, Response, parse
 from softswitch.sip.transaction import Peer
@@ -462,3 +462,12 @@ def test_non_sip_contact_is_400_and_nothing_is_committed() -> None:
 
 def test_every_refusal_has_exactly_one_answer() -> None:
     assert set(ANSWERS) == set(Refusal) | set(AuthFailure)
+
+
+def test_date_header_is_rfc1123_gmt_whatever_the_clock() -> None:
+    """sip_date replaced email.utils.formatdate (which loads socket); same text."""
+    import email.utils
+
+    for epoch in (0, 951_782_400, 1_700_000_000, 4_102_444_799, 1_234_567_890):
+        assert sip_date(epoch) == email.utils.formatdate(epoch, usegmt=True)
+    assert sip_date(1_700_000_000) == "Tue, 14 Nov 2023 22:13:20 GMT"
