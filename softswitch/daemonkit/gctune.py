@@ -36,7 +36,7 @@ the daemon's collections find under load (bench/gctrace): cycles made and
 dropped within a second are still collected there, so a path that starts
 making them shows up as a number, before it shows up as a leak.  The SIP
 transactions that linger for 32 s keep no parsed messages
-(softswitch/sip/transaction.py, ``_linger``), so they add little for
+(softswitch/sip/transaction/machine.py, ``_linger``), so they add little for
 collections to visit.
 
 An earlier version unfroze and collected the whole heap once a minute to
