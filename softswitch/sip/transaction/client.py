@@ -71,10 +71,7 @@ class ClientInviteTransaction(ClientTransaction):
         self._ack: bytes | None = None  # our ACK for a non-2xx final, once built
         self._send_wire()
         timers = self._layer.timers
-        if not self.reliable:
-            self._interval = timers.a
-            self._arm(Input.TIMER_A, self._interval, now)
-        self._arm(Input.TIMER_B, timers.b, now)
+        self._start_retrying(Input.TIMER_A, timers.a, Input.TIMER_B, timers.b, now)
 
     def create_cancel(self) -> Request:
         """The CANCEL for this INVITE (§9.1). Send it with send_request(); by
@@ -85,10 +82,7 @@ class ClientInviteTransaction(ClientTransaction):
         return self._copy_for("CANCEL", to)
 
     def _retransmit(self, msg: None, now: float, events: list) -> None:
-        self._send_wire()
-        self._layer.stats.retransmitted += 1
-        self._interval *= 2
-        self._arm(Input.TIMER_A, self._interval, now)
+        self._retransmit_wire(Input.TIMER_A, 2 * self._interval, now)  # no cap
 
     def _provisional(self, msg: Response, now: float, events: list) -> None:
         self._cancel(Input.TIMER_A, Input.TIMER_B)
@@ -154,22 +148,14 @@ class ClientNonInviteTransaction(ClientTransaction):
     def _start(self, now: float) -> None:
         self._send_wire()
         timers = self._layer.timers
-        if not self.reliable:
-            self._interval = timers.e
-            self._arm(Input.TIMER_E, self._interval, now)
-        self._arm(Input.TIMER_F, timers.f, now)
+        self._start_retrying(Input.TIMER_E, timers.e, Input.TIMER_F, timers.f, now)
 
     def _retransmit_trying(self, msg: None, now: float, events: list) -> None:
-        self._send_wire()
-        self._layer.stats.retransmitted += 1
-        self._interval = min(2 * self._interval, self._layer.timers.t2)
-        self._arm(Input.TIMER_E, self._interval, now)
+        interval = min(2 * self._interval, self._layer.timers.t2)
+        self._retransmit_wire(Input.TIMER_E, interval, now)
 
     def _retransmit_proceeding(self, msg: None, now: float, events: list) -> None:
-        self._send_wire()
-        self._layer.stats.retransmitted += 1
-        self._interval = self._layer.timers.t2
-        self._arm(Input.TIMER_E, self._interval, now)
+        self._retransmit_wire(Input.TIMER_E, self._layer.timers.t2, now)
 
     def _final(self, msg: Response, now: float, events: list) -> None:
         self._cancel(Input.TIMER_E, Input.TIMER_F)

@@ -192,6 +192,24 @@ class Transaction:
         assert self._wire is not None, f"{self!r} has nothing to retransmit"
         self._layer._outgoing.append((self._wire, self.peer))
 
+    def _start_retrying(
+        self, retransmit: Input, interval: float, timeout: Input, after: float, now: float
+    ) -> None:
+        """Arm the retransmission timer (A, E or G; over UDP only, §17) at
+        ``interval`` and the timer that ends the retrying (B, F or H)."""
+        if not self.reliable:
+            self._interval = interval
+            self._arm(retransmit, interval, now)
+        self._arm(timeout, after, now)
+
+    def _retransmit_wire(self, timer: Input, interval: float, now: float) -> None:
+        """Timer A, E or G fired: send the wire again, count it, and re-arm
+        ``timer`` at the next ``interval`` (the machine's doubling rule)."""
+        self._send_wire()
+        self._layer.stats.retransmitted += 1
+        self._interval = interval
+        self._arm(timer, interval, now)
+
     # Actions shared by several machines.
 
     def _absorb(self, msg: object, now: float, events: list) -> None:

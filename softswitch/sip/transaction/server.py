@@ -60,16 +60,11 @@ class ServerInviteTransaction(ServerTransaction):
     def _complete(self, msg: Response, now: float, events: list) -> None:
         self._respond(msg, now, events)
         timers = self._layer.timers
-        if not self.reliable:
-            self._interval = timers.g
-            self._arm(Input.TIMER_G, self._interval, now)
-        self._arm(Input.TIMER_H, timers.h, now)
+        self._start_retrying(Input.TIMER_G, timers.g, Input.TIMER_H, timers.h, now)
 
     def _retransmit(self, msg: None, now: float, events: list) -> None:
-        self._send_wire()
-        self._layer.stats.retransmitted += 1
-        self._interval = min(2 * self._interval, self._layer.timers.t2)
-        self._arm(Input.TIMER_G, self._interval, now)
+        interval = min(2 * self._interval, self._layer.timers.t2)
+        self._retransmit_wire(Input.TIMER_G, interval, now)
 
     def _confirm(self, msg: Request, now: float, events: list) -> None:
         self._cancel(Input.TIMER_G, Input.TIMER_H)
