@@ -29,14 +29,14 @@ Frozen objects are still freed by reference counting as usual; only a
 frozen *cycle* that later becomes garbage is never reclaimed.  So the
 request and call paths make no reference cycles: parsed SDP used to be one
 (each media section pointed back at its description, about 2.5 KB per call
-leaked at 200 calls/s) until sdp.py gave the two a shared ``SessionLevel``
+leaked at 200 calls/s) until sdp/media.py gave the two a shared ``SessionLevel``
 instead, and tests/unit/control/test_no_cycles.py runs whole calls with the
 collector off and fails on any cyclic garbage.  The benchmark counts what
 the daemon's collections find under load (bench/gctrace): cycles made and
 dropped within a second are still collected there, so a path that starts
 making them shows up as a number, before it shows up as a leak.  The SIP
 transactions that linger for 32 s keep no parsed messages
-(softswitch/sip/transaction.py, ``_linger``), so they add little for
+(softswitch/sip/transaction/machine.py, ``_linger``), so they add little for
 collections to visit.
 
 An earlier version unfroze and collected the whole heap once a minute to

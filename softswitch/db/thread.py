@@ -13,17 +13,17 @@ thread through two FIFOs and nothing else:
   ``notify()`` (the daemon passes something like
   ``lambda: loop.call_soon_threadsafe(drain)``) and the main thread drains it.
 
-At start the thread creates missing tables, loads every user and every live
-registration and sends one `Loaded`; the daemon waits for it before serving.
-Then every `sync_interval` it polls for changed users (``updated_at`` with an
-overlap, tombstones in ``deleted_users``, and a ``COUNT(*)`` check every
-`reconcile_every` polls; see softswitch/db/schema.py) and sends `UsersChanged`
-when something changed.
+At start the thread creates missing tables, replays what an earlier run
+left in its journal, loads every user and every live registration and sends
+one `Loaded`; the daemon waits for it before serving. Then every
+`sync_interval` it polls for changed users and sends `UsersChanged` when
+something changed (softswitch/db/usersync.py).
 
 Writes are coalesced and batched: registrations by (user, domain, contact),
 last write wins, so a re-REGISTER storm costs one row per contact; CDRs in
-arrival order, inserted in one statement per chunk, when `batch_max` are
-pending or `batch_interval` after the first one, or at once on `flush()`.
+arrival order, inserted in one statement per chunk (softswitch/db/writer.py),
+when `batch_max` are pending or `batch_interval` after the first one, or at
+once on `flush()`.
 
 A database outage must not stop calls. When a statement fails for want of a
 database (OperationalError and friends) the thread reports ``DbStatus(ok=
@@ -34,23 +34,22 @@ exponential backoff; when a retry succeeds it writes the backlog, reports
 own merits (IntegrityError, DataError) is dropped and counted so that it
 cannot block the rows behind it.
 
-Every write the thread takes off its queue is journaled first (one write(2)
-per wake-up, softswitch/db/spool.py) and the journal is emptied whenever nothing
-is pending, so a crash of the daemon loses nothing that was handed over: the
-next DB thread replays what it finds in `spool_dir` into the database before
-it loads (CDRs carry a ``uid`` so that one committed just before the crash is
-not written twice). A journal that cannot be written is logged, counted
-(`spool_errors`) and switched off until it can be again; writes go on.
+Every write the thread takes off its queue is journaled first, so that a
+crash of the daemon loses nothing that was handed over
+(softswitch/db/journal.py).
 
 `stop(timeout)` (the SIGTERM path) writes everything pending, retrying until
 the deadline; what still cannot be written is logged with its count, and
 stays in the journal for the next start.
+
+This module is the thread itself: the queue, the loop and its timers, the
+outage state and the stop. What it reads (`UserSync`), writes
+(`PendingWrites`) and journals (`Journal`) are objects of their own, each
+driven only from this thread.
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import queue
 import threading
@@ -63,40 +62,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from softswitch.db.cdrs import to_row as cdr_row
-from softswitch.db.messages import DbFatal, DbStatus, Loaded, UsersChanged
-from softswitch.db.schema import (
-    BINDING_COLUMNS,
-    OVERLAP,
-    USER_COLUMNS,
-    SchemaError,
-    binding_from_row,
-    binding_row,
-    cdrs,
-    create_schema,
-    deleted_users,
-    make_engine,
-    registrations,
-    user_from_row,
-    users,
-)
-from softswitch.db.spool import CdrWrite, Delete, Record, Save, Spool
-from softswitch.db.spool import read as read_journal
+from softswitch.db.journal import Journal
+from softswitch.db.messages import DbFatal, DbStatus
+from softswitch.db.schema import SchemaError, create_schema, make_engine
+from softswitch.db.spool import CdrWrite, Delete, Record, Save
+from softswitch.db.usersync import UserSync
+from softswitch.db.writer import PendingWrites, first_line
 from softswitch.model.cdr import Cdr
-from softswitch.model.users import Binding, Deleted, User, UserKey, check_binding
+from softswitch.model.users import Binding, check_binding
 
 log = logging.getLogger("softswitch.db")
 
-#: Rows per INSERT/DELETE statement when writing a backlog.
-CHUNK = 1000
 #: Commands taken from the queue per wake-up before the thread does DB work.
 MAX_DRAIN = 20_000
 #: Longest the thread sleeps with nothing to do (it re-checks its timers).
 IDLE = 1.0
-#: A journal with more records than this and twice what is pending is compacted.
-COMPACT_MIN = 10_000
-#: Seconds between attempts to switch a failed journal back on.
-SPOOL_RETRY = 30.0
 
 
 # -- commands (main thread -> DB thread) ------------------------------------
@@ -108,36 +88,6 @@ class _Stop:
 
 
 _FLUSH = object()
-
-BindingKey = tuple[str, str, str]
-
-#: Errors meaning "this row is wrong": drop it, keep going.
-_BAD_ROW = (sa.exc.IntegrityError, sa.exc.DataError)
-
-
-# The statements run again and again, built once.  Building one per batch made reference
-# cycles (SQLAlchemy memoizes its cache key on the statement), and this
-# thread's objects are frozen with the rest of the heap (softswitch/daemonkit/gctune.py):
-# a cycle alive at a re-freeze and dropped later is never reclaimed.
-_DELETE_BINDING = sa.delete(registrations).where(
-    registrations.c.username == sa.bindparam("k_user"),
-    registrations.c.domain == sa.bindparam("k_domain"),
-    registrations.c.contact == sa.bindparam("k_contact"),
-)
-_INSERT_BINDING = sa.insert(registrations)
-_INSERT_CDR = sa.insert(cdrs)
-_CDR_UIDS = sa.select(cdrs.c.uid).where(cdrs.c.uid.in_(sa.bindparam("uids", expanding=True)))
-_COUNT_USERS = sa.select(sa.func.count()).select_from(users)
-_USER_IDS = sa.select(users.c.id)
-_USERS_BY_ID = sa.select(*USER_COLUMNS).where(users.c.id.in_(sa.bindparam("ids", expanding=True)))
-_PURGE_BINDINGS = sa.delete(registrations).where(
-    registrations.c.expires_at < sa.bindparam("now", type_=registrations.c.expires_at.type)
-)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class DbThread:
@@ -166,8 +116,6 @@ class DbThread:
         self._write_queue_max = write_queue_max
         self._batch_max = batch_max
         self._batch_interval = batch_interval
-        self._reconcile_every = max(1, reconcile_every)
-        self._purge_every = max(1, purge_every)
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._timeout = timeout
@@ -177,15 +125,14 @@ class DbThread:
         self._unwritten = 0  # set by the thread when it exits
         # Everything below belongs to the DB thread.
         self._engine: sa.engine.Engine | None = None
-        self._bindings: dict[BindingKey, Binding | None] = {}
-        self._cdrs: collections.deque[CdrWrite] = collections.deque()
-        self._spool = None if spool_dir is None else Spool(spool_dir)
-        self._leftovers: list[Path] = []
-        self._journal: list[Record] = []  # taken in this wake-up, not yet journaled
-        self._spool_errors = 0
-        self._spool_retry = 0.0
-        self._spool_logged = False
-        self._recheck = False  # a CDR batch may have committed unseen: skip known uids
+        self._writes = PendingWrites()
+        self._users = UserSync(reconcile_every=reconcile_every, purge_every=purge_every)
+        self._journal = (
+            None
+            if spool_dir is None
+            else Journal(spool_dir, self._writes, lambda: self._emit(self._status(bool(self._ok))))
+        )
+        self._taken: list[Record] = []  # taken in this wake-up, not yet journaled
         self._first_pending = 0.0
         self._flush_requested = False
         self._stop: _Stop | None = None
@@ -197,12 +144,7 @@ class DbThread:
         self._backoff = 0.0
         self._next_retry = 0.0
         self._next_poll = 0.0
-        self._polls = 0
         self._kept_at_stop = False
-        self._last_poll_wall = 0.0
-        self._known: dict[int, UserKey] = {}  # user id -> key, for deletions
-        self._seen: dict[int, float] = {}  # user id -> updated_at sent, within OVERLAP
-        self._seen_tombs: dict[int, float] = {}  # tombstone id -> deleted_at, within OVERLAP
 
     # -- main-thread API (never blocks) ---------------------------------------
 
@@ -230,18 +172,18 @@ class DbThread:
     @property
     def dropped(self) -> int:
         """Writes lost so far (queue full or rows the database refused)."""
-        return self._dropped_put + self._dropped
+        return self._dropped_put + self._dropped + self._writes.refused
 
     @property
     def backlog(self) -> int:
         """Writes waiting: handed over but not yet taken, plus taken but not
         yet written.  Approximate, and safe from any thread (lengths only)."""
-        return self._cmds.qsize() + len(self._bindings) + len(self._cdrs)
+        return self._cmds.qsize() + len(self._writes.bindings) + len(self._writes.cdrs)
 
     @property
     def spool_errors(self) -> int:
         """Times the journal could not be written (it is off until it can be again)."""
-        return self._spool_errors
+        return 0 if self._journal is None else self._journal.errors
 
     @property
     def kept_at_stop(self) -> bool:
@@ -296,21 +238,19 @@ class DbThread:
             try:
                 self._engine = make_engine(self._url, timeout=self._timeout)
             except (sa.exc.ArgumentError, ImportError) as exc:  # bad URL, driver missing
-                self._emit(DbFatal(f"[database] url: {_first_line(exc)}"))
+                self._emit(DbFatal(f"[database] url: {first_line(exc)}"))
                 return
-            if self._spool is not None:
-                self._leftovers = self._spool.leftovers()
-                if not self._spool.active:
-                    self._spool_failed()
+            if self._journal is not None:
+                self._journal.open()
             if self._loop():
                 self._shutdown()
         except Exception as exc:  # a bug here must not vanish with the thread
             log.exception("DB thread crashed")
-            self._emit(DbFatal(f"DB thread crashed: {_first_line(exc)}"))
+            self._emit(DbFatal(f"DB thread crashed: {first_line(exc)}"))
         finally:
-            self._unwritten = len(self._bindings) + len(self._cdrs)
-            if self._spool is not None:
-                self._spool.close()
+            self._unwritten = len(self._writes)
+            if self._journal is not None:
+                self._journal.close()
             if self._engine is not None:
                 self._engine.dispose()
 
@@ -346,7 +286,7 @@ class DbThread:
         if self._ok is False or not self._loaded:
             return min(wake, self._next_retry)
         wake = min(wake, self._next_poll)
-        if self._bindings or self._cdrs:
+        if self._writes:
             wake = min(wake, self._first_pending + self._batch_interval)
         return wake
 
@@ -362,32 +302,33 @@ class DbThread:
             except queue.Empty:
                 break
             self._take(item)
-        if self._journal:
-            self._write_journal(self._journal)
-            self._journal = []
+        if self._taken:
+            if self._journal is not None:
+                self._journal.append(self._taken)
+            self._taken = []
 
     def _take(self, item: object) -> None:
         if item is _FLUSH:  # only what is pending now; a later write waits its turn
-            self._flush_requested = bool(self._bindings or self._cdrs)
+            self._flush_requested = bool(self._writes)
             return
         if isinstance(item, _Stop):
             self._stop = item
             return
-        pending = len(self._bindings) + len(self._cdrs)
+        pending = len(self._writes)
         if isinstance(item, Cdr):
             if pending >= self._write_queue_max:
                 self._overflow()
                 return
             write = CdrWrite(uuid.uuid4().hex, item)
-            self._cdrs.append(write)
-            self._journal.append(write)
+            self._writes.cdrs.append(write)
+            self._taken.append(write)
         elif isinstance(item, (Save, Delete)):
             key = item.binding.key if isinstance(item, Save) else item.key
-            if key not in self._bindings and pending >= self._write_queue_max:
+            if key not in self._writes.bindings and pending >= self._write_queue_max:
                 self._overflow()
                 return
-            self._bindings[key] = item.binding if isinstance(item, Save) else None
-            self._journal.append(item)
+            self._writes.bindings[key] = item.binding if isinstance(item, Save) else None
+            self._taken.append(item)
         else:
             log.error("DB thread got an unknown command %r", item)
             return
@@ -405,129 +346,31 @@ class DbThread:
             )
             self._emit(self._status(bool(self._ok)))
 
-    def _pending(self) -> int:
-        return len(self._bindings) + len(self._cdrs)
-
     def _status(self, ok: bool) -> DbStatus:
-        return DbStatus(ok, self._pending(), self.dropped, self._error, self._spool_errors)
-
-    # -- the journal ----------------------------------------------------------------
-
-    def _write_journal(self, records: list[Record]) -> None:
-        """Journal what was just taken, before any of it can be committed."""
-        spool = self._spool
-        if spool is None:
-            return
-        if spool.active:
-            ok = spool.append(records)
-            if ok and spool.records > max(COMPACT_MIN, 2 * self._pending()):
-                ok = spool.restart(self._snapshot())
-        elif time.monotonic() >= self._spool_retry:
-            ok = spool.restart(self._snapshot())  # everything pending, these included
-            if ok:
-                log.warning("journal %s written again", spool.directory)
-                self._spool_logged = False
-        else:
-            return
-        if not ok:
-            self._spool_failed()
-
-    def _snapshot(self) -> list[Record]:
-        """Everything pending, as journal records (one per binding key)."""
-        records: list[Record] = [
-            Save(b) if b is not None else Delete(k) for k, b in self._bindings.items()
-        ]
-        records.extend(self._cdrs)
-        return records
-
-    def _journal_committed(self) -> None:
-        """Nothing is pending: the journal holds nothing the database lacks."""
-        spool = self._spool
-        if spool is None:
-            return
-        if spool.active:
-            if spool.clear():
-                return
-        elif time.monotonic() < self._spool_retry or spool.restart([]):
-            if spool.active:
-                log.warning("journal %s written again", spool.directory)
-                self._spool_logged = False
-            return
-        self._spool_failed()
-
-    def _spool_failed(self) -> None:
-        assert self._spool is not None
-        self._spool_errors += 1
-        self._spool_retry = time.monotonic() + SPOOL_RETRY
-        if not self._spool_logged:
-            self._spool_logged = True
-            log.error(
-                "journal off: %s; pending registrations and CDRs are held in memory "
-                "only (a crash now loses them); retrying every %.0f s",
-                self._spool.error,
-                SPOOL_RETRY,
-            )
-            self._emit(self._status(bool(self._ok)))
-
-    def _replay(self) -> None:
-        """Write what an earlier run left in the journal; raises SQLAlchemyError
-        to be retried (from the start of the file: replaying is idempotent)."""
-        while self._leftovers:
-            path = self._leftovers[0]
-            try:
-                records = read_journal(path)
-            except OSError as exc:
-                log.error("journal %s not replayed: %s", path, exc.strerror or exc)
-                self._leftovers.pop(0)
-                continue
-            bindings: dict[BindingKey, Binding | None] = {}
-            writes: list[CdrWrite] = []
-            for record in records:
-                if isinstance(record, CdrWrite):
-                    writes.append(record)
-                elif isinstance(record, Save):
-                    bindings.pop(record.binding.key, None)  # keep the order of the last write
-                    bindings[record.binding.key] = record.binding
-                else:
-                    bindings.pop(record.key, None)
-                    bindings[record.key] = None
-            items = list(bindings.items())
-            self._recheck = True
-            for i in range(0, len(items), CHUNK):
-                self._write_rows(items[i : i + CHUNK], self._write_bindings, lambda _: None)
-            for i in range(0, len(writes), CHUNK):
-                self._write_rows(writes[i : i + CHUNK], self._write_cdrs, lambda _: None)
-            if self._spool is not None:
-                self._spool.remove(path)
-            self._leftovers.pop(0)
-            log.warning(
-                "replayed journal %s left by an earlier run: %d registration writes, %d CDRs",
-                path.name,
-                len(items),
-                len(writes),
-            )
+        return DbStatus(ok, len(self._writes), self.dropped, self._error, self.spool_errors)
 
     def _write_due(self, now: float) -> bool:
-        if not (self._bindings or self._cdrs):
+        writes = self._writes
+        if not writes:
             return False
         return (
             self._flush_requested
             or self._stop is not None
-            or len(self._cdrs) >= self._batch_max
-            or len(self._bindings) >= self._batch_max
+            or len(writes.cdrs) >= self._batch_max
+            or len(writes.bindings) >= self._batch_max
             or now >= self._first_pending + self._batch_interval
         )
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
-        error = _first_line(exc)
+        error = first_line(exc)
         self._backoff = (
             self._retry_initial
             if self._ok is not False
             else min(self._retry_max, self._backoff * 2)
         )
         self._next_retry = now + self._backoff
-        self._recheck = True  # the failure may have come after a commit
+        self._writes.recheck = True  # the failure may have come after a commit
         if self._ok is not False:
             log.error("database unavailable: %s (retrying, writes queued)", error)
             self._ok = False
@@ -543,184 +386,52 @@ class DbThread:
             self._emit(self._status(True))
         self._ok = True
 
-    # -- loading and polling ----------------------------------------------------
+    # -- loading, polling and writing --------------------------------------------
 
     def _load(self) -> None:
         assert self._engine is not None
         create_schema(self._engine)
-        self._replay()
-        started = time.time()
-        since = started - OVERLAP
-        loaded: dict[UserKey, User] = {}
-        known: dict[int, UserKey] = {}
-        seen: dict[int, float] = {}
-        bindings: list[Binding] = []
-        with self._engine.connect() as conn:
-            stream = conn.execution_options(stream_results=True)
-            result = stream.execute(sa.select(*USER_COLUMNS))
-            for part in result.partitions(5000):
-                for row in part:
-                    user = user_from_row(row)
-                    key = (user.username, user.domain)
-                    loaded[key] = user
-                    known[user.id] = key
-                    if row[-1] >= since:
-                        seen[user.id] = row[-1]
-            query = sa.select(*BINDING_COLUMNS).where(registrations.c.expires_at > started)
-            for part in stream.execute(query).partitions(5000):
-                bindings.extend(binding_from_row(row) for row in part)
-        self._known, self._seen = known, seen
-        self._last_poll_wall = started
+        if self._journal is not None:
+            self._journal.replay(self._engine)
+        loaded = self._users.load(self._engine)
         self._next_poll = time.monotonic() + self._sync_interval
         self._loaded = True
-        log.info("loaded %d users and %d registrations", len(loaded), len(bindings))
-        self._emit(Loaded(loaded, bindings))
+        self._emit(loaded)
 
     def _poll(self) -> None:
         assert self._engine is not None
-        started = time.time()
-        since = self._last_poll_wall - OVERLAP
-        self._polls += 1
-        changed: list[User] = []
-        deleted: list[Deleted] = []
-        with self._engine.connect() as conn:
-            tombs = conn.execute(
-                sa.select(deleted_users).where(deleted_users.c.deleted_at >= since)
-            ).all()
-            rows = conn.execute(sa.select(*USER_COLUMNS).where(users.c.updated_at >= since)).all()
-            for t in tombs:
-                if t.id in self._seen_tombs:
-                    continue
-                self._seen_tombs[t.id] = t.deleted_at
-                if self._known.pop(t.user_id, None) is not None:
-                    deleted.append(Deleted(t.username, t.domain, t.user_id))
-            for row in rows:
-                if self._seen.get(row[0]) == row[-1]:
-                    continue
-                self._seen[row[0]] = row[-1]
-                changed.append(self._remember(user_from_row(row), deleted))
-            if self._polls % self._reconcile_every == 0:
-                self._reconcile(conn, changed, deleted)
-        if self._polls % self._purge_every == 0:
-            with self._engine.begin() as conn:
-                conn.execute(_PURGE_BINDINGS, {"now": started})
-        self._last_poll_wall = started
+        changed = self._users.poll(self._engine)
         self._next_poll = time.monotonic() + self._sync_interval
-        horizon = started - OVERLAP
-        for seen in (self._seen, self._seen_tombs):
-            for key in [k for k, v in seen.items() if v < horizon]:
-                del seen[key]
-        if changed or deleted:
-            self._emit(UsersChanged(tuple(changed), tuple(deleted)))
-
-    def _remember(self, user: User, deleted: list[Deleted]) -> User:
-        key = (user.username, user.domain)
-        old = self._known.get(user.id)
-        if old is not None and old != key:  # renamed with SQL: the old name is gone
-            deleted.append(Deleted(old[0], old[1], user.id))
-        self._known[user.id] = key
-        return user
-
-    def _reconcile(self, conn: Any, changed: list[User], deleted: list[Deleted]) -> None:
-        """Catch rows inserted or deleted by hand without the change contract."""
-        count = conn.execute(_COUNT_USERS).scalar()
-        if count == len(self._known):
-            return
-        ids = set(conn.execute(_USER_IDS).scalars())
-        for gone in [i for i in self._known if i not in ids]:
-            username, domain = self._known.pop(gone)
-            deleted.append(Deleted(username, domain, gone))
-        missing = sorted(ids.difference(self._known))
-        for i in range(0, len(missing), 500):
-            chunk = missing[i : i + 500]
-            for row in conn.execute(_USERS_BY_ID, {"ids": chunk}):
-                changed.append(self._remember(user_from_row(row), deleted))
-        log.warning("user table changed without updated_at/tombstones; resynchronised")
-
-    # -- writing ------------------------------------------------------------------
+        if changed is not None:
+            self._emit(changed)
 
     def _write_pending(self) -> None:
-        """Write bindings then CDRs in chunks; raises SQLAlchemyError to retry later.
-
-        An item leaves the pending buffers only once it is committed (or
-        refused for good), so an outage half-way loses and repeats nothing.
-        """
+        """Write everything pending; raises SQLAlchemyError to retry later."""
         assert self._engine is not None
-        while self._bindings:
-            chunk = list(itertools.islice(self._bindings.items(), CHUNK))
-            self._write_rows(chunk, self._write_bindings, lambda item: self._bindings.pop(item[0]))
-        while self._cdrs:
-            batch = list(itertools.islice(self._cdrs, CHUNK))
-            self._write_rows(batch, self._write_cdrs, lambda _: self._cdrs.popleft())
+        self._writes.write(self._engine)
         self._flush_requested = False
-        self._recheck = False
-        self._journal_committed()
-
-    def _write_rows(
-        self,
-        chunk: list[Any],
-        write: Callable[[Any, list[Any]], None],
-        done: Callable[[Any], object],
-    ) -> None:
-        """One transaction for the chunk; row by row if the database refuses a row."""
-        assert self._engine is not None
-        try:
-            with self._engine.begin() as conn:
-                write(conn, chunk)
-        except (*_BAD_ROW, ValueError, TypeError):
-            pass
-        else:
-            for item in chunk:
-                done(item)
-            return
-        for item in chunk:
-            try:
-                with self._engine.begin() as conn:
-                    write(conn, [item])
-            except (*_BAD_ROW, ValueError, TypeError) as exc:
-                self._dropped += 1
-                log.error("database refused a row, dropped: %s (%r)", _first_line(exc), item)
-            done(item)
-
-    @staticmethod
-    def _write_bindings(
-        conn: Any, chunk: list[tuple[tuple[str, str, str], Binding | None]]
-    ) -> None:
-        conn.execute(
-            _DELETE_BINDING,
-            [{"k_user": k[0], "k_domain": k[1], "k_contact": k[2]} for k, _ in chunk],
-        )
-        rows = [binding_row(b) for _, b in chunk if b is not None]
-        if rows:
-            conn.execute(_INSERT_BINDING, rows)
-
-    def _write_cdrs(self, conn: Any, batch: list[CdrWrite]) -> None:
-        if self._recheck:  # replaying, or retrying after a commit that may have happened
-            known = set(conn.execute(_CDR_UIDS, {"uids": [w.uid for w in batch]}).scalars())
-            batch = [w for w in batch if w.uid not in known]
-            if not batch:
-                return
-        conn.execute(_INSERT_CDR, [{**cdr_row(w.cdr), "uid": w.uid} for w in batch])
+        if self._journal is not None:
+            self._journal.committed()
 
     def _shutdown(self) -> None:
         """Drain the queue and write everything, retrying until the stop deadline."""
         assert self._stop is not None
         deadline = self._stop.deadline
         self._receive(0)
-        while self._bindings or self._cdrs:
+        while self._writes:
             try:
                 self._write_pending()
                 break
             except sa.exc.SQLAlchemyError as exc:
-                self._error = _first_line(exc)
+                self._error = first_line(exc)
                 pause = min(max(self._backoff, self._retry_initial), self._retry_max)
                 self._backoff = pause * 2
                 if time.monotonic() + pause >= deadline - 0.5:
                     break
                 time.sleep(pause)
-        left_b, left_c = len(self._bindings), len(self._cdrs)
+        left_b, left_c = len(self._writes.bindings), len(self._writes.cdrs)
         if left_b or left_c:
-            spool = self._spool
+            spool = None if self._journal is None else self._journal.spool
             kept = spool is not None and spool.active
             self._kept_at_stop = kept
             log.error(

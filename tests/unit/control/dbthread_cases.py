@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from softswitch.cli import ctl
 from softswitch.daemonkit.config import dumps
-from softswitch.db import thread as dbthread
+from softswitch.db import journal
 from softswitch.db.cdrs import from_row
 from softswitch.db.cdrs import to_row as cdr_row
 from softswitch.db.messages import DbFatal, DbStatus, Loaded, UsersChanged
@@ -596,7 +596,7 @@ class DbThreadCases:
     def test_a_journal_growing_during_an_outage_is_compacted(
         self, db, engine, start, tmp_path, monkeypatch
     ):
-        monkeypatch.setattr(dbthread, "COMPACT_MIN", 20)
+        monkeypatch.setattr(journal, "COMPACT_MIN", 20)
         spool = tmp_path / "spool"
         thread = start(spool_dir=spool)
         next_message(thread, Loaded)

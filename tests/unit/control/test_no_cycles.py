@@ -119,7 +119,7 @@ def _db_round(thread: DbThread, n: int) -> None:
 
 
 def test_the_db_thread_leaves_no_cyclic_garbage(tmp_path: Path, collector_off: None) -> None:
-    """Its objects are frozen too; statements are built once (dbthread.py)."""
+    """Its objects are frozen too; statements are built once (db/writer.py)."""
     url = f"sqlite:///{tmp_path / 'softswitch.db'}"
     engine = make_engine(url)
     create_schema(engine)
