@@ -56,8 +56,8 @@ from softswitch.daemonkit.bearerconf import load_bearer_config
 from softswitch.daemonkit.config import ConfigError, resolve_config_dir
 from softswitch.daemonkit.logsetup import LogSetup
 from softswitch.daemonkit.outbox import Outbox
-from softswitch.daemonkit.runtime import SocketFileError, remove_stale_socket
 from softswitch.daemonkit.sdnotify import Notifier
+from softswitch.daemonkit.startup import StartupError, open_control_socket
 from softswitch.protocol import (
     MAX_DATAGRAM,
     Allocate,
@@ -112,10 +112,6 @@ loop releases the GIL on every sendto/epoll_wait, and with the recorder's
 writer thread busy it would wait up to the default 5 ms to get it back."""
 
 
-class StartupError(Exception):
-    """Startup is impossible; the text is the one line to print."""
-
-
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64] or "call"
 
@@ -138,8 +134,10 @@ class BearerDaemon:
                 self.key = load_key(b.key_file)
             except KeyFileError as e:
                 raise StartupError(f"{e} (required for control = udp:{address}:{port})") from None
-        self.control_path: str | None = None
-        self.control = self._open_control(kind, address, port)
+        self.control = open_control_socket(
+            kind, address, port, what="control socket", owner="another bearer"
+        )
+        self.control_path: str | None = address if kind == "unix" else None
         # Replies and events control's full socket queue refused (EAGAIN):
         # sent again, in order, on the next control read or tick (20 ms).
         self.outbox = Outbox(self.control, self.drops, "send_")
@@ -175,44 +173,6 @@ class BearerDaemon:
         self._pkts = (now, 0)
         self.cpu_percent = 0.0
         self.pps = 0.0
-
-    # ------------------------------------------------------------------ sockets
-
-    def _open_control(self, kind: str, address: str, port: int) -> socket.socket:
-        if kind == "unix":
-            path = Path(address)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise StartupError(f"{path.parent}: cannot create: {e.strerror}") from None
-            try:
-                remove_stale_socket(path, owner="another bearer")
-            except SocketFileError as e:
-                raise StartupError(str(e)) from None
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.bind(str(path))
-                os.chmod(path, 0o660)
-            except OSError as e:
-                sock.close()
-                raise StartupError(
-                    f"{path}: cannot bind the control socket: {e.strerror}"
-                ) from None
-            self.control_path = str(path)
-        else:
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.bind((address, port))
-            except OSError as e:
-                sock.close()
-                raise StartupError(f"udp:{address}:{port}: cannot bind: {e.strerror}") from None
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        except OSError:
-            pass
-        return sock
 
     # ------------------------------------------------------------------ control
 

@@ -9,11 +9,35 @@ Ctrl-C. `softswitchctl` run from the same directory finds ./var/etc/ by itself
 (see softswitch.daemonkit.config.resolve_config_dir), so no flags are needed.
 
 Existing files under ./var/etc/ are kept: edit them to experiment.
+
+Supervision, as the installed units do it (systemd/*.service,
+``Restart=on-failure``): a daemon that dies (a non-zero exit status, or a
+signal such as SIGKILL, SIGSEGV or SIGABRT) is started again after a back-off
+(RESTART_FIRST seconds, doubling up to RESTART_MAX, back to RESTART_FIRST once
+it has stayed up STABLE seconds), with one line saying which daemon, how it
+ended and when it comes back.  So what a crash does under systemd happens
+here too: a restarted bearer is found again by control's heartbeats and the
+calls of a dead one move to the other bearer (softswitch/calls/failover.py);
+a restarted control reloads its registrations and CDRs from the database and
+its crash journal.  Three cases are not restarted, as systemd would not (or
+would soon give up): a clean exit (status 0, or SIGTERM/SIGINT/SIGHUP/SIGPIPE:
+somebody stopped that daemon on purpose), exit status 2 (bad usage or
+configuration: restarting cannot fix it; everything is stopped), and a daemon
+that died START_LIMIT times in a row without staying up STABLE seconds
+(systemd's start limit; everything is stopped, exit status 1).
+
+Only Ctrl-C (SIGINT) or SIGTERM to the launcher stops everything, in the
+units' order: control first (it hangs up calls and tells the bearers), then
+the bearers.  The daemons run in their own process group, so the terminal's
+Ctrl-C reaches the launcher alone and the order holds; a second Ctrl-C kills
+whatever is still running.  Each daemon also gets SIGTERM if the launcher
+itself dies (PR_SET_PDEATHSIG), so none is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import secrets
 import signal
@@ -21,12 +45,28 @@ import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from softswitch.daemonkit.config import dumps
 
 BEARERS = 2
+#: Seconds before the first restart of a daemon that died; doubled at each
+#: further death in a row, up to RESTART_MAX (systemd's units: RestartSec=1s).
+RESTART_FIRST = 0.1
+RESTART_MAX = 2.0
+#: A daemon up this long counts as started: its next death restarts it after
+#: RESTART_FIRST again, and its count of deaths in a row starts over.
+STABLE = 10.0
+#: Deaths in a row (each before STABLE) after which the launcher gives up.
+START_LIMIT = 8
+#: Seconds a daemon gets to stop after SIGTERM before SIGKILL (TimeoutStopSec).
+STOP_TIMEOUT = 30.0
+#: Exit status meaning bad usage or configuration (both daemons): not restarted.
+EXIT_CONFIG = 2
+#: Signals that end a daemon cleanly for Restart=on-failure (systemd.service(5)).
+CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+_POLL = 0.05
 _HEADER = """\
 # Development configuration written by `make run`; edit freely (TOML).
 # Every option and its default: etc/softswitch/{name}
@@ -83,6 +123,155 @@ def write_dev_config(
     return etc
 
 
+def how_it_ended(returncode: int) -> str:
+    """What a child's return code says, as a person would (Popen: -N is signal N).
+
+    >>> how_it_ended(-9), how_it_ended(1)
+    ('was killed by SIGKILL', 'exited with status 1')
+    """
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def ended_cleanly(returncode: int) -> bool:
+    """Whether Restart=on-failure leaves this ending alone (status 0 or a clean signal)."""
+    return returncode == 0 or (returncode < 0 and -returncode in CLEAN_SIGNALS)
+
+
+@dataclass
+class Backoff:
+    """When a daemon that died starts again: systemd's Restart=on-failure with a
+    RestartSec that doubles while it keeps dying, and a start limit.
+
+    Doubling keeps a daemon that crashes at once from spinning a core, yet
+    the first restart is quick, so a crash costs the calls and phones little.
+    """
+
+    first: float = RESTART_FIRST
+    cap: float = RESTART_MAX
+    stable: float = STABLE
+    limit: int = START_LIMIT
+    deaths: int = 0  # in a row, each within ``stable`` seconds of its start
+
+    def after_death(self, uptime: float) -> float | None:
+        """Seconds to wait before the restart of a daemon that died after ``uptime``
+        seconds up; None when it has died ``limit`` times in a row: give up."""
+        if uptime >= self.stable:
+            self.deaths = 0
+        self.deaths += 1
+        if self.deaths >= self.limit:
+            return None
+        return min(self.first * 2 ** (self.deaths - 1), self.cap)
+
+
+@dataclass
+class Child:
+    """One supervised daemon."""
+
+    name: str
+    command: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restart_at: float | None = None  # dead, to be started again at this time
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+def _die_with_launcher(launcher: int) -> None:
+    """preexec_fn: SIGTERM the daemon if the launcher dies (even by SIGKILL)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != launcher:  # the launcher died before prctl
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Supervisor:
+    """Starts the daemons, restarts those that die, stops them all in order.
+
+    ``step`` is called every few tens of milliseconds from the launcher's
+    loop with the monotonic time; everything it does is one line on stderr.
+    """
+
+    def __init__(self, children: list[Child], env: dict[str, str]) -> None:
+        self.children = children
+        self.env = env
+        self.stop_requests = 0  # Ctrl-C / SIGTERM to the launcher
+
+    def say(self, text: str) -> None:
+        print(f"softswitch: {text}", file=sys.stderr, flush=True)
+
+    def start(self, child: Child, now: float, *, again: bool = False) -> None:
+        launcher = os.getpid()
+        child.proc = subprocess.Popen(
+            child.command,
+            env=self.env,
+            process_group=0,  # the terminal's Ctrl-C is the launcher's to handle
+            preexec_fn=lambda: _die_with_launcher(launcher),
+        )
+        child.started = now
+        child.restart_at = None
+        self.say(f"{child.name} {'restarted' if again else 'started'} (pid {child.proc.pid})")
+
+    def step(self, now: float) -> int | None:
+        """Handle deaths and due restarts; an exit status when the launcher must
+        stop everything, else None."""
+        for child in self.children:
+            proc = child.proc
+            if proc is not None and proc.poll() is not None:
+                child.proc = None
+                code = proc.returncode
+                uptime = now - child.started
+                what = f"{child.name} (pid {proc.pid}) {how_it_ended(code)} after {uptime:.1f} s"
+                if ended_cleanly(code):
+                    self.say(f"{what}; not restarting it (a clean stop, as Restart=on-failure)")
+                    continue
+                if code == EXIT_CONFIG:
+                    self.say(f"{what} (bad usage or configuration); stopping everything")
+                    return 1
+                delay = child.backoff.after_death(uptime)
+                if delay is None:
+                    self.say(
+                        f"{what}, its {child.backoff.deaths}th death in a row within "
+                        f"{STABLE:g} s of starting; giving up, stopping everything"
+                    )
+                    return 1
+                child.restart_at = now + delay
+                self.say(f"{what}; restarting it in {delay:g} s")
+            elif child.restart_at is not None and now >= child.restart_at:
+                self.start(child, now, again=True)
+        if all(c.proc is None and c.restart_at is None for c in self.children):
+            self.say("every daemon has stopped")
+            return 0
+        return None
+
+    def stop(self) -> None:
+        """Control first (it hangs up calls and tells the bearers), then the
+        bearers; SIGKILL after STOP_TIMEOUT or at a second Ctrl-C."""
+        for child in self.children:
+            child.restart_at = None
+        control = [c for c in self.children if c.name == "control"]
+        bearers = [c for c in self.children if c.name != "control"]
+        for group in (control, bearers):
+            procs = [c.proc for c in group if c.proc is not None and c.proc.poll() is None]
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while any(p.poll() is None for p in procs):  # bounded by the deadline
+                if time.monotonic() > deadline or self.stop_requests > 1:
+                    for p in procs:
+                        if p.poll() is None:
+                            p.kill()
+                            p.wait()
+                    break
+                time.sleep(_POLL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__.splitlines()[0])
     parser.add_argument("--var", default="var", help="state directory (default ./var)")
@@ -96,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
 
     var = Path(args.var).resolve()
     etc = write_dev_config(var, sip_port=args.sip_port, metrics_listen=args.metrics_listen)
+    sip_port = args.sip_port
     for name in ("softswitch.conf", "bearer.conf"):
         try:
-            tomllib.loads((etc / name).read_text(encoding="utf-8"))
+            conf = tomllib.loads((etc / name).read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             print(
                 f"softswitch: {etc / name} is not TOML ({exc}); if an older `make run` "
@@ -106,49 +296,44 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if name == "softswitch.conf":  # a kept configuration says where SIP is
+            sip_port = conf.get("sip", {}).get("port", sip_port)
     env = dict(os.environ, SOFTSWITCH_CONFIG_DIR=str(etc), PYTHONUNBUFFERED="1")
     bindir = Path(sys.executable).parent
     cores = len(os.sched_getaffinity(0))
 
-    commands = []
+    # Bearers first, as the units order them: control finds them at once.
+    children = []
     for i in range(BEARERS):
         cmd = [str(bindir / "softswitch-bearer"), "--instance", str(i)]
         if cores > i:
             cmd = ["taskset", "-c", str(i), *cmd]
-        commands.append(cmd)
-    commands.append([str(bindir / "softswitch-control")])
-
-    print(f"softswitch: configuration in {etc}; SIP on 127.0.0.1:{args.sip_port}; Ctrl-C stops")
-    children = [subprocess.Popen(cmd, env=env) for cmd in commands]
-    stopping = False
+        children.append(Child(f"bearer {i}", cmd))
+    children.append(Child("control", [str(bindir / "softswitch-control")]))
+    supervisor = Supervisor(children, env)
 
     def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        supervisor.stop_requests += 1
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    rc = 0
-    while not stopping:
-        dead = [c for c in children if c.poll() is not None]
-        if dead:
-            for c in dead:
-                command = " ".join(cast("list[str]", c.args))  # one of ``commands``
-                print(f"softswitch: {command} exited with {c.returncode}", file=sys.stderr)
-            rc = 1
-            break
-        time.sleep(0.2)
-    for c in reversed(children):  # control first, so it can tell bearers goodbye
-        if c.poll() is None:
-            c.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for c in children:
-        try:
-            c.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            c.kill()
-            c.wait()
-    return rc
+    print(
+        f"softswitch: configuration in {etc}; SIP on 127.0.0.1:{sip_port}; "
+        "a daemon that dies is restarted; Ctrl-C stops",
+        file=sys.stderr,
+    )
+    rc: int | None = None
+    try:
+        for child in children:
+            supervisor.start(child, time.monotonic())
+        while rc is None and not supervisor.stop_requests:
+            rc = supervisor.step(time.monotonic())
+            time.sleep(_POLL)
+    finally:
+        if supervisor.stop_requests:
+            supervisor.say("stopping: control first, then the bearers")
+        supervisor.stop()
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -5,15 +5,10 @@ Theory of operation
 Everything that decides lives in ``softswitch.switch.Switch``; this module only
 moves bytes and time in and out of it (DESIGN.md principles 3 and 5):
 
-* SIP over UDP and TCP on every ``[sip] listen`` address.  TCP streams are
-  cut into messages by ``StreamFramer``; a CRLFCRLF ping gets its CRLF pong
-  (RFC 5626 §3.5.1).  Responses and requests to a peer reached over TCP reuse
-  its connection (§18.2.2, and a phone registered over TCP is reachable only
-  through the connection it registered on); idle connections are closed
-  unless a binding still points at them.
-* The bearer control socket: UNIX datagram bound at ``[bearers] local``, or
-  UDP with every datagram HMAC-tagged under ``[bearers] key_file`` (without a
-  readable key the daemon refuses to start).
+* SIP over UDP and TCP on every ``[sip] listen`` address, and the bearer
+  control socket (UNIX datagram at ``[bearers] local``, or UDP with every
+  datagram HMAC-tagged under ``[bearers] key_file``; without a readable key
+  the daemon refuses to start): softswitch/daemon/transports.py.
 * The DB thread (softswitch/db/thread.py): results come back through
   ``loop.call_soon_threadsafe``; nothing is served before its ``Loaded``.
 * The admin socket (softswitch/daemon/admin.py) for softswitchctl.
@@ -42,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import errno
 import importlib.util
 import logging
 import os
@@ -54,22 +47,19 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 from softswitch.daemon.admin import AdminError, AdminServer
 from softswitch.daemon.metrics import MetricsServer, make_registry
 from softswitch.daemon.settings import load_control_config
+from softswitch.daemon.transports import BearerLink, SipTransports
 from softswitch.daemonkit.config import CONFIG_DIR_ENV, ConfigError, resolve_config_dir
 from softswitch.daemonkit.logsetup import LogSetup
-from softswitch.daemonkit.outbox import Outbox
-from softswitch.daemonkit.runtime import SocketFileError, release_transport, remove_stale_socket
 from softswitch.daemonkit.sdnotify import Notifier
+from softswitch.daemonkit.startup import StartupError
 from softswitch.db.messages import DbFatal, DeleteBinding, Loaded, SaveBinding, WriteCdr
 from softswitch.db.thread import DbThread
-from softswitch.protocol import MAX_DATAGRAM, KeyFileError, load_key
-from softswitch.sip.errors import SipError
-from softswitch.sip.framing import KEEPALIVE, StreamFramer
-from softswitch.sip.transaction import Peer
+from softswitch.protocol import KeyFileError, load_key
 from softswitch.switch import Switch
 
 __all__ = ["ControlDaemon", "StartupError", "main"]
@@ -80,20 +70,6 @@ log = logging.getLogger("softswitch.daemon.main")
 STOP_GRACE = 5.0
 #: Seconds the DB thread gets to write what is queued at stop.
 DB_STOP_TIMEOUT = 10.0
-#: A TCP connection idle this long is closed, unless a binding uses it.
-TCP_IDLE = 600.0
-#: Open TCP connections accepted at most (each costs a file descriptor).
-MAX_TCP = 4096
-#: Bytes queued for one TCP connection (or one still connecting) before we give up on it.
-MAX_TCP_BACKLOG = 1 << 20
-#: SIP datagrams read per wake-up of one UDP socket.
-UDP_BATCH = 64
-#: Bearer datagrams read per wake-up, so SIP is never starved.
-BEARER_BATCH = 64
-#: Seconds before the first retry of datagrams a bearer's full socket queue
-#: refused (EAGAIN), doubling up to BEARER_RETRY_MAX while it stays full.
-BEARER_RETRY_FIRST = 0.001
-BEARER_RETRY_MAX = 0.016
 #: Timer wake-ups are at least this far apart, so thousands of transaction
 #: timers expiring a few microseconds apart cost a few wake-ups, not thousands
 #: (Linux "timer slack"; every SIP and bearer timer tolerates it).
@@ -102,10 +78,6 @@ TIMER_SLACK = 0.002
 SWITCH_INTERVAL = 0.001
 #: Seconds between STATUS= updates and idle-connection sweeps.
 HOUSEKEEPING = 5.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the text is the one line to print."""
 
 
 class ControlDaemon:
@@ -135,16 +107,8 @@ class ControlDaemon:
         self.loop: asyncio.AbstractEventLoop
         self._stop = asyncio.Event()
         self._loaded = asyncio.Event()
-        self._udp: dict[int, socket.socket] = {}  # family -> first UDP socket
-        self._udp_socks: list[socket.socket] = []
-        self._servers: list[asyncio.base_events.Server] = []
-        self._tcp: dict[tuple[str, int], SipTcp] = {}
-        self._bearer_sock: socket.socket | None = None
-        self._bearer_path: str | None = None
-        self._outbox: Outbox | None = None  # bearer datagrams waiting for room
-        self._outbox_timer: asyncio.TimerHandle | None = None
-        self._outbox_delay = BEARER_RETRY_FIRST
-        self._outbox_writer = False
+        self._sip: SipTransports | None = None
+        self._bearers: BearerLink | None = None
         self._admin: AdminServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -166,6 +130,9 @@ class ControlDaemon:
             bearer_endpoints=_resolve_endpoints(cfg.bearers.endpoints),
             features=self.features,
         )
+        # Bound once the users are loaded; until then SIP datagrams to send
+        # count as "no_udp_socket_for_family" drops, as they always have.
+        self._sip = SipTransports(self.loop, self.switch.receive_sip, self._kick, self.switch.drops)
         for sig, handler in (
             (signal.SIGTERM, self.request_stop),
             (signal.SIGINT, self.request_stop),
@@ -213,65 +180,19 @@ class ControlDaemon:
         self.db.start()
 
     def _open_bearer_socket(self) -> None:
-        kind, address, port = self.cfg.bearers.local
-        if kind == "unix":
-            path = Path(address)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                remove_stale_socket(path, owner="another control daemon")
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                sock.bind(str(path))
-                os.chmod(path, 0o660)
-            except SocketFileError as exc:
-                raise StartupError(f"bearer control socket {exc}") from None
-            except OSError as exc:
-                raise StartupError(f"bearer control socket {path}: {exc.strerror}") from None
-            self._bearer_path = str(path)
-        else:
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.bind((address, port))
-            except OSError as exc:
-                sock.close()
-                raise StartupError(f"bearer control udp:{address}:{port}: {exc.strerror}") from None
-        sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._bearer_sock = sock
-        self._outbox = Outbox(sock, self.switch.drops, "bearer_send_")
-        self.loop.add_reader(sock.fileno(), self._on_bearer)
+        self._bearers = BearerLink(
+            self.loop,
+            self.cfg.bearers.local,
+            self.switch.receive_bearer,
+            self._kick,
+            self.switch.drops,
+        )
+        self._bearers.open()
 
     async def _open_sip(self) -> None:
         sip = self.cfg.sip
-        for host in sip.listen:
-            try:
-                if "udp" in sip.transports:
-                    self._open_udp(host, sip.port)
-                if "tcp" in sip.transports:
-                    server = await self.loop.create_server(
-                        lambda: SipTcp(self), host=host, port=sip.port, backlog=1024
-                    )
-                    self._servers.append(server)
-            except OSError as exc:
-                raise StartupError(f"SIP {host}:{sip.port}: {exc.strerror or exc}") from None
-
-    def _open_udp(self, host: str, port: int) -> None:
-        """A UDP SIP socket read in batches (asyncio's datagram transport
-        costs one loop iteration per datagram; this costs one per batch)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self._udp.setdefault(family, sock)
-        self._udp_socks.append(sock)
-        self.loop.add_reader(sock.fileno(), self._on_udp, sock)
+        assert self._sip is not None
+        await self._sip.open(sip.listen, sip.port, sip.transports)
 
     def _serving(self) -> None:
         sw = self.switch
@@ -288,44 +209,6 @@ class ControlDaemon:
         self.notifier.ready(self._status_line())
 
     # ------------------------------------------------------------------ inputs
-
-    def sip_received(self, data: bytes, peer: Peer, stream: bool) -> None:
-        self.switch.receive_sip(data, peer, time.time(), stream=stream)
-        self._kick()
-
-    def _on_udp(self, sock: socket.socket) -> None:
-        receive = self.switch.receive_sip
-        now = time.time()
-        for _ in range(UDP_BATCH):
-            try:
-                data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # an ICMP error from an earlier send
-                self.switch.drops["udp_recv_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
-                continue
-            receive(data, Peer("udp", addr[0], addr[1]), now)
-        self._kick()
-
-    def _on_bearer(self) -> None:
-        sock = self._bearer_sock
-        if sock is None:
-            return
-        now = time.time()
-        for _ in range(BEARER_BATCH):
-            try:
-                data, addr = sock.recvfrom(MAX_DATAGRAM + 1)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self.switch.drops[
-                    "bearer_recv_" + errno.errorcode.get(exc.errno or 0, "error")
-                ] += 1
-                break
-            if isinstance(addr, tuple):
-                addr = (addr[0], addr[1])  # IPv6: drop flowinfo and scope
-            self.switch.receive_bearer(data, addr, now)
-        self._kick()
 
     def _drain_db(self) -> None:
         now = time.time()
@@ -362,91 +245,15 @@ class ControlDaemon:
     def _flush(self) -> None:
         self._flush_pending = False
         sw = self.switch
-        for data, peer in sw.sip_datagrams_to_send():
-            self._send_sip(data, peer)
-        outbox = self._outbox
-        if outbox is not None:
-            # A bearer's full queue (EAGAIN): the datagram waits in order
-            # for that bearer; one not started yet (ENOENT, ECONNREFUSED) is
-            # counted as a drop and found again by the heartbeats.
-            outbox.flush()
-            for data, addr in sw.bearer_datagrams_to_send():
-                outbox.send(data, addr)
-            if len(outbox):
-                self._retry_bearers_later()
+        sip = self._sip
+        if sip is not None:
+            for data, peer in sw.sip_datagrams_to_send():
+                sip.send(data, peer)
+        bearers = self._bearers
+        if bearers is not None and bearers.outbox is not None:  # open, not closed yet
+            bearers.send(sw.bearer_datagrams_to_send())
         self._hand_to_db()
         self._rearm()
-
-    def _retry_bearers_later(self) -> None:
-        """Send the waiting bearer datagrams again soon.  UDP: when the socket
-        polls writable.  UNIX: on a timer, 1 ms doubling to 16 ms while no
-        bearer reads (poll says writable even while the receiver is full)."""
-        outbox = self._outbox
-        if outbox is None or self._bearer_sock is None:
-            return
-        if self.cfg.bearers.local[0] != "unix":
-            if not self._outbox_writer:
-                self._outbox_writer = True
-                self.loop.add_writer(self._bearer_sock.fileno(), self._retry_bearers)
-            return
-        if self._outbox_timer is None:
-            self._outbox_timer = self.loop.call_later(self._outbox_delay, self._retry_bearers)
-
-    def _retry_bearers(self) -> None:
-        self._outbox_timer = None
-        outbox = self._outbox
-        if outbox is None or self._bearer_sock is None:
-            return
-        before = len(outbox)
-        left = outbox.flush()
-        if left:
-            if left >= before:  # nobody read: wait longer
-                self._outbox_delay = min(self._outbox_delay * 2, BEARER_RETRY_MAX)
-            else:
-                self._outbox_delay = BEARER_RETRY_FIRST
-            self._retry_bearers_later()
-            return
-        self._outbox_delay = BEARER_RETRY_FIRST
-        if self._outbox_writer:
-            self._outbox_writer = False
-            self.loop.remove_writer(self._bearer_sock.fileno())
-
-    def _send_sip(self, data: bytes, peer: Peer) -> None:
-        if peer.transport == "tcp":
-            conn = self._tcp.get((peer.host, peer.port))
-            if conn is None:
-                self._connect(peer, data)
-            else:
-                conn.write(data)
-            return
-        sock = self._udp.get(socket.AF_INET6 if ":" in peer.host else socket.AF_INET)
-        if sock is None:
-            self.switch.drops["no_udp_socket_for_family"] += 1
-            return
-        try:
-            sock.sendto(data, (peer.host, peer.port))
-        except OSError as exc:  # EAGAIN (buffer full), unreachable: the transaction retransmits
-            self.switch.drops["udp_send_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
-
-    def _connect(self, peer: Peer, data: bytes) -> None:
-        """Open a TCP connection for a request to a peer we have none with."""
-        if len(self._tcp) >= MAX_TCP:
-            self.switch.drops["tcp_too_many"] += 1
-            return
-        conn = SipTcp(self, (peer.host, peer.port))
-        conn.backlog.append(data)
-        self._tcp[(peer.host, peer.port)] = conn
-
-        async def connect() -> None:
-            try:
-                await self.loop.create_connection(lambda: conn, peer.host, peer.port)
-            except OSError as exc:
-                log.info("cannot connect to %s:%d over TCP: %s", peer.host, peer.port, exc)
-                self.switch.drops["tcp_connect_failed"] += 1
-                if self._tcp.get((peer.host, peer.port)) is conn:
-                    del self._tcp[(peer.host, peer.port)]
-
-        self.loop.create_task(connect())
 
     def _rearm(self) -> None:
         deadline = self.switch.get_timer()
@@ -468,11 +275,8 @@ class ControlDaemon:
             return
         now = time.time()
         self.notifier.status(self._status_line())
-        for key, conn in list(self._tcp.items()):
-            if now - conn.last_activity > TCP_IDLE and not self.switch.location.has_source(
-                "tcp", key[0], key[1]
-            ):
-                conn.close()
+        if self._sip is not None:
+            self._sip.close_idle(now, self.switch.location.has_source)
         self.loop.call_later(HOUSEKEEPING, self._housekeeping)
         if self.notifier.interval is not None:
             self._watchdog()
@@ -505,9 +309,10 @@ class ControlDaemon:
 
     def _admin_status(self) -> dict[str, Any]:
         status = self.switch.admin_status(time.time())
-        if self._outbox is not None:  # waited for a bearer's full queue: sent late, not lost
-            status["bearer_send_deferred"] = self._outbox.deferred
-            status["bearer_send_waiting"] = len(self._outbox)
+        outbox = self._bearers.outbox if self._bearers is not None else None
+        if outbox is not None:  # waited for a bearer's full queue: sent late, not lost
+            status["bearer_send_deferred"] = outbox.deferred
+            status["bearer_send_waiting"] = len(outbox)
         return status
 
     def reload(self, from_admin: bool = False) -> dict[str, Any]:
@@ -553,27 +358,14 @@ class ControlDaemon:
                 await asyncio.sleep(0.05)
             if sw.in_flight():
                 log.warning("%d transactions unfinished at stop", sw.in_flight())
-        for server in self._servers:
-            server.close()
-        for conn in list(self._tcp.values()):
-            conn.close()
-        for sock in self._udp_socks:
-            self.loop.remove_reader(sock.fileno())
-            sock.close()
-        self._udp_socks.clear()
-        self._udp.clear()
+        if self._sip is not None:
+            self._sip.close()
         if self._admin is not None:
             await self._admin.close()
         if self._timer is not None:
             self._timer.cancel()
-        if self._bearer_sock is not None:
-            self._close_outbox()
-            self.loop.remove_reader(self._bearer_sock.fileno())
-            self._bearer_sock.close()
-            self._bearer_sock = None
-            if self._bearer_path:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._bearer_path)
+        if self._bearers is not None:
+            self._bearers.close()
         db = getattr(self, "db", None)
         if db is not None:
             if sw is not None:
@@ -585,20 +377,6 @@ class ControlDaemon:
             else:
                 log.error("database writes lost at stop (%d dropped)", db.dropped)
         log.info("stopped")
-
-    def _close_outbox(self) -> None:
-        """Last try for bearer datagrams still waiting; the rest are counted."""
-        if self._outbox_timer is not None:
-            self._outbox_timer.cancel()
-            self._outbox_timer = None
-        if self._outbox_writer and self._bearer_sock is not None:
-            self._outbox_writer = False
-            self.loop.remove_writer(self._bearer_sock.fileno())
-        outbox = self._outbox
-        self._outbox = None
-        if outbox is not None and outbox.flush():
-            log.warning("%d bearer datagrams unsent at stop", len(outbox))
-            self.switch.drops["bearer_send_unsent_at_stop"] += len(outbox)
 
     def _hand_to_db(self) -> None:
         """The Switch's DB commands, to the DB thread's queue (never blocks)."""
@@ -613,88 +391,6 @@ class ControlDaemon:
                     db.write_cdr(cmd.cdr)
             except ValueError as exc:
                 log.warning("not persisted: %s", exc)
-
-
-# --------------------------------------------------------------------------- SIP transports
-
-
-class SipTcp(asyncio.Protocol):
-    """One TCP connection, accepted or opened by us (§18.3 framing)."""
-
-    def __init__(self, daemon: ControlDaemon, key: tuple[str, int] | None = None) -> None:
-        self.daemon = daemon
-        self.key = key
-        self.framer = StreamFramer()
-        self.transport: asyncio.Transport | None = None
-        self.backlog: list[bytes] = []
-        self.last_activity = time.time()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport (create_server/create_connection); uvloop's are not
-        # asyncio.Transport subclasses, hence a cast rather than isinstance.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        peername = transport.get_extra_info("peername")
-        key = (peername[0], peername[1])
-        tcp = self.daemon._tcp
-        if self.key is None:  # accepted
-            if len(tcp) >= MAX_TCP:
-                self.daemon.switch.drops["tcp_too_many"] += 1
-                transport.close()
-                return
-            self.key = key
-            old = tcp.get(key)
-            if old is not None and old is not self:
-                old.close()
-            tcp[key] = self
-        for data in self.backlog:
-            transport.write(data)
-        self.backlog.clear()
-
-    def data_received(self, data: bytes) -> None:
-        self.last_activity = time.time()
-        try:
-            messages = self.framer.feed(data)
-        except SipError as exc:
-            # The stream cannot be framed any more (RFC 4475 §3.1.2.3): close it.
-            self.daemon.switch.drops["tcp_framing_" + str(exc.status)] += 1
-            log.info("closing TCP %s: %s", self.key, exc)
-            self.close()
-            return
-        assert self.key is not None
-        for msg in messages:
-            if msg is KEEPALIVE or msg == KEEPALIVE:
-                self.write(b"\r\n")  # RFC 5626 §3.5.1 pong
-                continue
-            self.daemon.sip_received(msg, Peer("tcp", self.key[0], self.key[1]), True)
-
-    def write(self, data: bytes) -> None:
-        self.last_activity = time.time()
-        if self.transport is None:
-            if sum(map(len, self.backlog)) + len(data) > MAX_TCP_BACKLOG:
-                self.daemon.switch.drops["tcp_backlog_full"] += 1
-                return
-            self.backlog.append(data)
-            return
-        if self.transport.get_write_buffer_size() > MAX_TCP_BACKLOG:
-            self.daemon.switch.drops["tcp_slow_reader"] += 1
-            self.close()
-            return
-        self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        self._forget()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        release_transport(self.transport)
-        self._forget()
-
-    def _forget(self) -> None:
-        tcp = self.daemon._tcp
-        if self.key is not None and tcp.get(self.key) is self:
-            del tcp[self.key]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -189,4 +189,5 @@ def test_readme_quick_start_make_run_user_add_and_two_phones_talk(
     assert proc.wait(20) == 0, log.read_text()[-3000:]
     output = log.read_text()
     assert "Traceback" not in output, output[-3000:]
-    assert not re.search(r"exited with [1-9]", output), output[-3000:]
+    # No daemon died on the way (the launcher would have said so and restarted it).
+    assert not re.search(r"exited with (status )?[1-9]|was killed by", output), output[-3000:]

@@ -49,7 +49,8 @@ def test_devrun_serves_and_softswitchctl_finds_it(tmp_path: Path) -> None:
             )
             if r.returncode == 0:
                 status = json.loads(r.stdout)
-                if status["bearers_up"] == "2/2":
+                # Bearers can be up while the users still load: wait for both.
+                if status["state"] == "serving" and status["bearers_up"] == "2/2":
                     break
             time.sleep(0.2)
         assert status is not None and status["state"] == "serving", log.read_text()

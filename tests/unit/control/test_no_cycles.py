@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from softswitch.daemon.admin import AdminClient
-from softswitch.daemon.main import SipTcp
+from softswitch.daemon.transports import SipTcp
 from softswitch.db.messages import Loaded
 from softswitch.db.schema import create_schema, make_engine
 from softswitch.db.thread import DbThread
@@ -161,7 +161,7 @@ def test_admin_connections_leave_no_cyclic_garbage(tmp_path: Path, collector_off
 
 def test_sip_tcp_connections_leave_no_cyclic_garbage(collector_off: None) -> None:
     """Phones on TCP come and go; each closed connection must free itself."""
-    daemon = SimpleNamespace(_tcp={}, switch=SimpleNamespace(drops=Counter()))
+    transports = SimpleNamespace(tcp={}, drops=Counter())
 
     def ping(port: int) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -170,7 +170,7 @@ def test_sip_tcp_connections_leave_no_cyclic_garbage(collector_off: None) -> Non
 
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: SipTcp(daemon), "127.0.0.1", 0)  # type: ignore[arg-type]
+        server = await loop.create_server(lambda: SipTcp(transports), "127.0.0.1", 0)  # type: ignore[arg-type]
         port = server.sockets[0].getsockname()[1]
         await asyncio.to_thread(ping, port)
         await asyncio.sleep(0.1)
@@ -184,4 +184,4 @@ def test_sip_tcp_connections_leave_no_cyclic_garbage(collector_off: None) -> Non
         return found
 
     assert asyncio.run(main()) == []
-    assert daemon._tcp == {}
+    assert transports.tcp == {}

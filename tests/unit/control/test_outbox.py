@@ -88,6 +88,9 @@ class _FakeSwitch:
     def sip_datagrams_to_send(self) -> list:
         return []
 
+    def receive_bearer(self, data: bytes, source: object, now: float) -> None:
+        raise AssertionError("the bearer sends nothing in this test")
+
     def bearer_datagrams_to_send(self) -> list[tuple[bytes, str]]:
         out, self.out = self.out, []
         return out
@@ -115,7 +118,8 @@ def test_control_daemon_delivers_a_burst_once_the_bearer_reads(
         try:
             sw.out = [(data, bearer_path) for data in sent[:250]]
             d._flush()
-            assert d._outbox is not None and len(d._outbox) > 0
+            outbox = d._bearers.outbox  # type: ignore[union-attr]
+            assert outbox is not None and len(outbox) > 0
             await asyncio.sleep(0.1)  # the bearer is paused: retries find it full
             sw.out = [(data, bearer_path) for data in sent[250:]]
             d._kick()  # more while some still wait: after them
@@ -126,12 +130,10 @@ def test_control_daemon_delivers_a_burst_once_the_bearer_reads(
                 if len(got) == len(sent):
                     break
                 await asyncio.sleep(0.002)
-            assert len(d._outbox) == 0
+            assert len(outbox) == 0
             return got
         finally:
-            d._close_outbox()
-            d.loop.remove_reader(d._bearer_sock.fileno())  # type: ignore[union-attr]
-            d._bearer_sock.close()  # type: ignore[union-attr]
+            d._bearers.close()  # type: ignore[union-attr]
 
     got = asyncio.run(scenario())
     assert got == sent
