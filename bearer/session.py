@@ -23,7 +23,7 @@ packet-path entries (``host.wire``) whenever the session changes.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bearer.leg import (
     BYTES,
@@ -35,7 +35,7 @@ from bearer.leg import (
     PKTS,
     Leg,
 )
-from bearer.media import Mode, RelayError, SessionHost
+from bearer.media import MediaSession, Mode, RelayError, SessionHost
 from bearer.ports import PortsExhausted
 from bearer.remap import IDENTITY, remap_table
 from softswitch.protocol import (
@@ -372,3 +372,7 @@ class Session:
             out[f"leg{leg.index}_packets_out"] = st.packets_out
             out[f"leg{leg.index}_bytes_out"] = st.bytes_out
         return out
+
+
+if TYPE_CHECKING:  # mypy checks that Session implements the interface the kernel path will
+    _IMPLEMENTS: type[MediaSession] = Session
