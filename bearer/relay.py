@@ -25,31 +25,24 @@ unpacks the tuple.  Two kinds are inlined in the loop:
   mixer's push, ``dest`` the participant id).
 
 Everything else (latching, transcoding, DTMF, recording, RTCP, bleed on the
-catcher) goes through ``_slow``/``_deliver``.
+catcher) goes through ``_slow`` to bearer.delivery.
 
 Measured on the 2-vCPU development VM, per relayed packet in a batch: about
 5.3 us for the two syscalls alone (recv 1.4, send 4: a loopback send also
 runs the receiver's network stack), 6.4 us with all of the above.
 
-Symmetric RTP (DESIGN.md "Media"): a leg latches to the source of its first
-valid RTP packet (version 2, at least a header).  While a leg is latched
-*provisionally* (to an address control did not signal), a packet from the
-signalled address wins; after ``LATCH_GRACE`` seconds, or at once when the
-source is the signalled one, the latch is final: the RTP socket is
-``connect()``ed to the phone.  The kernel then delivers only that phone's
-packets to it, ``recv_into`` needs no address object and ``send`` no route
-lookup (measured: 6.4-6.9 us per packet against 7.8-8.2 us for
-recvfrom_into/sendto with a source check, same work otherwise).
-So that RTP bleed is still *counted*, a second socket ("catcher") is bound to
-the same port with SO_REUSEPORT: the connected socket wins the kernel's
-lookup for the phone's address and port, the catcher gets everything else,
-which is counted and dropped (drop_bleed).  SO_REUSEPORT is used rather than
-SO_REUSEADDR because the kernel only lets sockets of the same user share a
-port that way.
+Everything a call's media *is* lives in its session (bearer.session, the
+user-space ``bearer.media.MediaSession``): legs, sockets, latching policy,
+statistics, timeout, room and recording.  Control operations go to the
+session; the relay is the session's ``SessionHost``: it registers the
+sockets the session opens and rebuilds their entries when the session says
+so (``wire``).  A session latched to its phones is *final*: its RTP sockets
+are ``connect()``ed, which is what lets K_FAST use ``recv_into``/``send``.
 
-Per-leg counters are list slots (see bearer.session); loss (RFC 3550 A.3) and
-media timeouts are computed by a housekeeping pass that visits every session
-twice a second, spread over the ticks so no tick does all of them.
+Per-leg counters are list slots (see bearer.leg); loss (RFC 3550 A.3) and
+media timeouts are computed by each session's housekeeping, which the relay
+runs for every session twice a second, spread over the ticks so no tick does
+all of them.
 """
 
 from __future__ import annotations
@@ -63,21 +56,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bearer import session as S
+from bearer import leg as S
+from bearer.conference import ConferenceOut
+from bearer.delivery import (
+    K_CATCH,
+    K_CONF,
+    K_FAST,
+    K_LATCH,
+    K_PATH,
+    K_READER,
+    K_RTCP,
+    Delivery,
+)
+from bearer.leg import LATCH_GRACE, Leg
+from bearer.media import Mode, RelayError
 from bearer.mixer import Mixer
 from bearer.ports import PortPool, PortsExhausted
-from bearer.rtp import parse_header, parse_rtcp, payload_end
-from bearer.session import IDENTITY, ConferenceOut, Leg, Mode, Session, remap_table
+from bearer.remap import IDENTITY, remap_table
+from bearer.session import Session
 from softswitch.protocol import (
     AllocFlags,
-    Dtmf,
     ErrorCode,
     Event,
     JoinFlags,
-    Latched,
     LegSpec,
     LegStats,
-    MediaTimeout,
 )
 
 __all__ = ["LATCH_GRACE", "TICK", "Relay", "RelayError"]
@@ -86,8 +89,6 @@ log = logging.getLogger("bearer.relay")
 
 TICK = 0.020
 """The mixing/recording tick: one 20 ms G.711 frame (RFC 3551 §4.5)."""
-LATCH_GRACE = 1.0
-"""Seconds a provisional latch waits for packets from the signalled address."""
 HOUSEKEEP_PERIOD = 0.5
 """Every session's loss/timeout accounting runs this often."""
 MAX_EVENTS = 1024
@@ -96,27 +97,8 @@ _BIND_ATTEMPTS = 16
 BUSY_POLL_MIN_EVENTS = 8
 """With busy polling on, a batch at least this big keeps the loop polling without sleeping."""
 
-# Entry kinds.  K_FAST is tested first in the hot loop.
-K_FAST = 0  # final latch, connected out, at most a PT remap: inlined
-K_PATH = 1  # final latch, anything else: _deliver
-K_LATCH = 2  # not yet final: recvfrom + source policy
-K_CATCH = 3  # the catcher socket of a final leg: bleed counting
-K_RTCP = 4
-K_READER = 5  # a callback (control socket, signal fd)
-K_CONF = 6  # final latch, in a room (not recorded): inlined, frames go to the mixer
-
 _MUTED = int(JoinFlags.MUTED)
-
 _SEQ_TS = struct.Struct("!2xHI")
-
-
-class RelayError(Exception):
-    """A refused request, with the protocol error code control gets."""
-
-    def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 class Relay:
@@ -165,7 +147,7 @@ class Relay:
         self._running = False
         self._next_tick = 0.0
         self._timers: list[list[Any]] = []  # [due, interval, fn]
-        self._provisional: set[Leg] = set()
+        self.provisional: set[Leg] = set()  # legs latched, not yet final
         self._hk: list[Session] = []
         self._hk_pos = 0
         self._hk_due = 0.0
@@ -173,7 +155,8 @@ class Relay:
         self.totals[S.JITTER] = 0.0
         self.totals[S.TRANSIT] = 0.0
         self.recordings: set[Session] = set()
-        self._conf = ConferenceOut(self.mixer)
+        self.conference = ConferenceOut(self.mixer)
+        self.delivery = Delivery(self._buf, self._fdmap, self.conference, on_event)
         self.lost_total = 0  # RFC 3550 A.3 loss of deleted legs
         self.internal_errors = 0
         self._bug_logged = -1e9
@@ -216,50 +199,22 @@ class Relay:
         if not 1 <= len(specs) <= 2:
             raise RelayError(ErrorCode.BAD_REQUEST, f"{len(specs)} legs")
         now = self.clock()
-        s = Session(session_id, call_ref, flags, now)
-        try:
-            for i, spec in enumerate(specs):
-                s.legs.append(self._open_leg(s, i, spec))
-        except PortsExhausted as e:
-            self._close_legs(s)
-            raise RelayError(ErrorCode.NO_PORTS, str(e)) from None
+        s = Session(session_id, call_ref, flags, now, self, self.media_timeout)
+        ports = s.start(specs, now)
         self.sessions[session_id] = s
         self._hk.append(s)
-        s.update_answered(now)
-        self._wire(s)
-        return [leg.port for leg in s.legs]
+        return ports
+
+    # Control operations: each is the session's own (bearer.media.MediaSession).
 
     def update(self, session_id: int, leg_index: int, spec: LegSpec) -> None:
         """Replace one leg's description (the SDP answer, a re-INVITE)."""
-        s = self._session(session_id)
-        if leg_index >= len(s.legs):
-            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} has no leg {leg_index}")
-        leg = s.legs[leg_index]
-        old = leg.remote
-        leg.set_spec(spec)
-        moved = leg.remote is not None and leg.remote != old and leg.remote != leg.latched
-        if leg.latched is not None and moved:
-            # The phone moved (re-INVITE to a new address): latch afresh.
-            self._unlatch(leg)
-        now = self.clock()
-        s.update_answered(now)
-        if leg.latched is not None and not leg.final and leg.latched == leg.remote:
-            self._finalize(leg, now)
-        self._wire(s)
-        if s.room is not None:
-            self._conf.update(s)
+        self._session(session_id).update(leg_index, spec, self.clock())
 
     def delete(self, session_id: int) -> tuple[LegStats, ...]:
         """End a session, release its ports; returns its final per-leg counters."""
         s = self._session(session_id)
-        if s.room is not None:
-            self.leave(s.room, session_id, 0)
-        if s.recording is not None:
-            self.record(session_id, False, "")
-        for leg in s.legs:
-            leg.housekeep(self.clock())
-        stats = s.leg_stats()
-        self._close_legs(s)
+        stats = s.stop(self.clock())
         del self.sessions[session_id]
         totals = self.totals
         for leg in s.legs:
@@ -269,92 +224,24 @@ class Relay:
         return stats
 
     def record(self, session_id: int, start: bool, path: str) -> bool:
-        """Start/stop recording; returns whether the session is now recorded.
-
-        Starting a recorded session again is a no-op with no path or the
-        path it was started with; another path is refused (BAD_REQUEST):
-        one session writes one file, and a path must never be quietly ignored.
-        """
-        s = self._session(session_id)
-        if start and s.recording is not None:
-            if path and path != s.record_path:
-                where = s.record_path or "a default name (AllocFlags.RECORD)"
-                raise RelayError(
-                    ErrorCode.BAD_REQUEST,
-                    f"session {session_id} is already recording to {where}; stop it first",
-                )
-        elif start:
-            if self.recorder is None:
-                raise RelayError(ErrorCode.INTERNAL, "recording is not available")
-            try:
-                s.recording = self.recorder(s, path)
-            except (OSError, ValueError) as e:
-                raise RelayError(ErrorCode.BAD_REQUEST, f"cannot record: {e}") from None
-            s.record_path = path
-            self.recordings.add(s)
-        elif not start and s.recording is not None:
-            rec, s.recording = s.recording, None
-            self.recordings.discard(s)
-            rec.close()
-        self._wire(s)
-        return s.recording is not None
+        """Start/stop recording; returns whether the session is now recorded."""
+        return self._session(session_id).record(start, path)
 
     def join(self, room: str, session_id: int, leg_index: int, flags: JoinFlags) -> int:
         """Put a one-leg session into a room; returns the room's participant count."""
-        s = self._session(session_id)
-        if leg_index >= len(s.legs):
-            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} has no leg {leg_index}")
-        if s.room is not None and s.room != room:
-            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} is in room {s.room}")
-        leg = s.legs[leg_index]
-        sel = leg.spec.selected
-        if s.room is None:
-            try:
-                self.mixer.join(room, (session_id, leg_index), sel.name if sel else "PCMU")
-            except ValueError as e:
-                raise RelayError(ErrorCode.BAD_REQUEST, str(e)) from None
-            s.room = room
-            self.rooms[room] = self.rooms.get(room, 0) + 1
-        s.room_flags = int(flags)
-        self._wire(s)
-        self._conf.update(s)
-        return self.rooms[room]
+        return self._session(session_id).join(room, leg_index, flags)
 
     def leave(self, room: str, session_id: int, leg_index: int) -> int:
         """Take a session out of its room; returns the room's remaining participants."""
-        s = self._session(session_id)
-        if s.room != room:
-            raise RelayError(ErrorCode.BAD_REQUEST, f"session {session_id} is not in {room!r}")
-        self.mixer.leave((session_id, leg_index))
-        s.room = None
-        left = self.rooms[room] - 1
-        if left:
-            self.rooms[room] = left
-        else:
-            del self.rooms[room]
-        self._conf.update(s)
-        self._wire(s)
-        return left
+        return self._session(session_id).leave(room, leg_index)
 
     def set_mode(self, session_id: int, mode: Mode) -> None:
-        """Move a session between user-space relaying and kernel forwarding.
-
-        Only RELAY exists today; the hook is here so that the move stays a
-        bearer-internal matter (DESIGN.md, "In-kernel forwarding").
-        """
-        s = self._session(session_id)
-        if mode is not Mode.RELAY:
-            raise RelayError(ErrorCode.BAD_REQUEST, f"mode {mode.value} is not available")
-        s.mode = mode
-        self._wire(s)
+        """Move a session between user-space relaying and kernel forwarding."""
+        self._session(session_id).set_mode(mode, self.clock())
 
     def session_counters(self, session_id: int) -> dict[str, int | float]:
         """STATS for one session."""
-        s = self._session(session_id)
-        now = self.clock()
-        for leg in s.legs:
-            leg.housekeep(now)
-        return s.counters()
+        return self._session(session_id).counters(self.clock())
 
     def counters(self) -> dict[str, int | float]:
         """STATS for the whole bearer: live sessions plus everything deleted."""
@@ -416,7 +303,9 @@ class Relay:
             raise
         return sock
 
-    def _open_leg(self, s: Session, index: int, spec: LegSpec) -> Leg:
+    # SessionHost (bearer.media): what the sessions ask of the bearer.
+
+    def open_pair(self) -> tuple[int, socket.socket, socket.socket]:
         """Bind an RTP/RTCP pair from the pool (skipping ports held by others)."""
         for _ in range(_BIND_ATTEMPTS):
             port = self.ports.take()
@@ -434,32 +323,46 @@ class Relay:
                 rtp.close()
                 self.ports.busy(port)
                 continue
-            leg = Leg(s, index, port, spec)
-            leg.rtp, leg.rtcp = rtp, rtcp
             self._ep.register(rtp.fileno(), select.EPOLLIN)
             self._ep.register(rtcp.fileno(), select.EPOLLIN)
-            return leg
+            return port, rtp, rtcp
         raise PortsExhausted(f"{_BIND_ATTEMPTS} ports in a row were held by other processes")
 
-    def _close_legs(self, s: Session) -> None:
-        for leg in s.legs:
-            self._provisional.discard(leg)
-            for sock in (leg.rtp, leg.rtcp, leg.catcher):
-                if sock is not None:
-                    self._fdmap.pop(sock.fileno(), None)
-                    try:
-                        self._ep.unregister(sock.fileno())
-                    except OSError:
-                        pass
-                    sock.close()
-            leg.rtp = leg.rtcp = leg.catcher = None
-            if leg.port:
-                self.ports.release(leg.port)
-                leg.port = 0
+    def bind(self, port: int) -> socket.socket:
+        """Another socket on a leg's port (SO_REUSEPORT): catcher, or a fresh RTP socket."""
+        return self._socket(port, True)
+
+    def register(self, sock: socket.socket) -> None:
+        self._ep.register(sock.fileno(), select.EPOLLIN)
+
+    def discard(self, sock: socket.socket) -> None:
+        self._fdmap.pop(sock.fileno(), None)
+        try:
+            self._ep.unregister(sock.fileno())
+        except OSError:
+            pass
+        sock.close()
+
+    def release_port(self, port: int) -> None:
+        self.ports.release(port)
+
+    def emit(self, event: Event) -> None:
+        self.on_event(event)
+
+    def start_recording(self, session: Session, path: str) -> Any:
+        if self.recorder is None:
+            raise RelayError(ErrorCode.INTERNAL, "recording is not available")
+        try:
+            return self.recorder(session, path)
+        except (OSError, ValueError) as e:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"cannot record: {e}") from None
+
+    def drain(self, leg: Leg, now: float) -> None:
+        self.delivery.drain(leg, now)
 
     # ------------------------------------------------------------------ wiring
 
-    def _wire(self, s: Session) -> None:
+    def wire(self, s: Session) -> None:
         """Rebuild the hot-path entries of a session's sockets after any change."""
         fdmap = self._fdmap
         for leg in s.legs:
@@ -522,262 +425,6 @@ class Relay:
                 remap = (sel.pt if sel else -1, sel.name.upper() if sel else "PCMU")
         return (kind, recv, out, leg.c, dest, tev, float(leg.clock), remap, leg)
 
-    # ------------------------------------------------------------------ latching
-
-    def _latch(self, leg: Leg, addr: tuple[str, int], now: float) -> None:
-        """Latch provisionally to ``addr`` (symmetric RTP)."""
-        leg.latched = addr
-        leg.latched_at = now
-        self._provisional.add(leg)
-        s = leg.session
-        s.update_answered(now)
-        self._wire(s)
-
-    def _finalize(self, leg: Leg, now: float) -> None:
-        """Make a latch final: catcher bound, RTP socket connected to the phone."""
-        self._provisional.discard(leg)
-        if leg.final or leg.latched is None or leg.rtp is None:
-            return
-        try:
-            catcher = self._socket(leg.port, True)
-        except OSError as e:
-            log.warning(
-                "leg %s/%d: no catcher socket (%s); staying unconnected",
-                leg.session.id,
-                leg.index,
-                e,
-            )
-            return
-        try:
-            leg.rtp.connect(leg.latched)
-        except OSError as e:
-            catcher.close()
-            log.warning(
-                "leg %s/%d: connect %s failed: %s", leg.session.id, leg.index, leg.latched, e
-            )
-            return
-        leg.catcher = catcher
-        self._ep.register(catcher.fileno(), select.EPOLLIN)
-        leg.final = True
-        s = leg.session
-        self._wire(s)
-        if s.room is not None:
-            self._conf.update(s)
-        # Packets queued before connect() may come from anywhere: sort them now.
-        entry = self._fdmap[leg.rtp.fileno()]
-        for _ in range(64):
-            try:
-                n, src = leg.rtp.recvfrom_into(self._buf)
-            except OSError:
-                break
-            self._sourced(entry, leg, n, src, now)
-        self.on_event(Latched(s.id, leg.index, leg.latched[0], leg.latched[1]))
-
-    def _unlatch(self, leg: Leg) -> None:
-        """Forget the latch: a fresh unconnected socket on the same port."""
-        self._provisional.discard(leg)
-        leg.housekeep(self.clock())  # loss up to here; the new source starts afresh
-        leg.h_seq = -1
-        if leg.final and leg.rtp is not None:
-            fresh = self._socket(leg.port, True)
-            for sock in (leg.rtp, leg.catcher):
-                if sock is not None:
-                    self._fdmap.pop(sock.fileno(), None)
-                    self._ep.unregister(sock.fileno())
-                    sock.close()
-            leg.rtp, leg.catcher = fresh, None
-            self._ep.register(fresh.fileno(), select.EPOLLIN)
-        leg.final = False
-        leg.latched = None
-
-    def _sourced(
-        self, e: tuple[Any, ...], leg: Leg, n: int, src: tuple[str, int], now: float
-    ) -> None:
-        """A packet read with its source address: apply the latching policy, then deliver."""
-        buf = self._buf
-        if n < 12 or buf[0] & 0xC0 != 0x80:
-            leg.c[S.INVALID] += 1
-            return
-        src = src[:2]  # IPv6 sources come with flow info and scope id
-        latched = leg.latched
-        finalize = False
-        if latched is None or (src != latched and not leg.final and src == leg.remote):
-            self._latch(leg, src, now)
-            e = self._fdmap[leg.rtp.fileno()]  # type: ignore[union-attr]
-            finalize = src == leg.remote
-        elif src != latched:
-            leg.c[S.BLEED] += 1
-            return
-        self._deliver(e, n, now)
-        if finalize:
-            self._finalize(leg, now)
-
-    # ------------------------------------------------------------------ delivery
-
-    def _deliver(self, e: tuple[Any, ...], n: int, now: float) -> None:
-        """Everything a packet from a phone may need besides the plain relay."""
-        kind, _recv, out, c, dest, tev, clk, remap, leg = e
-        buf = self._buf
-        if kind == K_CONF:
-            self._deliver_conf(e, n, now)
-            return
-        if kind == K_FAST:
-            dest = None  # that slot holds the PT table (remap[0]); out is connected
-        if n < 12 or buf[0] & 0xC0 != 0x80:
-            c[S.INVALID] += 1
-            return
-        seq, ts = _SEQ_TS.unpack_from(buf)
-        if leg.h_seq < 0:  # first packet (of this latch): loss is counted from here
-            leg.h_seq = (seq - 1) & 0xFFFF
-            leg.h_pkts = c[S.PKTS]
-        c[S.PKTS] += 1
-        c[S.BYTES] += n
-        c[S.SEQ] = seq
-        tr = now * clk - ts
-        d = tr - c[S.TRANSIT]
-        c[S.TRANSIT] = tr
-        if d < 0:
-            d = -d
-        if d < 1e6:  # not the first packet, a timestamp jump or a wrap (RFC 3550 A.8)
-            c[S.JITTER] += (d - c[S.JITTER]) * 0.0625
-        b1 = buf[1]
-        pt = b1 & 0x7F
-        xl, xcode, audio_pt, dtmf_ok = remap
-        s = leg.session
-        if pt == tev:
-            self._dtmf(leg, n, ts)
-            if s.room is not None:
-                return  # digits are for control; the mix carries audio only
-            if not dtmf_ok:
-                c[S.UNSUPPORTED] += 1
-                c[S.DROP_BYTES] += n
-                return
-        elif pt == audio_pt and (
-            s.recording is not None or s.room is not None or xcode is not None
-        ):
-            if buf[0] == 0x80:  # no CSRC, extension or padding: what phones send
-                hlen, end = 12, n
-            else:
-                try:
-                    _pt, _seq, _ts, _ssrc, _m, hlen = parse_header(buf, n)
-                    end = payload_end(buf, n)
-                except ValueError:
-                    c[S.INVALID] += 1
-                    return
-            if s.recording is not None:
-                sel = leg.spec.selected
-                s.recording.push(
-                    leg.index, seq, ts, self._mv[hlen:end], sel.name if sel else "PCMU"
-                )
-            if s.room is not None:
-                if not s.room_flags & _MUTED:
-                    self._conf.push(s, leg, seq, ts, self._mv[hlen:end])
-                return
-            if xcode is not None:
-                buf[hlen:end] = buf[hlen:end].translate(xcode)
-        elif s.room is not None:
-            return  # comfort noise and the like: the mixer makes its own
-        if out is None:
-            c[dest] += 1
-            c[S.DROP_BYTES] += n
-            return
-        buf[1] = xl[b1]
-        try:
-            if dest is None:
-                out(self._mv[:n])
-            else:
-                out(self._mv[:n], dest)
-        except OSError:
-            c[S.SEND_ERROR] += 1
-            c[S.DROP_BYTES] += n
-
-    def _deliver_conf(self, e: tuple[Any, ...], n: int, now: float) -> None:
-        """What the loop's inlined K_CONF branch does, for packets read elsewhere."""
-        _kind, _recv, push, c, pid, tev, _clk, (audio_pt, codec), leg = e
-        buf = self._buf
-        if n < 12 or buf[0] & 0xC0 != 0x80:
-            c[S.INVALID] += 1
-            return
-        seq, ts = _SEQ_TS.unpack_from(buf)
-        if leg.h_seq < 0:
-            leg.h_seq = (seq - 1) & 0xFFFF
-            leg.h_pkts = c[S.PKTS]
-        c[S.PKTS] += 1
-        c[S.BYTES] += n
-        c[S.SEQ] = seq
-        pt = buf[1] & 0x7F
-        if pt == audio_pt and buf[0] == 0x80:
-            if push is not None:
-                push(pid, seq, ts, self._mv[12:n], codec)
-        elif pt == tev:
-            self._dtmf(leg, n, ts)
-        elif pt == audio_pt:
-            self._conf_frame(leg, n, seq, ts)
-
-    def _conf_frame(self, leg: Leg, n: int, seq: int, ts: int) -> None:
-        """A participant's frame with CSRCs, an extension or padding (rare)."""
-        try:
-            _pt, _seq, _ts, _ssrc, _m, hlen = parse_header(self._buf, n)
-            end = payload_end(self._buf, n)
-        except ValueError:
-            leg.c[S.INVALID] += 1
-            return
-        s = leg.session
-        if not s.room_flags & _MUTED:
-            self._conf.push(s, leg, seq, ts, self._mv[hlen:end])
-
-    def _dtmf(self, leg: Leg, n: int, ts: int) -> None:
-        """Feed an RFC 4733 telephone-event to the leg's detector; report digits once."""
-        buf = self._buf
-        try:
-            _pt, _seq, _ts, _ssrc, _m, hlen = parse_header(buf, n)
-            digits = leg.dtmf.feed(ts, bytes(buf[hlen:n]))
-        except ValueError:
-            return
-        for digit, ms in digits:
-            self.on_event(Dtmf(leg.session.id, leg.index, digit, int(ms)))
-
-    def _rtcp(self, leg: Leg, now: float) -> None:
-        """RTCP (RFC 3550 §6): parsed for stats, relayed to the other phone's RTCP port."""
-        assert leg.rtcp is not None
-        n, src = leg.rtcp.recvfrom_into(self._buf)
-        src = src[:2]
-        if leg.rtcp_remote is None:
-            if leg.latched is not None and src[0] != leg.latched[0]:
-                leg.c[S.BLEED] += 1
-                return
-            leg.rtcp_remote = src
-        elif src != leg.rtcp_remote:
-            leg.c[S.BLEED] += 1
-            return
-        data = bytes(self._buf[:n])
-        try:
-            packets = parse_rtcp(data)
-        except ValueError:
-            leg.c[S.RTCP_INVALID] += 1
-            return
-        other = leg.session.other(leg)
-        leg.account_rtcp(packets, other, now)
-        if other is not None and other.rtcp is not None and other.receives:
-            dest = other.rtcp_destination
-            if dest is not None:
-                try:
-                    other.rtcp.sendto(data, dest)
-                except OSError:
-                    leg.c[S.SEND_ERROR] += 1
-
-    def _catch(self, leg: Leg, now: float) -> None:
-        """A datagram on the catcher: from the phone (in the connect window) or bleed."""
-        assert leg.catcher is not None and leg.rtp is not None
-        n, src = leg.catcher.recvfrom_into(self._buf)
-        src = src[:2]
-        if n < 12 or self._buf[0] & 0xC0 != 0x80:
-            leg.c[S.INVALID] += 1
-        elif src == leg.latched:
-            self._deliver(self._fdmap[leg.rtp.fileno()], n, now)
-        else:
-            leg.c[S.BLEED] += 1
-
     # ------------------------------------------------------------------ loop
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
@@ -793,6 +440,7 @@ class Relay:
         PKTS, BYTES, SEQ, TRANSIT, JITTER = S.PKTS, S.BYTES, S.SEQ, S.TRANSIT, S.JITTER
         SEND_ERROR, DROP_BYTES, INVALID = S.SEND_ERROR, S.DROP_BYTES, S.INVALID
         busy_poll = self.busy_poll
+        dtmf, conf_frame = self.delivery.dtmf, self.delivery.conf_frame
         spin_until = 0.0
         self._next_tick = clock() + TICK
         while self._running:
@@ -817,7 +465,7 @@ class Relay:
                         b1 = buf[1]
                         if b1 & 0x7F == tev:
                             seq, ts = unpack(buf)
-                            self._dtmf(leg, n, ts)
+                            dtmf(leg, n, ts)
                         buf[1] = dest[b1]  # payload type remap (identity for most calls)
                         try:
                             out(mv[:n])
@@ -856,9 +504,9 @@ class Relay:
                             if out is not None:
                                 out(dest, seq, ts, mv[12:n], remap[1])
                         elif pt == tev:
-                            self._dtmf(leg, n, ts)
+                            dtmf(leg, n, ts)
                         elif pt == remap[0]:
-                            self._conf_frame(leg, n, seq, ts)
+                            conf_frame(leg, n, seq, ts)
                     else:
                         self._slow(kind, fd, now)
                 except KeyError:
@@ -873,14 +521,14 @@ class Relay:
             leg = e[8]
             if kind == K_PATH:
                 n = e[1](self._buf)
-                self._deliver(e, n, now)
+                self.delivery.deliver(e, n, now)
             elif kind == K_LATCH:
                 n, src = e[1](self._buf)
-                self._sourced(e, leg, n, src, now)
+                self.delivery.sourced(e, leg, n, src, now)
             elif kind == K_CATCH:
-                self._catch(leg, now)
+                self.delivery.catch(leg, now)
             elif kind == K_RTCP:
-                self._rtcp(leg, now)
+                self.delivery.rtcp(leg, now)
             elif kind == K_READER:
                 e[1]()
         except (OSError, KeyError):
@@ -911,10 +559,7 @@ class Relay:
     def close(self) -> None:
         """Close every session's sockets and the epoll object."""
         for s in list(self.sessions.values()):
-            if s.recording is not None:
-                rec, s.recording = s.recording, None
-                rec.close()
-            self._close_legs(s)
+            s.close()
         self.sessions.clear()
         self._ep.close()
 
@@ -928,13 +573,13 @@ class Relay:
             self._next_tick = now + TICK
         try:
             if len(self.mixer):
-                self._conf.tick()
+                self.conference.tick()
             for s in list(self.recordings):
                 if s.recording is not None:
                     s.recording.tick()
-            for leg in list(self._provisional):
-                if now - leg.latched_at >= LATCH_GRACE:
-                    self._finalize(leg, now)
+            for leg in list(self.provisional):
+                if leg.grace_over(now):
+                    leg.session.finalize(leg, now)
             self._housekeep(now)
         except Exception:
             self._bug("tick")
@@ -957,17 +602,10 @@ class Relay:
             self._hk_pos = 0
         step = max(1, int(len(hk) * TICK / HOUSEKEEP_PERIOD) + 1)
         end = min(self._hk_pos + step, len(hk))
-        timeout = self.media_timeout
+        sessions, emit = self.sessions, self.on_event
         for s in hk[self._hk_pos : end]:
-            if s.id not in self.sessions:
-                continue
-            for leg in s.legs:
-                leg.housekeep(now)
-            if s.answered and not s.timed_out:
-                quiet = [leg for leg in s.legs if now - max(leg.last_rx, s.answered) >= timeout]
-                if len(quiet) == len(s.legs):
-                    s.timed_out = True
-                    first = min(quiet, key=lambda leg: leg.last_rx)
-                    log.info("session %d (%s): no RTP for %.0f s", s.id, s.call_ref, timeout)
-                    self.on_event(MediaTimeout(s.id, first.index))
+            if s.id in sessions:
+                event = s.housekeep(now)
+                if event is not None:
+                    emit(event)
         self._hk_pos = end

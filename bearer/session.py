@@ -1,351 +1,76 @@
-"""Per-call state of the bearer: one Session object per call, one Leg per phone.
+"""The user-space media session: one object per call, owning everything of its media.
 
 Theory of operation
 -------------------
-A ``Session`` is everything the bearer knows about one call (or one
-conference participant): its legs, whether it is recorded or in a room, and
-its *mode*.  The mode says who moves the packets: ``Mode.RELAY`` is the
-user-space epoll relay (bearer.relay); ``Mode.KERNEL`` is reserved for
-in-kernel forwarding of plain calls (DESIGN.md, "In-kernel forwarding").
-Control addresses sessions by id and never sees the mode, so a session can
-move between the two without control noticing; the counters below are the
-one place statistics live whatever the mode (a kernel forwarder would add its
-conntrack/nft counters to them when it hands a call back).
+``Session`` is the user-space implementation of ``bearer.media.MediaSession``
+(read that module first: it says what each operation means, and what the
+kernel implementation will do for it).  A session owns
 
-A ``Leg`` is one phone's side: its RTP/RTCP sockets on the bearer, what
-control signalled (the SDP of that phone, a ``LegSpec``) and what the bearer
-saw (the latched source address, symmetric RTP).  Its counters are a plain
-list, indexed by the constants below, because the relay's hot loop updates
-them once per packet and a list item is the cheapest mutable slot Python
-has (STYLE.md §8).
+* its legs (``bearer.leg.Leg``, one per phone) with their ports and sockets:
+  ``start`` takes them from the bearer, ``stop`` gives them back;
+* the latching policy's socket side: a provisional latch becomes final by
+  ``connect()``ing the RTP socket to the phone and binding a *catcher* on
+  the same port (SO_REUSEPORT) that receives every other source, so bleed
+  is still counted; a phone that moves gets a fresh unconnected socket;
+* its statistics (the legs' counters) and its media timeout;
+* its membership in a conference room (the mixer) or a recording.
 
-Nothing here touches epoll; the relay wires legs into its loop.
+It never touches epoll or reads a packet: the bearer around it is a
+``SessionHost`` (the relay), which registers sockets and rebuilds the
+packet-path entries (``host.wire``) whenever the session changes.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
-import random
-import socket
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from bearer.codecs import transcode_table
-from bearer.mixer import FRAME_SAMPLES, Mixer
-from bearer.rtp import DtmfDetector
-from softswitch.protocol import AllocFlags, Direction, JoinFlags, LegSpec, LegStats, PayloadType
+from bearer.leg import (
+    BYTES,
+    COUNTER_NAMES,
+    DROP_REASONS,
+    JITTER,
+    OUT_BYTES,
+    OUT_PKTS,
+    PKTS,
+    Leg,
+)
+from bearer.media import MediaSession, Mode, RelayError, SessionHost
+from bearer.ports import PortsExhausted
+from bearer.remap import IDENTITY, remap_table
+from softswitch.protocol import (
+    AllocFlags,
+    ErrorCode,
+    Event,
+    JoinFlags,
+    Latched,
+    LegSpec,
+    LegStats,
+    MediaTimeout,
+)
 
 __all__ = [
     "COUNTER_NAMES",
     "DROP_REASONS",
-    "ConferenceOut",
+    "IDENTITY",
     "Leg",
     "Mode",
     "Session",
     "remap_table",
 ]
 
-# Counter slots of Leg.c.  The first five are updated per packet by the relay.
-PKTS = 0  # valid RTP packets received from the phone (after source check)
-BYTES = 1  # their bytes (UDP payload)
-SEQ = 2  # sequence number of the last packet (loss is computed per housekeeping pass)
-TRANSIT = 3  # RFC 3550 A.8: relative transit time of the last packet, timestamp units
-JITTER = 4  # RFC 3550 A.8: interarrival jitter estimate J, timestamp units (float)
-OUT_PKTS = 5  # packets the bearer itself generated for this phone (conference mix)
-OUT_BYTES = 6
-DROP_BYTES = 7  # bytes of valid packets dropped after counting them in PKTS/BYTES
-# Drops, one slot per reason.
-BLEED = 8  # from a source other than the latched one: RTP bleed refused
-INVALID = 9  # not RTP version 2, or shorter than a header
-NO_PEER = 10  # nowhere to send yet (the other phone's address is unknown)
-INACTIVE = 11  # the SDP direction forbids this flow (hold, recvonly ...)
-UNSUPPORTED = 12  # a payload type the other leg cannot take (no transcoder, no DTMF PT)
-SEND_ERROR = 13  # sendto failed (buffer full, ICMP unreachable reported)
-RECV_ERROR = 14  # recv failed (ICMP port unreachable on a connected socket)
-RTCP_INVALID = 15  # RTCP that did not parse
-NCOUNTERS = 16
-MAX_DROPOUT = 3000
-"""Sequence jumps larger than this are a restarted stream, not loss (RFC 3550 A.1)."""
-
-DROP_REASONS = {
-    "bleed": BLEED,
-    "invalid": INVALID,
-    "no_peer": NO_PEER,
-    "inactive": INACTIVE,
-    "unsupported": UNSUPPORTED,
-    "send_error": SEND_ERROR,
-    "recv_error": RECV_ERROR,
-    "rtcp_invalid": RTCP_INVALID,
-}
-"""Drop reason (counter name suffix) -> counter slot."""
-# Valid packets dropped after being counted: these reduce what is forwarded.
-_AFTER_RX = (NO_PEER, INACTIVE, UNSUPPORTED, SEND_ERROR)
-COUNTER_NAMES = ("packets", "bytes", *(f"drop_{r}" for r in DROP_REASONS))
-
-
-class Mode(enum.Enum):
-    """Who forwards a session's packets; invisible to control."""
-
-    RELAY = "relay"
-    """The user-space epoll relay."""
-    KERNEL = "kernel"
-    """In-kernel forwarding (nftables NAT rules); not implemented yet."""
-
-
-def _receives(direction: Direction) -> bool:
-    """Whether a phone with this SDP direction wants media (RFC 3264 §5.1)."""
-    return direction in (Direction.SENDRECV, Direction.RECVONLY)
-
-
-def _sends(direction: Direction) -> bool:
-    """Whether a phone with this SDP direction is expected to send media."""
-    return direction in (Direction.SENDRECV, Direction.SENDONLY)
-
-
-def _codec_key(name: str, clock: int, channels: int) -> tuple[str, int, int]:
-    return (name.upper(), clock, channels)
-
-
-def remap_table(src: LegSpec, dst: LegSpec) -> tuple[bytes, bytes | None, int, bool]:
-    """How packets from ``src``'s phone are rewritten for ``dst``'s phone (cached).
-
-    Returns (byte-1 table, payload transcode table or None, source audio PT,
-    DTMF deliverable).  The byte-1 table maps the whole second header byte,
-    marker bit included (RFC 3550 §5.1: M is the top bit, PT the lower 7), so
-    remapping costs one index and one store per packet.  A payload type the
-    destination also negotiated (same codec name, clock rate and channels;
-    RFC 3264 §6.1 lets the two sides number it differently) gets the
-    destination's number; the source's selected codec, when the destination
-    selected another one, becomes the destination's selected payload type and
-    is transcoded (G.711 only: PCMU<->PCMA by a 256-byte table); the
-    telephone-event type (RFC 4733 §7.1.1) maps to the destination's.
-    Anything else keeps its number.
-    """
-    return _remap(
-        src.payload_types,
-        src.selected_pt,
-        src.dtmf_pt,
-        dst.payload_types,
-        dst.selected_pt,
-        dst.dtmf_pt,
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _remap(
-    src_pts: tuple[PayloadType, ...],
-    src_sel: int | None,
-    src_dtmf: int | None,
-    dst_pts: tuple[PayloadType, ...],
-    dst_sel: int | None,
-    dst_dtmf: int | None,
-) -> tuple[bytes, bytes | None, int, bool]:
-    """remap_table on the fields that matter: phones offer the same few codec
-    lists over and over, and building the table costs ~1 ms of Python."""
-    src = LegSpec(payload_types=src_pts, selected_pt=src_sel, dtmf_pt=src_dtmf)
-    dst = LegSpec(payload_types=dst_pts, selected_pt=dst_sel, dtmf_pt=dst_dtmf)
-    dst_by_codec = {_codec_key(p.name, p.clock_rate, p.channels): p.pt for p in dst.payload_types}
-    mapping: dict[int, int] = {}
-    for p in src.payload_types:
-        target = dst_by_codec.get(_codec_key(p.name, p.clock_rate, p.channels))
-        if target is not None:
-            mapping[p.pt] = target
-    xcode: bytes | None = None
-    audio_pt = -1
-    s_sel, d_sel = src.selected, dst.selected
-    if s_sel is not None:
-        audio_pt = s_sel.pt
-        if d_sel is not None and _codec_key(s_sel.name, s_sel.clock_rate, s_sel.channels) != (
-            _codec_key(d_sel.name, d_sel.clock_rate, d_sel.channels)
-        ):
-            xcode = transcode_table(s_sel.name, d_sel.name)
-            if xcode is not None:
-                mapping[s_sel.pt] = d_sel.pt
-    dtmf_ok = src.dtmf_pt is None or dst.dtmf_pt is not None
-    if src.dtmf_pt is not None and dst.dtmf_pt is not None:
-        mapping[src.dtmf_pt] = dst.dtmf_pt
-    table = bytes((b & 0x80) | mapping.get(b & 0x7F, b & 0x7F) for b in range(256))
-    return table, xcode, audio_pt, dtmf_ok
-
-
-IDENTITY = bytes(range(256))
-_CONF_PKT = np.dtype(
-    [
-        ("b0", "u1"),
-        ("b1", "u1"),
-        ("seq", ">u2"),
-        ("ts", ">u4"),
-        ("ssrc", ">u4"),
-        ("payload", "u1", (FRAME_SAMPLES,)),
-    ]
-)
-"""One conference output packet: RTP header (RFC 3550 §5.1) + 20 ms of G.711."""
-
-
-class Leg:
-    """One phone's side of a session: sockets, signalled and latched addresses, counters."""
-
-    __slots__ = (
-        "c",
-        "catcher",
-        "clock",
-        "dtmf",
-        "final",
-        "h_pkts",
-        "h_seq",
-        "index",
-        "last_rx",
-        "latched",
-        "latched_at",
-        "lost",
-        "port",
-        "remote",
-        "rtcp",
-        "rtcp_remote",
-        "rtcp_stats",
-        "rtp",
-        "session",
-        "spec",
-        "sr_forwarded",
-    )
-
-    def __init__(self, session: Session, index: int, port: int, spec: LegSpec) -> None:
-        self.session = session
-        self.index = index
-        self.port = port
-        self.rtp: socket.socket | None = None
-        self.rtcp: socket.socket | None = None
-        self.catcher: socket.socket | None = None
-        self.c: list[Any] = [0] * NCOUNTERS
-        self.c[JITTER] = 0.0
-        self.c[TRANSIT] = 0.0
-        self.latched: tuple[str, int] | None = None
-        self.latched_at = 0.0
-        self.final = False  # latched for good: socket connected, catcher bound
-        self.rtcp_remote: tuple[str, int] | None = None
-        self.h_pkts = 0  # PKTS at the last housekeeping pass
-        self.h_seq = -1  # SEQ at the last housekeeping pass (-1: before the first packet)
-        self.lost = 0  # RFC 3550 A.3 cumulative loss (may dip below 0 with duplicates)
-        self.last_rx = 0.0
-        self.rtcp_stats: dict[str, float] = {}
-        self.sr_forwarded: dict[int, float] = {}  # SR LSR value -> when we relayed it
-        self.spec = spec
-        self.remote: tuple[str, int] | None = None
-        self.clock = 8000
-        self.dtmf = DtmfDetector()
-        self.set_spec(spec)
-
-    def set_spec(self, spec: LegSpec) -> None:
-        """Take control's description of the phone (its SDP, RFC 4566)."""
-        self.spec = spec
-        unspecified = spec.port == 0 or spec.address in ("0.0.0.0", "::")
-        self.remote = None if unspecified else (spec.address, spec.port)
-        sel = spec.selected
-        self.clock = sel.clock_rate if sel is not None else 8000
-        self.dtmf = DtmfDetector(self.clock)
-
-    @property
-    def receives(self) -> bool:
-        """The phone wants media from the bearer (its SDP says sendrecv/recvonly)."""
-        return _receives(self.spec.direction)
-
-    @property
-    def sends(self) -> bool:
-        """The phone is expected to send media (sendrecv/sendonly)."""
-        return _sends(self.spec.direction)
-
-    @property
-    def destination(self) -> tuple[str, int] | None:
-        """Where RTP for this phone goes: its latched source (symmetric RTP) or the SDP."""
-        return self.latched if self.latched is not None else self.remote
-
-    @property
-    def rtcp_destination(self) -> tuple[str, int] | None:
-        """Where RTCP for this phone goes: its RTCP source, else RTP port + 1 (RFC 3550 §11)."""
-        if self.rtcp_remote is not None:
-            return self.rtcp_remote
-        dest = self.destination
-        return None if dest is None else (dest[0], dest[1] + 1)
-
-    def housekeep(self, now: float) -> bool:
-        """Account loss (RFC 3550 A.3) since the last pass; True if packets arrived.
-
-        Loss is the growth of the expected count (the sequence number advance)
-        minus the growth of the received count; a pass happens every half
-        second, far less than the 65536 packets it takes seq to wrap.  An
-        advance beyond MAX_DROPOUT more than what arrived, or backwards, is a
-        new stream (the phone restarted its sender), not loss: the count
-        resynchronises, as RFC 3550 A.1 does for such jumps.
-        """
-        c = self.c
-        pkts = c[PKTS]
-        got = pkts - self.h_pkts
-        if got <= 0:
-            return False
-        seq = c[SEQ]
-        if self.h_seq >= 0:  # set by the relay from the first packet: (seq - 1) mod 2^16
-            expected = (seq - self.h_seq) & 0xFFFF
-            if expected < 0x8000 and expected - got <= MAX_DROPOUT:
-                self.lost += expected - got
-        self.h_pkts = pkts
-        self.h_seq = seq
-        self.last_rx = now
-        return True
-
-    def forwarded_from(self) -> tuple[int, int]:
-        """(packets, bytes) of this phone's media that went on to the other phone."""
-        c = self.c
-        dropped = sum(c[i] for i in _AFTER_RX)
-        return c[PKTS] - dropped, c[BYTES] - c[DROP_BYTES]
-
-    def account_rtcp(self, packets: list[Any], other: Leg | None, now: float) -> None:
-        """Take what this phone's RTCP says (RFC 3550 §6.4) before it is relayed.
-
-        An SR's LSR is remembered on the *other* leg with the time we relay it,
-        so that when the other phone's RR echoes it the round trip between the
-        bearer and that phone is ``now - relayed - DLSR`` (§6.4.1, Figure 2),
-        measured on our clock alone.  Report blocks give the phone's view of
-        the stream it receives from us: fraction lost, cumulative loss, jitter.
-        """
-        for p in packets:
-            lsr = getattr(p, "lsr", None)
-            if lsr is not None and other is not None:
-                other.sr_forwarded[lsr] = now
-                if len(other.sr_forwarded) > 8:
-                    del other.sr_forwarded[next(iter(other.sr_forwarded))]
-            for block in getattr(p, "reports", ()):
-                st = self.rtcp_stats
-                st["rtcp_fraction_lost"] = round(block.fraction_lost / 256.0, 4)
-                st["rtcp_cumulative_lost"] = block.cumulative_lost
-                st["rtcp_jitter"] = block.jitter
-                sent = self.sr_forwarded.get(block.lsr)
-                if block.lsr and sent is not None:
-                    st["rtcp_rtt_ms"] = round((now - sent - block.dlsr / 65536.0) * 1000.0, 3)
-
-    def counters(self) -> dict[str, int | float]:
-        """This leg's counters as flat names (STATS replies)."""
-        c = self.c
-        out: dict[str, int | float] = {"packets": c[PKTS], "bytes": c[BYTES]}
-        for name, slot in DROP_REASONS.items():
-            out[f"drop_{name}"] = c[slot]
-        out["lost"] = max(self.lost, 0)
-        out["jitter_ms"] = round(c[JITTER] * 1000.0 / self.clock, 3)
-        out["latched"] = int(self.latched is not None)
-        for k, v in self.rtcp_stats.items():
-            out[k] = v
-        return out
+log = logging.getLogger("bearer.session")
 
 
 class Session:
-    """One call (two legs) or one conference participant (one leg)."""
+    """One call (two legs) or one conference participant (one leg), in user space."""
 
     __slots__ = (
         "answered",
         "call_ref",
         "created",
         "flags",
+        "host",
         "id",
         "legs",
         "mode",
@@ -354,13 +79,24 @@ class Session:
         "room",
         "room_flags",
         "timed_out",
+        "timeout",
     )
 
-    def __init__(self, session_id: int, call_ref: str, flags: AllocFlags, created: float) -> None:
+    def __init__(
+        self,
+        session_id: int,
+        call_ref: str,
+        flags: AllocFlags,
+        created: float,
+        host: SessionHost,
+        timeout: float = 30.0,
+    ) -> None:
         self.id = session_id
         self.call_ref = call_ref
         self.flags = flags
         self.created = created
+        self.host = host
+        self.timeout = timeout  # media timeout, seconds without RTP from any phone
         self.legs: list[Leg] = []
         self.mode = Mode.RELAY
         self.recording: Any = None  # a bearer.recorder Recording while recording
@@ -369,6 +105,198 @@ class Session:
         self.room_flags = 0
         self.timed_out = False
         self.answered = 0.0  # when every phone's address became known; 0 before
+
+    # ------------------------------------------------------------------ control operations
+
+    def start(self, specs: tuple[LegSpec, ...], now: float) -> list[int]:
+        """Bind and register one RTP/RTCP pair per leg; returns the RTP ports."""
+        try:
+            for i, spec in enumerate(specs):
+                port, rtp, rtcp = self.host.open_pair()
+                leg = Leg(self, i, port, spec)
+                leg.rtp, leg.rtcp = rtp, rtcp
+                self.legs.append(leg)
+        except PortsExhausted as e:
+            self.close()
+            raise RelayError(ErrorCode.NO_PORTS, str(e)) from None
+        except Exception:
+            self.close()  # all or nothing: no leg's sockets outlive a refused ALLOCATE
+            raise
+        self.update_answered(now)
+        self.host.wire(self)
+        return [leg.port for leg in self.legs]
+
+    def update(self, leg_index: int, spec: LegSpec, now: float) -> None:
+        """Replace one leg's description (the SDP answer, a re-INVITE)."""
+        leg = self._leg(leg_index)
+        if leg.set_spec(spec):
+            self._unlatch(leg, now)  # the phone moved (re-INVITE to a new address)
+        self.update_answered(now)
+        if leg.can_finalize:
+            self.finalize(leg, now)
+        self.host.wire(self)
+        if self.room is not None:
+            self.host.conference.update(self)
+
+    def stop(self, now: float) -> tuple[LegStats, ...]:
+        """Leave the room, stop recording, close the sockets; returns the final counters."""
+        if self.room is not None:
+            self.leave(self.room, 0)
+        if self.recording is not None:
+            self.record(False, "")
+        for leg in self.legs:
+            leg.housekeep(now)
+        stats = self.leg_stats()
+        self.close()
+        return stats
+
+    def record(self, start: bool, path: str) -> bool:
+        """Start/stop recording; returns whether the session is now recorded.
+
+        Starting a recorded session again is a no-op with no path or the
+        path it was started with; another path is refused (BAD_REQUEST):
+        one session writes one file, and a path must never be quietly ignored.
+        """
+        host = self.host
+        if start and self.recording is not None:
+            if path and path != self.record_path:
+                where = self.record_path or "a default name (AllocFlags.RECORD)"
+                raise RelayError(
+                    ErrorCode.BAD_REQUEST,
+                    f"session {self.id} is already recording to {where}; stop it first",
+                )
+        elif start:
+            self.recording = host.start_recording(self, path)
+            self.record_path = path
+            host.recordings.add(self)
+        elif not start and self.recording is not None:
+            rec, self.recording = self.recording, None
+            host.recordings.discard(self)
+            rec.close()
+        host.wire(self)
+        return self.recording is not None
+
+    def join(self, room: str, leg_index: int, flags: JoinFlags) -> int:
+        """Put a one-leg session into a room; returns the room's participant count."""
+        leg = self._leg(leg_index)
+        if self.room is not None and self.room != room:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"session {self.id} is in room {self.room}")
+        host = self.host
+        if self.room is None:
+            sel = leg.spec.selected
+            try:
+                host.mixer.join(room, (self.id, leg_index), sel.name if sel else "PCMU")
+            except ValueError as e:
+                raise RelayError(ErrorCode.BAD_REQUEST, str(e)) from None
+            self.room = room
+            host.rooms[room] = host.rooms.get(room, 0) + 1
+        self.room_flags = int(flags)
+        host.wire(self)
+        host.conference.update(self)
+        return host.rooms[room]
+
+    def leave(self, room: str, leg_index: int) -> int:
+        """Take the session out of its room; returns the room's remaining participants."""
+        if self.room != room:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"session {self.id} is not in {room!r}")
+        host = self.host
+        host.mixer.leave((self.id, leg_index))
+        self.room = None
+        left = host.rooms[room] - 1
+        if left:
+            host.rooms[room] = left
+        else:
+            del host.rooms[room]
+        host.conference.update(self)
+        host.wire(self)
+        return left
+
+    def set_mode(self, mode: Mode, now: float) -> None:
+        """Move between user-space relaying and kernel forwarding (only RELAY exists)."""
+        if mode is not Mode.RELAY:
+            raise RelayError(ErrorCode.BAD_REQUEST, f"mode {mode.value} is not available")
+        self.mode = mode
+        self.host.wire(self)
+
+    def close(self) -> None:
+        """Stop a recording without waiting for stop(), close every socket, free the ports."""
+        host = self.host
+        if self.recording is not None:
+            rec, self.recording = self.recording, None
+            host.recordings.discard(self)
+            rec.close()
+        for leg in self.legs:
+            host.provisional.discard(leg)
+            for sock in leg.sockets:
+                host.discard(sock)
+            leg.rtp = leg.rtcp = leg.catcher = None
+            if leg.port:
+                host.release_port(leg.port)
+                leg.port = 0
+
+    def _leg(self, leg_index: int) -> Leg:
+        if leg_index >= len(self.legs):
+            raise RelayError(ErrorCode.BAD_REQUEST, f"session {self.id} has no leg {leg_index}")
+        return self.legs[leg_index]
+
+    # ------------------------------------------------------------------ latching, socket side
+
+    def latched(self, leg: Leg, now: float) -> None:
+        """``leg.judge_source`` latched the leg (provisionally): the other leg may now send."""
+        self.host.provisional.add(leg)
+        self.update_answered(now)
+        self.host.wire(self)
+
+    def finalize(self, leg: Leg, now: float) -> None:
+        """Make a latch final: catcher bound, RTP socket connected to the phone.
+
+        The kernel then hands the connected socket only that phone's packets,
+        so ``recv_into`` needs no address object and ``send`` no route lookup
+        (measured: 6.4-6.9 us per packet against 7.8-8.2 us for
+        recvfrom_into/sendto with a source check).  The catcher gets every
+        other source (bleed, counted).  SO_REUSEPORT rather than SO_REUSEADDR
+        because the kernel only lets one user's sockets share a port so.
+        """
+        host = self.host
+        host.provisional.discard(leg)
+        if leg.final or leg.latched is None or leg.rtp is None:
+            return
+        try:
+            catcher = host.bind(leg.port)
+        except OSError as e:
+            log.warning(
+                "leg %s/%d: no catcher socket (%s); staying unconnected", self.id, leg.index, e
+            )
+            return
+        try:
+            leg.rtp.connect(leg.latched)
+        except OSError as e:
+            catcher.close()
+            log.warning("leg %s/%d: connect %s failed: %s", self.id, leg.index, leg.latched, e)
+            return
+        leg.catcher = catcher
+        host.register(catcher)
+        leg.final = True
+        host.wire(self)
+        if self.room is not None:
+            host.conference.update(self)
+        host.drain(leg, now)  # queued before connect(): from anywhere, sorted now
+        host.emit(Latched(self.id, leg.index, leg.latched[0], leg.latched[1]))
+
+    def _unlatch(self, leg: Leg, now: float) -> None:
+        """Forget the latch: a fresh unconnected socket on the same port."""
+        host = self.host
+        host.provisional.discard(leg)
+        if leg.final and leg.rtp is not None:
+            fresh = host.bind(leg.port)
+            for sock in (leg.rtp, leg.catcher):
+                if sock is not None:
+                    host.discard(sock)
+            leg.rtp, leg.catcher = fresh, None
+            host.register(fresh)
+        leg.forget_latch(now)
+
+    # ------------------------------------------------------------------ statistics, timeout
 
     @property
     def conference(self) -> bool:
@@ -385,6 +313,26 @@ class Session:
         """A call is answered (media timeout armed) once every phone's address is known."""
         if not self.answered and all(leg.destination is not None for leg in self.legs):
             self.answered = now
+
+    def housekeep(self, now: float) -> Event | None:
+        """Loss accounting; the MediaTimeout event, once, when every phone fell silent.
+
+        Silence is counted from the later of the leg's last packet and the
+        moment the call was answered, so a call is never timed out for the
+        ringing time before it had media to send.
+        """
+        for leg in self.legs:
+            leg.housekeep(now)
+        if not self.answered or self.timed_out:
+            return None
+        timeout = self.timeout
+        quiet = [leg for leg in self.legs if now - max(leg.last_rx, self.answered) >= timeout]
+        if len(quiet) != len(self.legs) or not quiet:
+            return None
+        self.timed_out = True
+        first = min(quiet, key=lambda leg: leg.last_rx)
+        log.info("session %d (%s): no RTP for %.0f s", self.id, self.call_ref, timeout)
+        return MediaTimeout(self.id, first.index)
 
     def leg_stats(self) -> tuple[LegStats, ...]:
         """Final per-leg counters for the DELETE reply (the CDR's media figures)."""
@@ -405,8 +353,14 @@ class Session:
             )
         return tuple(out)
 
-    def counters(self) -> dict[str, int | float]:
-        """Flat counters of the whole session, leg by leg (STATS replies)."""
+    def counters(self, now: float | None = None) -> dict[str, int | float]:
+        """Flat counters of the whole session, leg by leg (STATS replies).
+
+        With ``now``, loss is accounted up to then first.
+        """
+        if now is not None:
+            for leg in self.legs:
+                leg.housekeep(now)
         out: dict[str, int | float] = {"legs": len(self.legs), "mode_kernel": 0}
         if self.mode is Mode.KERNEL:
             out["mode_kernel"] = 1
@@ -420,96 +374,5 @@ class Session:
         return out
 
 
-class ConferenceOut:
-    """The bearer's own RTP streams to conference participants.
-
-    Each participant gets its own SSRC, sequence numbers and timestamps
-    (RFC 3550 §5.1: a mixer is a new synchronisation source).  Headers for
-    all participants are updated with one numpy structured-array pass per
-    tick, in place; only the send is per participant.
-    """
-
-    def __init__(self, mixer: Mixer) -> None:
-        self.mixer = mixer
-        self.dest: dict[tuple[int, int], list[Any]] = {}  # pid -> [send, dest, counters, deaf]
-        self.pids: list[Any] | None = None
-        self.pk = np.zeros(0, dtype=_CONF_PKT)
-        self.rows: dict[Any, int] = {}
-        self.out: list[tuple[Any, Any, list[Any], memoryview]] = []
-
-    def update(self, s: Session) -> None:
-        """Refresh where a participant's mix goes (after latching, UPDATE, JOIN/LEAVE)."""
-        for leg in s.legs:
-            pid = (s.id, leg.index)
-            if s.room is None or leg.rtp is None:
-                self.dest.pop(pid, None)
-                continue
-            d = self.dest.setdefault(pid, [None, None, leg.c, False, leg])
-            if not leg.receives or s.room_flags & JoinFlags.DEAF:
-                d[0], d[1] = None, None
-            elif leg.final:
-                d[0], d[1] = leg.rtp.send, None
-            elif leg.destination is not None:
-                d[0], d[1] = leg.rtp.sendto, leg.destination
-            else:
-                d[0], d[1] = None, None
-        self.pids = None  # realign at the next tick
-
-    def push(self, s: Session, leg: Leg, seq: int, ts: int, payload: memoryview) -> None:
-        """One received frame of a participant into the mixer (its jitter buffer)."""
-        sel = leg.spec.selected
-        self.mixer.push((s.id, leg.index), seq, ts, payload, sel.name if sel else "PCMU")
-
-    def _realign(self, pids: list[Any]) -> None:
-        """New participant order from the mixer: carry each stream's header state over.
-
-        The packets live in one persistent structured array (header fields +
-        payload); ``out`` holds, per participant that receives, its send
-        callable, destination, counters and a memoryview of its row.
-        """
-        old_rows, old_pk = self.rows, self.pk
-        pk = np.zeros(len(pids), dtype=_CONF_PKT)
-        for i, pid in enumerate(pids):
-            j = old_rows.get(pid)
-            if j is not None:
-                pk[i] = old_pk[j]
-            else:
-                d = self.dest.get(pid)
-                leg = d[4] if d is not None else None
-                pt = leg.spec.selected_pt if leg is not None else None
-                pk[i]["b0"] = 0x80
-                pk[i]["b1"] = pt if pt is not None else 0
-                pk[i]["seq"] = random.getrandbits(16)
-                pk[i]["ts"] = random.getrandbits(32)
-                pk[i]["ssrc"] = random.getrandbits(32)
-        self.pk = pk
-        self.rows = {pid: i for i, pid in enumerate(pids)}
-        flat = pk.view(np.uint8).reshape(-1).data  # memoryview(), as numpy's stubs allow
-        size = _CONF_PKT.itemsize
-        self.out = []
-        for i, pid in enumerate(pids):
-            d = self.dest.get(pid)
-            if d is not None and d[0] is not None:
-                self.out.append((d[0], d[1], d[2], flat[i * size : (i + 1) * size]))
-        self.pids = pids
-
-    def tick(self) -> None:
-        """Mix every room and send each participant its packet (every 20 ms)."""
-        pids, enc = self.mixer.tick_array()
-        if pids is not self.pids:
-            self._realign(pids)
-        pk = self.pk
-        pk["seq"] += 1
-        pk["ts"] += FRAME_SAMPLES
-        pk["payload"] = enc
-        size = _CONF_PKT.itemsize
-        for send, dest, c, row in self.out:
-            try:
-                if dest is None:
-                    send(row)
-                else:
-                    send(row, dest)
-                c[OUT_PKTS] += 1
-                c[OUT_BYTES] += size
-            except OSError:
-                c[SEND_ERROR] += 1
+if TYPE_CHECKING:  # mypy checks that Session implements the interface the kernel path will
+    _IMPLEMENTS: type[MediaSession] = Session
