@@ -46,7 +46,7 @@ __all__ = ["MidCallHandler"]
 class MidCallHandler:
     """CANCEL, BYE, ACK, in-dialog requests and re-INVITEs."""
 
-    __slots__ = ("find_invite", "out", "steps", "table")
+    __slots__ = ("config", "find_invite", "out", "steps", "table")
 
     def __init__(
         self,
@@ -61,6 +61,8 @@ class MidCallHandler:
         self.table = table
         self.out = out
         self.steps = Steps(table, out, config)
+        # Read on every use: a SIGHUP reload changes [calls] in place.
+        self.config = config
         self.find_invite = find_invite
 
     def register(self, routes: Routes) -> None:
@@ -74,10 +76,6 @@ class MidCallHandler:
         routes.timer(Timer.RESEND_CALLER, self.steps.resend_2xx)
         routes.timer(Timer.RESEND_CALLEE, self.steps.resend_2xx)
         routes.when_settled(CallState.REINVITING, self.reinvite_answer)
-
-    @property
-    def config(self) -> SimpleNamespace:
-        return self.steps.config
 
     # ================================================================ ACK
 

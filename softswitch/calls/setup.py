@@ -78,6 +78,7 @@ class SetupHandler:
         "auth",
         "bearers",
         "closing",
+        "config",
         "directory",
         "domain",
         "location",
@@ -100,16 +101,14 @@ class SetupHandler:
         self.table = table
         self.out = out
         self.steps = Steps(table, out, config)
+        # Read on every use: a SIGHUP reload changes [calls] in place.
+        self.config = config
         self.directory = directory
         self.location = location
         self.bearers = bearers
         self.auth = auth
         self.domain = table.domain
         self.closing = False  # SIGTERM: new calls are refused
-
-    @property
-    def config(self) -> SimpleNamespace:
-        return self.steps.config
 
     def register(self, routes: Routes) -> None:
         routes.request("INVITE", self.invite, initial=True, in_dialog=False)
