@@ -1,8 +1,4 @@
-"""Calls that survive a bearer crash, for ``CallManager`` (DESIGN.md, "Where this is going").
-
-Split out of softswitch/calls/manager.py only to keep each file readable in one
-sitting; ``Failover`` is a mixin of ``CallManager`` and uses its helpers
-(declared for the type checker in ``callhost.py``).
+"""Calls that survive a bearer crash (DESIGN.md, "Where this is going").
 
 When the bearer protocol client reports a bearer down (missed heartbeats)
 or restarted (a new epoch: its sessions are gone), every call on it has
@@ -43,35 +39,54 @@ CDR's packet counts are those of the last session only.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 from softswitch.calls import media
-from softswitch.calls.host import CallHost
+from softswitch.calls.outputs import Outputs
+from softswitch.calls.routes import Routes
 from softswitch.calls.state import Call, CallInput, CallState, Refusal, Timer
+from softswitch.calls.steps import Steps
+from softswitch.calls.table import CallTable
 from softswitch.protocol import Allocate, Allocated, AllocFlags
 from softswitch.sip.message import Response
 from softswitch.sip.sdp import SdpError
 from softswitch.sip.transaction import ClientTransaction
 
-log = logging.getLogger("softswitch.calls.manager")
+log = logging.getLogger("softswitch.calls.failover")
 
-__all__ = ["Failover"]
+__all__ = ["FailoverHandler"]
 
 
-class Failover(CallHost):
-    """Moving answered calls off a lost bearer (a mixin of CallManager)."""
+class FailoverHandler:
+    """Moving answered calls off a lost bearer."""
 
-    def _bearer_lost(self, peer: object, now: float) -> None:
-        """A bearer died or restarted: its sessions are gone; move or hang up their calls."""
-        for call in [c for c in self._sessions.values() if c.bearer.peer == peer]:
+    __slots__ = ("bearers", "out", "steps", "table")
+
+    def __init__(
+        self, table: CallTable, out: Outputs, *, config: SimpleNamespace, bearers: Any
+    ) -> None:
+        self.table = table
+        self.out = out
+        self.steps = Steps(table, out, config)
+        self.bearers = bearers
+
+    def register(self, routes: Routes) -> None:
+        routes.role("move", self.move_response, self.move_timeout)
+        routes.timer(Timer.MOVE, self.too_long)
+        routes.when_settled(CallState.MOVING, self.move_settled)
+
+    def bearer_lost(self, peer: object, now: float) -> None:
+        """A bearer died or restarted: its sessions are gone; move or hang up their calls.
+
+        A call already hanging up needs nothing: its DELETE times out."""
+        for call in [c for c in self.table.sessions.values() if c.bearer.peer == peer]:
             if not call.live:
-                call.bearer_lost = True  # its DELETE will not be answered
                 continue
             if self._movable(call) and self._move(call, now):
                 continue
-            call.bearer_lost = True
-            self._bump("bearer_lost")
-            self._hangup(call, now, refusal=Refusal.BEARER_FAILED)
+            self.out.bump("bearer_lost")
+            self.steps.hangup(call, now, refusal=Refusal.BEARER_FAILED, bearer_gone=True)
 
     @staticmethod
     def _movable(call: Call) -> bool:
@@ -82,7 +97,6 @@ class Failover(CallHost):
             and call.reinvite is None
             and not call.resend
             and not call.pending
-            and not call.allocating
         )
 
     def _move(self, call: Call, now: float) -> bool:
@@ -93,19 +107,15 @@ class Failover(CallHost):
             return False
         a, b = call.legs
         assert a.spec is not None and b.spec is not None, "a confirmed call has both specs"
-        self._sessions.pop(call.session_id, None)
-        self._next_session += 1
-        call.session_id = self._next_session
-        self._sessions[call.session_id] = call
+        self.table.rekey(call)
         call.bearer = bearer
         call.address, call.ports, call.stats = None, (), ()
         call.step(CallInput.BEARER_LOST)
-        call.allocating = True
         allocate = Allocate(
             call.session_id, call.a_request.call_id, (a.spec, b.spec), AllocFlags(call.flags)
         )
-        self._bearer(call, allocate, now)
-        self._arm(call, Timer.MOVE, now + 64 * self.layer.timers.t1)
+        self.steps.bearer(call, allocate, now)
+        self.table.arm(call, Timer.MOVE, now + 64 * self.out.t1)
         log.warning(
             "call %s: its bearer is lost, moving it to bearer %s",
             call.a_request.call_id,
@@ -113,13 +123,14 @@ class Failover(CallHost):
         )
         return True
 
-    def _moved(self, call: Call, reply: Allocated, now: float) -> None:
+    def moved(self, call: Call, reply: Allocated, now: float) -> None:
         """The new session exists: RECORD again, re-INVITE both phones to it."""
+        call.step(CallInput.ALLOCATED)
         call.address = reply.address
         call.ports = reply.ports
         if call.record:
             previous = call.recording
-            self._start_recording(call, now)
+            self.steps.start_recording(call, now)
             log.info(
                 "call %s: recording goes on in %s (%s ends where the bearer died)",
                 call.a_request.call_id,
@@ -138,9 +149,9 @@ class Failover(CallHost):
                 leg.sent, leg.index, keep, reply.address, reply.ports[n], leg.origin
             )
             leg.sent = offer
-            call.moving[n] = self._send_reinvite(call, n, offer, "move", n, now)
+            call.moving[n] = self.steps.send_reinvite(call, n, offer, "move", n, now)
 
-    def _move_response(
+    def move_response(
         self, call: Call, tx: ClientTransaction, n: int, response: Response, now: float
     ) -> None:
         """A phone's answer to its re-INVITE towards the new bearer."""
@@ -156,16 +167,14 @@ class Failover(CallHost):
                 log.warning(
                     "call %s: leg %d refused the move: %d", call.a_request.call_id, n, status
                 )
-                self._hangup(call, now, refusal=Refusal.BEARER_FAILED)
+                self.steps.hangup(call, now, refusal=Refusal.BEARER_FAILED)
             return None
         assert leg.dialog is not None and leg.peer is not None, "the re-INVITE went in its dialog"
         if not first:  # a copy of a 2xx already ACKed (§13.2.2.4): the same ACK again
-            sent = call.acks.get(n)
-            if sent is not None and sent[0] == response.cseq:
-                self.layer.send_stateless(sent[1], leg.peer)
+            self.steps.ack_again(call, n, response.cseq)
             return None
         leg.dialog.receive_response(response)
-        self._send_ack(call, n, response.cseq)
+        self.steps.send_ack(call, n, response.cseq)
         if call.state is not CallState.MOVING:
             return None  # hung up meanwhile: ACKed, the BYE is on its way
         try:
@@ -173,29 +182,35 @@ class Failover(CallHost):
             codecs = media.answered_codecs(sd, leg.index)
         except SdpError as err:
             log.warning("call %s: leg %d's answer unusable: %s", call.a_request.call_id, n, err)
-            return self._hangup(call, now, refusal=Refusal.BEARER_FAILED)
+            return self.steps.hangup(call, now, refusal=Refusal.BEARER_FAILED)
         md = sd.media[leg.index]
         leg.sdp, leg.codecs, leg.selected = sd, codecs, media.real_codec(codecs)
         spec = media.leg_spec(md, codecs, leg.selected, media.direction_of(md))
         if _media_of(spec) != _media_of(leg.spec):  # the bearer was ALLOCATEd with leg.spec
-            self._update(call, n, spec, now)
-        return self._move_settled(call, now)
+            self.steps.update(call, n, spec, now)
+        return self.move_settled(call, now)
 
-    def _move_failed(self, call: Call, tx: ClientTransaction, n: int, now: float) -> None:
+    def move_timeout(self, call: Call, tx: ClientTransaction, n: int, now: float) -> None:
         """No final answer to a re-INVITE of the move (timer B, transport error)."""
         if call.moving.get(n) is tx:
             del call.moving[n]
             if call.state is CallState.MOVING:
                 log.warning("call %s: leg %d did not answer the move", call.a_request.call_id, n)
-                self._hangup(call, now, refusal=Refusal.BEARER_FAILED)
+                self.steps.hangup(call, now, refusal=Refusal.BEARER_FAILED)
 
-    def _move_settled(self, call: Call, now: float) -> None:
+    def too_long(self, call: Call, kind: Timer, now: float) -> None:
+        """64*T1 and the move is not done (Timer.MOVE): hang up."""
+        if call.state in (CallState.REALLOCATING, CallState.MOVING):
+            log.warning("call %s: the move took too long", call.a_request.call_id)
+            self.steps.hangup(call, now, refusal=Refusal.BEARER_FAILED)
+
+    def move_settled(self, call: Call, now: float) -> None:
         """Both phones answered and the bearer has what they said: the call goes on."""
         if call.moving or call.pending or call.state is not CallState.MOVING:
             return
-        self._disarm(call, Timer.MOVE)
+        self.table.disarm(call, Timer.MOVE)
         call.step(CallInput.MOVED)
-        self._bump("bearer_moved")
+        self.out.bump("bearer_moved")
         log.warning(
             "call %s: moved to bearer %s",
             call.a_request.call_id,

@@ -1,8 +1,4 @@
-"""Requests within a call for ``CallManager``: CANCEL, BYE, INFO/UPDATE/OPTIONS, re-INVITE.
-
-Split out of softswitch/calls/manager.py only to keep each file readable in one
-sitting; ``MidCall`` is a mixin of ``CallManager`` and uses its helpers
-(declared for the type checker in ``callhost.py``).
+"""Requests within a call: CANCEL, BYE, ACK, INFO/UPDATE/OPTIONS, re-INVITE.
 
 A re-INVITE (hold/resume, RFC 3264 §8.4) is relayed, not answered: the
 offer goes to the other leg rewritten to the bearer with that leg's own
@@ -17,59 +13,122 @@ is in progress, or before the last 2xx was ACKed, gets 491 (§14.2).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 from softswitch.calls import media
-from softswitch.calls.host import CallHost
-from softswitch.calls.state import ALLOW, CALLER, Call, CallInput, CallState, Refusal, Reinvite
+from softswitch.calls.outputs import Outputs
+from softswitch.calls.routes import Routes
+from softswitch.calls.state import (
+    ALLOW,
+    CALLER,
+    Call,
+    CallInput,
+    CallState,
+    Refusal,
+    Reinvite,
+    Timer,
+    resend_timer,
+)
+from softswitch.calls.steps import Steps
+from softswitch.calls.table import CallTable
 from softswitch.sip.dialog import request_dialog_id, response_dialog_id
-from softswitch.sip.message import Request, Response, make_response
+from softswitch.sip.message import Request, Response
 from softswitch.sip.sdp import SdpError
-from softswitch.sip.transaction import ClientTransaction, ServerTransaction, State, new_branch
+from softswitch.sip.transaction import ClientTransaction, Peer, ServerTransaction, State
 
-log = logging.getLogger("softswitch.calls.manager")
+log = logging.getLogger("softswitch.calls.midcall")
 
-__all__ = ["MidCall"]
-
-_SDP = "application/sdp"
+__all__ = ["MidCallHandler"]
 
 
-class MidCall(CallHost):
-    """CANCEL, BYE, in-dialog requests and re-INVITEs (a mixin of CallManager)."""
+class MidCallHandler:
+    """CANCEL, BYE, ACK, in-dialog requests and re-INVITEs."""
+
+    __slots__ = ("config", "find_invite", "out", "steps", "table")
+
+    def __init__(
+        self,
+        table: CallTable,
+        out: Outputs,
+        *,
+        config: SimpleNamespace,
+        find_invite: Callable[[Request], ServerTransaction | None],
+    ) -> None:
+        """``find_invite``: the server INVITE transaction a CANCEL is for (§9.2),
+        the transaction layer's ``find_server_invite``."""
+        self.table = table
+        self.out = out
+        self.steps = Steps(table, out, config)
+        # Read on every use: a SIGHUP reload changes [calls] in place.
+        self.config = config
+        self.find_invite = find_invite
+
+    def register(self, routes: Routes) -> None:
+        routes.request("CANCEL", self.cancel, initial=True, in_dialog=True)
+        routes.request("BYE", self.bye, initial=True, in_dialog=True)
+        routes.request("INVITE", self.reinvite, initial=False, in_dialog=True)
+        for method in ("INFO", "UPDATE", "OPTIONS"):
+            routes.request(method, self.in_dialog, initial=False, in_dialog=True)
+        routes.role("reinvite", self.reinvite_response, self.reinvite_timeout)
+        routes.role("relay", self.relay_response, self.relay_timeout)
+        routes.timer(Timer.RESEND_CALLER, self.steps.resend_2xx)
+        routes.timer(Timer.RESEND_CALLEE, self.steps.resend_2xx)
+        routes.when_settled(CallState.REINVITING, self.reinvite_answer)
+
+    # ================================================================ ACK
+
+    def ack(self, request: Request, peer: Peer, now: float) -> None:
+        """The ACK for one of our 2xx (end to end, its own transaction, §13.2.2.4)."""
+        entry = self.table.dialogs.get(request_dialog_id(request))
+        if entry is None:
+            return
+        call, leg = entry
+        resend = call.resend.pop(leg, None)
+        if resend is None or request.cseq != resend[1].cseq:
+            return
+        self.table.disarm(call, resend_timer(leg))
+        if leg == CALLER and call.state is CallState.ANSWERED:
+            call.step(CallInput.CALLER_ACK)
+        owed = resend[4]
+        if owed is not None:
+            self.steps.send_ack(call, 1 - leg, owed)
 
     # ================================================================ CANCEL, BYE, in-dialog
 
-    def _cancel(self, tx: ServerTransaction, request: Request, now: float) -> None:
+    def cancel(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
         """CANCEL (§9.2): 200 for the CANCEL, 487 for the INVITE if still unanswered."""
-        invite_tx = self.layer.find_server_invite(request)
+        invite_tx = self.find_invite(request)
         if invite_tx is None:
-            return self._reply(tx, request, 481, now)
-        self._reply(tx, request, 200, now)
-        call = self._by_invite.get((request.call_id, request.from_.tag))
+            return self.out.reply(tx, request, 481, now)
+        self.out.reply(tx, request, 200, now)
+        call = self.table.by_invite.get((request.call_id, request.from_.tag))
         if call is not None and call.a_tx is invite_tx and call.answer is None and call.live:
-            self._hangup(call, now, refusal=Refusal.CANCELLED)
+            self.steps.hangup(call, now, refusal=Refusal.CANCELLED)
         return None
 
-    def _bye(self, tx: ServerTransaction, request: Request, now: float) -> None:
-        entry = self._dialogs.get(request_dialog_id(request))
+    def bye(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
+        entry = self.table.dialogs.get(request_dialog_id(request))
         if entry is None:
-            return self._reply(tx, request, 481, now)
+            return self.out.reply(tx, request, 481, now)
         call, leg = entry
         dialog = call.legs[leg].dialog
         assert dialog is not None, "_dialogs holds legs with a dialog"
         dialog.receive_request(request)
-        self._reply(tx, request, 200, now)
+        self.out.reply(tx, request, 200, now)
         if call.live:
             if leg == CALLER and call.answer is None:
-                self._hangup(call, now, refusal=Refusal.CANCELLED, by=leg)
+                self.steps.hangup(call, now, refusal=Refusal.CANCELLED, by=leg)
             else:
-                self._hangup(call, now, refusal=Refusal.CALLEE_FAILED, by=leg)
+                self.steps.hangup(call, now, refusal=Refusal.CALLEE_FAILED, by=leg)
         return None
 
-    def _in_dialog(self, tx: ServerTransaction, request: Request, now: float) -> None:
+    def in_dialog(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
         """INFO is relayed to the other leg; OPTIONS and a body-less UPDATE answered here."""
-        entry = self._dialogs.get(request_dialog_id(request))
+        entry = self.table.dialogs.get(request_dialog_id(request))
         if entry is None:
-            return self._reply(tx, request, 481, now)
+            return self.out.reply(tx, request, 481, now)
         call, leg = entry
         dialog = call.legs[leg].dialog
         assert dialog is not None, "_dialogs holds legs with a dialog"
@@ -78,30 +137,42 @@ class MidCall(CallHost):
         other = call.legs[1 - leg] if call.room is None else None
         if method == "UPDATE" and request.body:
             # RFC 3311 §5.2: an offer we cannot take leaves the session as it was.
-            return self._reply(tx, request, 488, now, reason="Not Acceptable Here: use re-INVITE")
+            return self.out.reply(
+                tx, request, 488, now, reason="Not Acceptable Here: use re-INVITE"
+            )
         if method != "INFO" or other is None or other.dialog is None or not call.live:
-            return self._reply(tx, request, 200, now, headers=[("Allow", ALLOW)])
+            return self.out.reply(tx, request, 200, now, headers=[("Allow", ALLOW)])
         assert other.peer is not None, "a leg with a dialog has a peer"
         headers = [(n, v) for n in ("Info-Package", "Content-Disposition") if (v := request.get(n))]
-        relayed = other.dialog.create_request(
+        out = self.out.request(
+            other.dialog,
+            other.peer,
             "INFO",
-            via=self._via[other.peer.transport] + new_branch(),
+            now,
             body=request.body,
             content_type=request.get("Content-Type") if request.body else None,
             headers=headers,
         )
-        out = self.layer.send_request(relayed, other.peer, now)
-        self._txs[out] = (call, "relay", (tx, request))
+        self.table.txs[out] = (call, "relay", (tx, request))
         return None
 
-    def _relay_back(
-        self, extra: tuple[ServerTransaction, Request], response: Response, now: float
+    def relay_response(
+        self,
+        call: Call,
+        out: ClientTransaction,
+        extra: tuple[ServerTransaction, Request],
+        response: Response,
+        now: float,
     ) -> None:
+        """The other leg's answer to a relayed INFO goes back to the sender."""
+        if response.status < 200:
+            return
+        del self.table.txs[out]
         tx, request = extra
         if tx.state is State.TERMINATED or tx.status >= 200:
             return
         kind = response.get("Content-Type")
-        self._reply(
+        self.out.reply(
             tx,
             request,
             response.status,
@@ -111,18 +182,28 @@ class MidCall(CallHost):
             content_type=kind,
         )
 
+    def relay_timeout(
+        self,
+        call: Call,
+        out: ClientTransaction,
+        extra: tuple[ServerTransaction, Request],
+        now: float,
+    ) -> None:
+        tx, request = extra
+        self.out.reply(tx, request, 408, now)
+
     # ================================================================ re-INVITE
 
-    def _reinvite(self, tx: ServerTransaction, request: Request, now: float) -> None:
+    def reinvite(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
         """A re-INVITE (hold/resume, §14): relay the offer, bring the answer back."""
-        entry = self._dialogs.get(request_dialog_id(request))
+        entry = self.table.dialogs.get(request_dialog_id(request))
         if entry is None:
-            return self._reply(tx, request, 481, now)
+            return self.out.reply(tx, request, 481, now)
         call, leg = entry
         if not call.live:
-            return self._refuse(tx, request, Refusal.NO_DIALOG, now)
+            return self.steps.refuse(tx, request, Refusal.NO_DIALOG, now)
         if call.state is not CallState.CONFIRMED or call.resend:
-            return self._refuse(tx, request, Refusal.REQUEST_PENDING, now)  # §14.2
+            return self.steps.refuse(tx, request, Refusal.REQUEST_PENDING, now)  # §14.2
         x = call.legs[leg]
         assert x.dialog is not None, "_dialogs holds legs with a dialog"
         x.dialog.receive_request(request)
@@ -130,7 +211,7 @@ class MidCall(CallHost):
             # No offer: ours goes in the 2xx, its answer in the ACK (§14.1).
             assert x.sent is not None, "a confirmed leg has had our description"
             response = self._leg_response(call, leg, request, 200, bytes(x.sent))
-            return self._send_2xx(call, leg, tx, response, None, now)
+            return self.steps.send_2xx(call, leg, tx, response, None, now)
         sd = media.parse_sdp(request.body, request.content_type)
         index = media.audio_index(sd)
         codecs = media.usable_codecs(sd.media[index], self.config.calls.codecs)
@@ -139,31 +220,27 @@ class MidCall(CallHost):
         if call.room is not None:  # nobody to ask: the bearer is the other side
             self._reinvite_apply_source(call, "sendrecv", now)
             if not call.pending:
-                self._reinvite_answer(call, now)
+                self.reinvite_answer(call, now)
             return None
         y = call.legs[1 - leg]
         assert y.dialog is not None and y.peer is not None, "a confirmed call has both dialogs"
         assert call.address is not None and y.origin is not None, "allocated"
         keep = [c for c in (y.selected, media.telephone_event(y.codecs)) if c is not None]
         offer = media.offer_for(sd, index, keep, call.address, call.ports[1 - leg], y.origin)
-        call.reinvite.out = self._send_reinvite(call, 1 - leg, offer, "reinvite", None, now)
+        call.reinvite.out = self.steps.send_reinvite(call, 1 - leg, offer, "reinvite", None, now)
         return None
 
-    def _reinvite_response(
-        self, call: Call, tx: ClientTransaction, response: Response, now: float
+    def reinvite_response(
+        self, call: Call, tx: ClientTransaction, extra: Any, response: Response, now: float
     ) -> None:
+        """The other leg's answer to a re-INVITE we relayed (or a hold/resume of ours)."""
         ri = call.reinvite
         status = response.status
         if ri is None or ri.out is not tx:
             if 200 <= status < 300:  # a copy of a 2xx we handled: ACK it again (§13.2.2.4)
-                entry = self._dialogs.get(response_dialog_id(response))
-                if entry is None:
-                    return
-                target = call.legs[entry[1]]
-                sent = call.acks.get(entry[1])
-                if sent is not None and sent[0] == response.cseq:
-                    assert target.peer is not None, "a leg we ACKed has a peer"
-                    self.layer.send_stateless(sent[1], target.peer)
+                entry = self.table.dialogs.get(response_dialog_id(response))
+                if entry is not None:
+                    self.steps.ack_again(call, entry[1], response.cseq)
             return
         if status < 200:
             return
@@ -180,16 +257,16 @@ class MidCall(CallHost):
             codecs = media.answered_codecs(sd, index)
         except SdpError as err:
             log.info("call %s: re-INVITE answer unusable: %s", call.a_request.call_id, err)
-            self._send_ack(call, other, response.cseq)
-            return self._hangup(call, now, refusal=Refusal.CALLEE_FAILED)
+            self.steps.send_ack(call, other, response.cseq)
+            return self.steps.hangup(call, now, refusal=Refusal.CALLEE_FAILED)
         md = sd.media[index]
         y.sdp, y.index, y.codecs = sd, index, codecs
         y.selected = media.real_codec(codecs)
         direction = media.direction_of(md)
-        self._update(call, other, media.leg_spec(md, codecs, y.selected, direction), now)
+        self.steps.update(call, other, media.leg_spec(md, codecs, y.selected, direction), now)
         self._reinvite_apply_source(call, direction, now)
         if not call.pending:
-            self._reinvite_answer(call, now)
+            self.reinvite_answer(call, now)
         return None
 
     def _reinvite_apply_source(self, call: Call, direction: str, now: float) -> None:
@@ -214,11 +291,11 @@ class MidCall(CallHost):
             sd, answer, call.address, call.ports[ri.source], x.origin, direction
         )
         md = sd.media[index]  # its rtpmap list is the whole offer, as at set-up
-        self._update(
+        self.steps.update(
             call, ri.source, media.leg_spec(md, codecs, x.selected, media.direction_of(md)), now
         )
 
-    def _reinvite_answer(self, call: Call, now: float) -> None:
+    def reinvite_answer(self, call: Call, now: float) -> None:
         ri = call.reinvite
         assert ri is not None, "called while a re-INVITE is relayed"
         call.reinvite = None
@@ -227,7 +304,10 @@ class MidCall(CallHost):
         assert x.sent is not None, "_reinvite_apply_source built its answer"
         response = self._leg_response(call, ri.source, ri.request, 200, bytes(x.sent))
         owed = None if ri.answer is None else ri.answer.cseq
-        self._send_2xx(call, ri.source, ri.tx, response, owed, now)
+        self.steps.send_2xx(call, ri.source, ri.tx, response, owed, now)
+
+    def reinvite_timeout(self, call: Call, tx: ClientTransaction, extra: Any, now: float) -> None:
+        self._reinvite_failed(call, 408, now)
 
     def _reinvite_failed(self, call: Call, status: int, now: float) -> None:
         ri = call.reinvite
@@ -235,18 +315,13 @@ class MidCall(CallHost):
             return
         call.reinvite = None
         call.step(CallInput.REINVITE_DONE)
-        self._reply(ri.tx, ri.request, status, now)
+        self.out.reply(ri.tx, ri.request, status, now)
         if status in (408, 481):  # §12.2.1.2: the dialog is gone
-            self._hangup(call, now, refusal=Refusal.CALLEE_FAILED)
+            self.steps.hangup(call, now, refusal=Refusal.CALLEE_FAILED)
 
     def _leg_response(
         self, call: Call, leg: int, request: Request, status: int, body: bytes
     ) -> Response:
-        response = make_response(request, status)
         peer = call.legs[leg].peer
         assert peer is not None, "a leg that sends requests has a peer"
-        response.add("Contact", self._contact[peer.transport])
-        if body:
-            response.add("Content-Type", _SDP)
-            response.body = body
-        return response
+        return self.out.leg_response(peer, request, status, body)

@@ -1,9 +1,4 @@
-"""Call set-up for ``CallManager``: the caller's INVITE up to the 200 (RFC 3261 §13).
-
-Split out of softswitch/calls/manager.py only to keep each file readable in one
-sitting; ``CallSetup`` is a mixin of ``CallManager`` and uses its helpers
-(``_reply``, ``_bearer``, ``_update``, ``_hangup``, ``_send_2xx`` ...),
-declared for the type checker in ``callhost.py``.
+"""Call set-up: the caller's INVITE up to the 200 (RFC 3261 §13).
 
 The order of the checks on a new INVITE is the order a caller would want to
 hear about problems in, and cheapest first: 100 Trying (§17.2.1), hop count
@@ -11,9 +6,17 @@ hear about problems in, and cheapest first: 100 Trying (§17.2.1), hop count
 caller's limit (486), routing (404/480/486), the SDP offer (488), a bearer
 (503 + Retry-After).  Only then does the call exist and cost anything.
 
+Then one ALLOCATE round trip; an INVITE to every binding of the callee,
+each its own Call-ID and client transaction, sent to the address the
+binding registered from (RFC 3581); 1xx relayed (a 183 with SDP becomes
+early media through the bearer); the first 2xx wins and the other forks get
+CANCEL (§9.1) or, if they answer too, ACK and BYE (§13.2.2.4); one UPDATE
+tells the bearer the callee's media; the caller gets 200 with the bearer's
+address, retransmitted until its ACK (§13.3.1.4).
+
 A conference room lives on one bearer, the one its first member was put
-on (``_rooms``: room -> [bearer, members]); later members go to that
-bearer or, when it is down or full, get 503 + Retry-After.  The room is
+on (``CallTable.rooms``: room -> [bearer, members]); later members go to
+that bearer or, when it is down or full, get 503 + Retry-After.  The room is
 forgotten when its last member hangs up.
 """
 
@@ -21,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any, cast
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from softswitch.calls import media
-from softswitch.calls.host import CallHost
+from softswitch.calls.outputs import Outputs
+from softswitch.calls.routes import Routes
 from softswitch.calls.routing import Conference, route
 from softswitch.calls.state import (
-    ALLOW,
     CALLEE,
     CALLER,
     REFUSALS,
@@ -42,76 +46,125 @@ from softswitch.calls.state import (
     Timer,
     best_response,
 )
-from softswitch.model.cdr import Cdr
-from softswitch.model.users import Binding, User
-from softswitch.protocol import Allocate, AllocFlags, LegSpec
+from softswitch.calls.steps import Steps
+from softswitch.calls.table import CallTable
+from softswitch.model.users import Binding, User, UserDirectory
+from softswitch.protocol import Allocate, Allocated, AllocFlags, Join, LegSpec
 from softswitch.sip.dialog import Dialog
-from softswitch.sip.digest import AuthFailure
+from softswitch.sip.digest import AuthFailure, DigestServer
 from softswitch.sip.errors import SipError
 from softswitch.sip.headers import parse_address
-from softswitch.sip.message import Address, Request, Response, make_response
+from softswitch.sip.message import Address, Request, Response
+from softswitch.sip.offeranswer import LegOrigin
 from softswitch.sip.sdp import SdpError
-from softswitch.sip.transaction import ClientInviteTransaction, Peer, ServerTransaction, new_branch
+from softswitch.sip.transaction import ClientTransaction, Peer, ServerTransaction
 from softswitch.sip.uri import SipUri, parse_uri
 
-log = logging.getLogger("softswitch.calls.manager")
+if TYPE_CHECKING:
+    from softswitch.location import Location
 
-__all__ = ["RETRY_AFTER", "CallSetup"]
+log = logging.getLogger("softswitch.calls.setup")
+
+__all__ = ["RETRY_AFTER", "SetupHandler"]
 
 #: Seconds a 503 for "no bearer" asks the caller to wait (§20.33, §21.5.4).
 RETRY_AFTER = 5
-_SDP = "application/sdp"
 
 
-class CallSetup(CallHost):
-    """INVITE processing, forking and the answer (a mixin of CallManager)."""
+class SetupHandler:
+    """INVITE processing, forking and the answer."""
+
+    __slots__ = (
+        "auth",
+        "bearers",
+        "closing",
+        "config",
+        "directory",
+        "domain",
+        "location",
+        "out",
+        "steps",
+        "table",
+    )
+
+    def __init__(
+        self,
+        table: CallTable,
+        out: Outputs,
+        *,
+        config: SimpleNamespace,
+        directory: UserDirectory,
+        location: Location,
+        bearers: Any,
+        auth: DigestServer,
+    ) -> None:
+        self.table = table
+        self.out = out
+        self.steps = Steps(table, out, config)
+        # Read on every use: a SIGHUP reload changes [calls] in place.
+        self.config = config
+        self.directory = directory
+        self.location = location
+        self.bearers = bearers
+        self.auth = auth
+        self.domain = table.domain
+        self.closing = False  # SIGTERM: new calls are refused
+
+    def register(self, routes: Routes) -> None:
+        routes.request("INVITE", self.invite, initial=True, in_dialog=False)
+        routes.role("fork", self.fork_response, self.fork_timeout)
+        routes.timer(Timer.NO_ANSWER, self.no_answer)
+        routes.when_settled(CallState.CALLING, self.send_early_media)
+        routes.when_settled(CallState.CONNECTING, self.answer_caller)
+        routes.when_settled(CallState.JOINING, self.answer_caller)
 
     # ================================================================ initial INVITE
 
-    def _initial_invite(
-        self, tx: ServerTransaction, request: Request, peer: Peer, now: float
-    ) -> None:
-        if tx.last_response is None and not self.layer.auto_trying:
-            self.layer.send_response(tx, make_response(request, 100), now)  # §17.2.1
+    def invite(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
+        """A new INVITE (no To tag): refuse it, or start a call and ALLOCATE."""
+        self.out.trying(tx, request, now)  # §17.2.1
         if request.max_forwards == 0:
-            return self._refuse(tx, request, Refusal.TOO_MANY_HOPS, now)
-        known = self._by_invite.get((request.call_id, request.from_.tag))
+            return self.steps.refuse(tx, request, Refusal.TOO_MANY_HOPS, now)
+        known = self.table.by_invite.get((request.call_id, request.from_.tag))
         if known is not None and known.a_tx is not tx:
-            return self._refuse(tx, request, Refusal.MERGED, now)  # §8.2.2.2
+            return self.steps.refuse(tx, request, Refusal.MERGED, now)  # §8.2.2.2
         caller = self._authenticate(tx, request, now)
         if caller is None:
             return None
         aor = self._callee_aor(request)
-        if self._closing:
-            return self._refuse(tx, request, Refusal.SHUTTING_DOWN, now, caller, aor)
+        if self.closing:
+            return self.steps.refuse(tx, request, Refusal.SHUTTING_DOWN, now, caller, aor)
         if not request.contacts:
-            return self._refuse(tx, request, Refusal.MALFORMED, now, reason="Missing Contact")
-        if caller.max_calls and self.active_calls(caller.username, self.domain) >= caller.max_calls:
-            return self._refuse(tx, request, Refusal.CALLER_OVER_LIMIT, now, caller, aor)
+            return self.steps.refuse(tx, request, Refusal.MALFORMED, now, reason="Missing Contact")
+        if (
+            caller.max_calls
+            and self.table.active_calls(caller.username, self.domain) >= caller.max_calls
+        ):
+            return self.steps.refuse(tx, request, Refusal.CALLER_OVER_LIMIT, now, caller, aor)
         where = route(
             request.uri,
             self.domain,
             prefix=self.config.calls.conference_prefix,
             directory=self.directory,
             location=self.location,
-            active_calls=self.active_calls,
+            active_calls=self.table.active_calls,
             now=now,
         )
         if isinstance(where, Refusal):
-            return self._refuse(tx, request, where, now, caller, aor)
+            return self.steps.refuse(tx, request, where, now, caller, aor)
         try:
             sd = media.parse_sdp(request.body, request.content_type)
             index = media.audio_index(sd)
             codecs = media.usable_codecs(sd.media[index], self.config.calls.codecs)
         except SdpError as err:
             refusal = Refusal.MALFORMED if err.status == 400 else Refusal.NOT_ACCEPTABLE
-            return self._refuse(tx, request, refusal, now, caller, aor, reason=err.reason)
+            return self.steps.refuse(tx, request, refusal, now, caller, aor, reason=err.reason)
         room = where.room if isinstance(where, Conference) else None
         dest = None if isinstance(where, Conference) else where
         bearer = self._room_bearer(room) if room is not None else self.bearers.choose()
         if bearer is None:
-            hosted = room is not None and room in self._rooms
-            return self._refuse(
+            hosted = room is not None and room in self.table.rooms
+            return self.steps.refuse(
                 tx,
                 request,
                 Refusal.ROOM_BEARER_UNAVAILABLE if hosted else Refusal.NO_BEARER,
@@ -123,11 +176,12 @@ class CallSetup(CallHost):
         a_tag = secrets.token_hex(8)
         md = sd.media[index]
         a = Leg(peer=peer, sdp=sd, index=index, codecs=codecs, selected=media.real_codec(codecs))
-        a.dialog = Dialog.from_uas(request, a_tag, local_target=self._contact_for(peer), early=True)
+        a.dialog = Dialog.from_uas(
+            request, a_tag, local_target=self.out.contact_for(peer), early=True
+        )
         a.spec = media.leg_spec(md, codecs, a.selected, media.direction_of(md))
-        self._next_session += 1
         call = Call(
-            session_id=self._next_session,
+            session_id=self.table.new_session_id(),
             a_tx=tx,
             a_request=request,
             a_tag=a_tag,
@@ -159,14 +213,8 @@ class CallSetup(CallHost):
             # its own, and the CDR must name the file control chose (_allocated).
             call.record = caller.record_calls or dest.user.record_calls
         call.flags = flags
-        self._by_invite[(request.call_id, request.from_.tag)] = call
-        self._sessions[call.session_id] = call
-        self._dialogs[a.dialog.id] = (call, CALLER)
-        self._count(call, +1)
-        if room is not None:
-            self._rooms.setdefault(room, [bearer, 0])[1] += 1
-        call.allocating = True
-        self._bearer(call, Allocate(call.session_id, request.call_id, specs, flags), now)
+        self.table.add(call)
+        self.steps.bearer(call, Allocate(call.session_id, request.call_id, specs, flags), now)
         return None
 
     def _room_bearer(self, room: str) -> Any:
@@ -178,7 +226,7 @@ class CallSetup(CallHost):
         than a room of its own elsewhere; spreading one large room over
         several bearers is future work (DESIGN.md).
         """
-        entry = self._rooms.get(room)
+        entry = self.table.rooms.get(room)
         if entry is None:
             return self.bearers.choose()
         b = entry[0]
@@ -192,14 +240,14 @@ class CallSetup(CallHost):
         if credentials is None:
             self._challenge(tx, request, now, stale=False)
             return None
-        result = self.auth.verify(credentials, "INVITE", now, self._ha1s, body=request.body)
+        result = self.auth.verify(credentials, "INVITE", now, self.ha1s, body=request.body)
         if not result.ok:
             if result.reason is AuthFailure.MALFORMED:
-                self._refuse(tx, request, Refusal.BAD_CREDENTIALS, now)
+                self.steps.refuse(tx, request, Refusal.BAD_CREDENTIALS, now)
             else:
                 stale = result.reason is AuthFailure.STALE_NONCE
                 self._challenge(tx, request, now, stale=stale)
-            self._bump(f"auth_{result.reason.value if result.reason else 'failed'}")
+            self.out.bump(f"auth_{result.reason.value if result.reason else 'failed'}")
             return None
         user = self.directory.lookup(result.username or "", self.domain)
         if user is None:
@@ -208,11 +256,11 @@ class CallSetup(CallHost):
         from_uri = request.from_.uri
         if not user.enabled or not isinstance(from_uri, SipUri) or from_uri.user != user.username:
             # A disabled account, or credentials of one user calling as another.
-            self._refuse(tx, request, Refusal.FORBIDDEN, now, user, self._callee_aor(request))
+            self.steps.refuse(tx, request, Refusal.FORBIDDEN, now, user, self._callee_aor(request))
             return None
         return user
 
-    def _ha1s(self, username: str) -> dict[str, str] | None:
+    def ha1s(self, username: str) -> dict[str, str] | None:
         user = self.directory.lookup(username, self.domain)
         if user is None:
             return None
@@ -221,37 +269,7 @@ class CallSetup(CallHost):
     def _challenge(self, tx: ServerTransaction, request: Request, now: float, stale: bool) -> None:
         values = self.auth.challenge(now, stale=stale)
         headers = [("Proxy-Authenticate", v) for v in values]
-        self._reply(tx, request, REFUSALS[Refusal.CHALLENGE][0], now, headers=headers)
-
-    def _refuse(
-        self,
-        tx: ServerTransaction,
-        request: Request,
-        refusal: Refusal,
-        now: float,
-        caller: User | None = None,
-        callee: str = "",
-        *,
-        reason: str | None = None,
-        headers: list[tuple[str, str]] | None = None,
-    ) -> None:
-        """Answer ``request`` for ``refusal`` (REFUSALS) and write its CDR if it has one."""
-        status, disposition = REFUSALS[refusal]
-        self._reply(tx, request, status, now, reason=reason, headers=headers)
-        self._bump(f"refused_{refusal.name.lower()}")
-        if disposition is not None and caller is not None:
-            self.on_cdr(
-                Cdr(
-                    call_id=request.call_id,
-                    caller=f"{caller.username}@{caller.domain}",
-                    callee=callee,
-                    start=now,
-                    answer=None,
-                    end=now,
-                    disposition=disposition,
-                    sip_code=status,
-                )
-            )
+        self.out.reply(tx, request, REFUSALS[Refusal.CHALLENGE][0], now, headers=headers)
 
     def _callee_aor(self, request: Request) -> str:
         uri = request.uri
@@ -259,6 +277,26 @@ class CallSetup(CallHost):
         return f"{user}@{self.domain}"
 
     # ================================================================ forks
+
+    def allocated(self, call: Call, reply: Allocated, now: float) -> None:
+        """The bearer session exists: JOIN the room, or INVITE the callee's devices."""
+        call.address = reply.address
+        call.ports = reply.ports
+        for leg in call.legs:
+            leg.origin = LegOrigin(reply.address, sess_id=secrets.randbits(31))
+        if call.record:
+            self.steps.start_recording(call, now)
+        if call.room is not None:
+            call.step(CallInput.ROOM_ALLOCATED)
+            call.pending.add(self.steps.bearer(call, Join(call.room, call.session_id), now))
+            return
+        call.step(CallInput.ALLOCATED)
+        self._fork(call, now)
+
+    def no_answer(self, call: Call, kind: Timer, now: float) -> None:
+        """calls.no_answer_timeout since the INVITEs went out (Timer.NO_ANSWER)."""
+        if call.state is CallState.CALLING:
+            self.steps.hangup(call, now, refusal=Refusal.NO_ANSWER)
 
     def _fork(self, call: Call, now: float) -> None:
         """An INVITE to every binding of the callee (parallel forking, §16.6 in spirit)."""
@@ -281,9 +319,9 @@ class CallSetup(CallHost):
                 log.warning("binding %s unusable: %s", binding.contact, err)
         call.bindings = ()
         if not call.forks:
-            return self._hangup(call, now, refusal=Refusal.NOT_REGISTERED)
-        self.setup_delay.observe(now - call.start)  # the INVITEs are out
-        self._arm(call, Timer.NO_ANSWER, now + self.config.calls.no_answer_timeout)
+            return self.steps.hangup(call, now, refusal=Refusal.NOT_REGISTERED)
+        self.out.setup_delay.observe(now - call.start)  # the INVITEs are out
+        self.table.arm(call, Timer.NO_ANSWER, now + self.config.calls.no_answer_timeout)
         return None
 
     def _fork_one(
@@ -302,32 +340,19 @@ class CallSetup(CallHost):
         else:
             uri = parse_uri(contact, "Contact")
         transport = binding.source_transport.lower()
-        if transport not in self._via:
+        if not self.out.serves(transport):
             raise ValueError(f"transport {transport!r} not served")
         peer = Peer(transport, binding.source_host, binding.source_port)
         from_ = Address(caller_from.uri, caller_from.display, {"tag": secrets.token_hex(8)})
-        headers = [
-            ["Via", self._via[transport] + new_branch()],
-            ["Max-Forwards", str((70 if max_forwards is None else max_forwards) - 1)],
-            ["From", str(from_)],
-            ["To", to],
-            ["Call-ID", secrets.token_hex(12)],
-            ["CSeq", "1 INVITE"],
-            ["Contact", self._contact[transport]],
-            ["Allow", ALLOW],
-            ["Content-Type", _SDP],
-        ]
-        if binding.path:  # RFC 3327: reach the device through the proxies it registered by
-            headers += [["Route", p] for p in binding.path.split(",") if p.strip()]
-        invite = Request("INVITE", uri, body=body)
-        invite.headers = headers  # canonical names already: skip add()'s checks
-        # An INVITE starts an INVITE client transaction (TransactionLayer.send_request).
-        tx = cast(ClientInviteTransaction, self.layer.send_request(invite, peer, now))
+        invite, tx = self.out.invite(uri, peer, from_, to, max_forwards, body, binding.path, now)
         fork = Fork(binding=binding, peer=peer, request=invite, tx=tx)
         call.forks.append(fork)
-        self._txs[tx] = (call, "fork", fork)
+        self.table.txs[tx] = (call, "fork", fork)
 
-    def _fork_response(self, call: Call, fork: Fork, response: Response, now: float) -> None:
+    def fork_response(
+        self, call: Call, tx: ClientTransaction, fork: Fork, response: Response, now: float
+    ) -> None:
+        """A response from one device of the callee."""
         status = response.status
         if status < 200:
             if status == 100:
@@ -335,7 +360,7 @@ class CallSetup(CallHost):
             before = fork.state
             fork.step(ForkInput.PROVISIONAL)
             if before is ForkState.CANCEL_PENDING:
-                self._send_cancel(call, fork, now)  # §9.1: now it may go
+                self.steps.send_cancel(call, fork, now)  # §9.1: now it may go
             elif fork.state is ForkState.RINGING and call.state is CallState.CALLING:
                 self._relay_provisional(call, fork, response, now)
             return
@@ -346,7 +371,7 @@ class CallSetup(CallHost):
                 self._drop(call, fork, response, before is not ForkState.DROPPED, now)
             elif before is ForkState.ANSWERED:
                 if fork.ack is not None:  # the 2xx again: our ACK was lost (§13.2.2.4)
-                    self.layer.send_stateless(fork.ack, fork.peer)
+                    self.out.resend(fork.ack, fork.peer)
             else:
                 self._callee_answered(call, fork, response, now)
             return
@@ -356,6 +381,14 @@ class CallSetup(CallHost):
         fork.status = status
         self._fork_settled(call, now)
 
+    def fork_timeout(self, call: Call, tx: ClientTransaction, fork: Fork, now: float) -> None:
+        """Timer B or a transport error on a fork (§8.1.3.1: as a 408)."""
+        if fork.state in (ForkState.ANSWERED, ForkState.FAILED, ForkState.DROPPED):
+            return
+        fork.step(ForkInput.TIMEOUT)
+        fork.status = 408
+        self._fork_settled(call, now)
+
     def _fork_settled(self, call: Call, now: float) -> None:
         """A fork failed; when the last one has, the caller gets the best answer (§16.7)."""
         if call.state is not CallState.CALLING:
@@ -363,31 +396,17 @@ class CallSetup(CallHost):
         if any(f.state is not ForkState.FAILED for f in call.forks):
             return
         status = best_response([f.status or 408 for f in call.forks])
-        self._hangup(call, now, status=status)
-
-    def _send_cancel(self, call: Call, fork: Fork, now: float) -> None:
-        tx = self.layer.send_request(fork.tx.create_cancel(), fork.peer, now)
-        self._txs[tx] = (call, "cancel", fork)
-
-    def _stop_fork(self, call: Call, fork: Fork, now: float) -> None:
-        before = fork.state
-        fork.step(ForkInput.CANCEL)
-        if before is ForkState.RINGING:
-            self._send_cancel(call, fork, now)
+        self.steps.hangup(call, now, status=status)
 
     def _drop(self, call: Call, fork: Fork, response: Response, first: bool, now: float) -> None:
         """A 2xx from a fork that lost: ACK it, and the first time also BYE it (§13.2.2.4)."""
         if first:
             fork.dialog = Dialog.from_uac(fork.request, response)
-            via = self._via[fork.peer.transport] + new_branch()
-            fork.ack = fork.dialog.create_ack(fork.request.cseq, via=via)
-            self.layer.send_stateless(fork.ack, fork.peer)
-            bye = fork.dialog.create_request(
-                "BYE", via=self._via[fork.peer.transport] + new_branch()
-            )
-            self._txs[self.layer.send_request(bye, fork.peer, now)] = (call, "bye", None)
+            fork.ack = self.out.ack(fork.dialog, fork.request.cseq, fork.peer)
+            bye = self.out.request(fork.dialog, fork.peer, "BYE", now)
+            self.table.txs[bye] = (call, "bye", None)
         elif fork.ack is not None:
-            self.layer.send_stateless(fork.ack, fork.peer)
+            self.out.resend(fork.ack, fork.peer)
 
     def _relay_provisional(self, call: Call, fork: Fork, response: Response, now: float) -> None:
         status = response.status
@@ -401,16 +420,17 @@ class CallSetup(CallHost):
                 call.early = fork
                 self._callee_media(call, fork, sd, codecs, now)
                 if not call.pending:
-                    self._send_early_media(call, now)
+                    self.send_early_media(call, now)
                 return
         call.step(CallInput.PROGRESS)
-        self._reply_a(call, status, now, reason=response.reason)
+        self.out.reply_a(call, status, now, reason=response.reason)
 
-    def _send_early_media(self, call: Call, now: float) -> None:
+    def send_early_media(self, call: Call, now: float) -> None:
+        """The bearer carries the callee's early media: 183 with our SDP to A."""
         call.step(CallInput.PROGRESS)
         a = call.legs[CALLER]
         assert a.sent is not None, "_callee_media answered the caller"
-        self._reply_a(call, 183, now, body=bytes(a.sent))
+        self.out.reply_a(call, 183, now, body=bytes(a.sent))
 
     def _callee_media(self, call: Call, fork: Fork, sd: Any, codecs: tuple, now: float) -> None:
         """The callee's SDP (early or final): settle both codecs, tell the bearer."""
@@ -436,8 +456,8 @@ class CallSetup(CallHost):
             # Its rtpmap list stays the whole offer: only a changed codec needs an UPDATE.
             a_md = a.sdp.media[a.index]
             spec = media.leg_spec(a_md, a.codecs, a.selected, media.direction_of(a_md))
-            self._update(call, CALLER, spec, now)
-        self._update(call, CALLEE, media.leg_spec(md, codecs, b.selected, b_direction), now)
+            self.steps.update(call, CALLER, spec, now)
+        self.steps.update(call, CALLEE, media.leg_spec(md, codecs, b.selected, b_direction), now)
 
     def _callee_answered(self, call: Call, fork: Fork, response: Response, now: float) -> None:
         """The first 2xx: this fork wins, the others stop, the bearer learns its media."""
@@ -448,11 +468,11 @@ class CallSetup(CallHost):
         # (an unusable answer) ACKs and BYEs it before _callee_media runs.
         b.peer = fork.peer
         b.dialog = fork.dialog
-        self._dialogs[fork.dialog.id] = (call, CALLEE)
-        self._disarm(call, Timer.NO_ANSWER)
+        self.table.add_dialog(call, CALLEE)
+        self.table.disarm(call, Timer.NO_ANSWER)
         for other in call.forks:
             if other is not fork:
-                self._stop_fork(call, other, now)
+                self.steps.stop_fork(call, other, now)
         call.step(CallInput.CALLEE_ANSWERED)
         call.b_invite_cseq = fork.request.cseq
         try:
@@ -466,14 +486,14 @@ class CallSetup(CallHost):
                 raise SdpError(488, "Not Acceptable Here: 2xx without SDP answer")
         except SdpError as err:
             log.info("call %s: callee answer unusable: %s", call.a_request.call_id, err)
-            return self._hangup(call, now, refusal=Refusal.CALLEE_FAILED)
+            return self.steps.hangup(call, now, refusal=Refusal.CALLEE_FAILED)
         if call.early is not fork or b.sdp is not sd:
             self._callee_media(call, fork, sd, codecs, now)
         if not call.pending:
-            self._answer_caller(call, now)
+            self.answer_caller(call, now)
         return None
 
-    def _answer_caller(self, call: Call, now: float) -> None:
+    def answer_caller(self, call: Call, now: float) -> None:
         """200 to A with the bearer's A-leg address; retransmitted until the ACK."""
         a = call.legs[CALLER]
         assert a.dialog is not None, "the caller's dialog exists from its INVITE on"
@@ -491,5 +511,5 @@ class CallSetup(CallHost):
         call.answer = now
         a.dialog.confirm()
         assert a.sent is not None, "answered in _callee_media, or just above for a room"
-        response = self._a_response(call, 200, body=bytes(a.sent))
-        self._send_2xx(call, CALLER, call.a_tx, response, owed, now)
+        response = self.out.a_response(call, 200, body=bytes(a.sent))
+        self.steps.send_2xx(call, CALLER, call.a_tx, response, owed, now)

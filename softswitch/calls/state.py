@@ -5,7 +5,8 @@ Theory of operation
 A *call* joins two SIP dialogs through one bearer session.  Leg 0 is the
 caller (A, we are its UAS), leg 1 the callee (B, we are its UAC); the bearer
 numbers its legs the same way.  Every step of a call is one input to
-``CALL_TRANSITIONS``, the only place that says which step may follow which:
+``CALL_TRANSITIONS``, the only place that says which step may follow which;
+``Call.step`` raises ``TransitionError`` on any pair missing from it:
 
     ALLOCATING   A's INVITE passed auth and routing; ALLOCATE is in flight.
        | ALLOCATED: INVITE to every binding of B      | ROOM_ALLOCATED: JOIN sent
@@ -18,19 +19,31 @@ numbers its legs the same way.  Every step of a call is one input to
        | CALLER_ACK: ACK to B (the 2xx's ACK is end to end, RFC 3261 §13.2.2.4)
     CONFIRMED  <--REINVITE_DONE--  REINVITING  (a hold/resume re-INVITE relayed)
        |     ^                        ^ REINVITE
-       |     +--MOVED--  MOVING  (BEARER_LOST: its bearer died; a new session is
-       |                          allocated elsewhere and both phones re-INVITEd)
+       |     +--MOVED--  MOVING  <--ALLOCATED--  REALLOCATING
+       |                 (both phones re-INVITEd)   ^ BEARER_LOST: its bearer
+       |                                              died; ALLOCATE elsewhere
     any live state --HANGUP--> TERMINATING (BYE/CANCEL sent, DELETE in flight)
                                   | DELETED: CDR written
                                ENDED
+    ALLOCATING, REALLOCATING --HANGUP--> ABANDONED: hung up with its ALLOCATE
+       in flight; ALLOCATED sends the DELETE (TERMINATING), a refused or lost
+       ALLOCATE leaves nothing to delete (DELETED: ENDED).
+
+What the state does not say is data on ``Call``: ``pending`` holds the
+bearer requests (UPDATE, JOIN) the next step waits for, and the state says
+which step that is when the last one is answered (CALLING: early media to
+A; CONNECTING, JOINING: 200 to A; REINVITING: the re-INVITE's 2xx; MOVING:
+MOVED once both phones answered too).  A call whose bearer is gone is hung
+up with ``bearer_gone`` (an input of the hang-up, not a flag on the call):
+no DELETE is sent to a bearer that cannot answer.
 
 A *fork* is one INVITE client transaction to one binding of the callee
 (``FORK_TRANSITIONS``).  A fork told to stop before any provisional response
 must wait for one before its CANCEL may go out (§9.1: CANCEL_PENDING); one
 that answers 2xx after losing is ACKed and sent BYE at once (§13.2.2.4:
 DROPPED).  Network input that a state cannot take (a 180 after the answer, a
-BYE for a call already hanging up) is filtered by the handlers with ``can``;
-a transition missing from a table is a bug and raises ``TransitionError``.
+BYE for a call already hanging up) is filtered by the handlers with ``can``
+or ``live``; a transition missing from a table is a bug and raises.
 
 Every way the switch itself refuses or ends an INVITE is one ``Refusal``,
 mapped in ``REFUSALS`` to the SIP status sent and the CDR disposition (None:
@@ -97,10 +110,10 @@ class CallState(Enum):
     ANSWERED = auto()
     CONFIRMED = auto()
     REINVITING = auto()
-    MOVING = (
-        auto()
-    )  # its bearer died: ALLOCATE elsewhere, re-INVITE both (softswitch.calls.failover)
+    REALLOCATING = auto()  # its bearer died: ALLOCATE elsewhere (softswitch.calls.failover)
+    MOVING = auto()  # allocated elsewhere: both phones re-INVITEd to the new bearer
     TERMINATING = auto()
+    ABANDONED = auto()  # hung up while its ALLOCATE was in flight
     ENDED = auto()
 
 
@@ -123,7 +136,9 @@ class CallInput(Enum):
 _C, _I = CallState, CallInput
 
 #: The states in which a call still has signalling to tear down.
-LIVE_STATES = frozenset(s for s in CallState if s not in (_C.TERMINATING, _C.ENDED))
+LIVE_STATES = frozenset(s for s in CallState if s not in (_C.TERMINATING, _C.ABANDONED, _C.ENDED))
+#: The live states with an ALLOCATE in flight: a hang-up must wait for its answer.
+_ALLOCATING = (_C.ALLOCATING, _C.REALLOCATING)
 
 CALL_TRANSITIONS: dict[tuple[CallState, CallInput], CallState] = {
     (_C.ALLOCATING, _I.ALLOCATED): _C.CALLING,
@@ -135,9 +150,13 @@ CALL_TRANSITIONS: dict[tuple[CallState, CallInput], CallState] = {
     (_C.ANSWERED, _I.CALLER_ACK): _C.CONFIRMED,
     (_C.CONFIRMED, _I.REINVITE): _C.REINVITING,
     (_C.REINVITING, _I.REINVITE_DONE): _C.CONFIRMED,
-    (_C.CONFIRMED, _I.BEARER_LOST): _C.MOVING,
+    (_C.CONFIRMED, _I.BEARER_LOST): _C.REALLOCATING,
+    (_C.REALLOCATING, _I.ALLOCATED): _C.MOVING,
     (_C.MOVING, _I.MOVED): _C.CONFIRMED,
-    **{(state, _I.HANGUP): _C.TERMINATING for state in LIVE_STATES},
+    **{(state, _I.HANGUP): _C.TERMINATING for state in LIVE_STATES if state not in _ALLOCATING},
+    **{(state, _I.HANGUP): _C.ABANDONED for state in _ALLOCATING},
+    (_C.ABANDONED, _I.ALLOCATED): _C.TERMINATING,
+    (_C.ABANDONED, _I.DELETED): _C.ENDED,
     (_C.TERMINATING, _I.DELETED): _C.ENDED,
 }
 
@@ -198,7 +217,7 @@ FORK_TRANSITIONS: dict[tuple[ForkState, ForkInput], ForkState] = {
 
 
 class Timer(Enum):
-    """The call timers (one heap in CallManager)."""
+    """The call timers (one heap in softswitch.calls.table.CallTable)."""
 
     NO_ANSWER = auto()  # calls.no_answer_timeout after the INVITEs went out
     RESEND_CALLER = auto()  # our 2xx to leg 0 again, until its ACK (§13.3.1.4)
@@ -382,7 +401,6 @@ class Call:
     start: float
     legs: list[Leg]
     bearer: Any = None  # softswitch.bearerpool.Bearer
-    bearer_lost: bool = False  # its session is gone with it: no DELETE
     bindings: tuple[Binding, ...] = ()  # to fork to, once allocated
     flags: int = 0
     record: bool = False  # recorded from the start: RECORD with our path once allocated
@@ -398,7 +416,6 @@ class Call:
     recording: str | None = None
     dtmf: list[str] = field(default_factory=list)
     pending: set[int] = field(default_factory=set)  # bearer requests the next step waits on
-    allocating: bool = False  # ALLOCATE still unanswered
     early: Fork | None = None  # the fork whose early media the bearer carries
     b_invite_cseq: int = 0
     reinvite: Reinvite | None = None

@@ -61,7 +61,7 @@ class CoreWorld:
         cfg.bearers.endpoints = [("unix", BEARER_PEER, 0)]
         self.core = Core(cfg, self.now, secret=b"s" * 32, epoch=7)
         assert isinstance(self.core.calls, CallManager)
-        self.core.calls.on_cdr = self.cdrs.append
+        self.core.calls.out.on_cdr = self.cdrs.append
         users = Switch().directory  # alice, bob, carol, dave with the harness passwords
         self.core.apply_db_result(Loaded({(u.username, u.domain): u for u in users}, []), self.now)
         self.bearer_sent: list[Message] = []

@@ -92,7 +92,7 @@ def test_answered_call_moves_to_another_bearer_and_goes_on(sw: Switch) -> None:
     assert cdr.a_packets == 1500  # the new session's stats: the lost one's are gone
     assert sw.calls.snapshot() == []
     sw.advance(64 * 0.5 + 1)
-    assert sw.calls._txs == {}  # the move's re-INVITEs went with the call
+    assert sw.calls.table.txs == {}  # the move's re-INVITEs went with the call
 
 
 def test_a_changed_answer_updates_the_new_bearer(sw: Switch) -> None:

@@ -145,8 +145,8 @@ def test_a_call_with_reinvites_leaves_nothing_behind(sw: Switch, holder: str) ->
     bob.send(bob.answer(bob.take("BYE"), 200))
     sw.advance(64 * 0.5 + 1)  # Timer M/K/FORGET: everything of the call settled
     assert sw.cdrs and sw.cdrs[-1].disposition is Disposition.ANSWERED
-    assert sw.calls._txs == {}
-    assert sw.calls._sessions == {} and sw.calls._dialogs == {}
+    assert sw.calls.table.txs == {}
+    assert sw.calls.table.sessions == {} and sw.calls.table.dialogs == {}
 
 
 def test_reinvite_glare_gets_491(sw: Switch) -> None:

@@ -84,7 +84,7 @@ def register(world: CoreWorld, phone: Phone) -> Response:
 def test_exposition_after_a_register_and_a_call() -> None:
     world = SlowBearerWorld()
     core = world.core
-    core.calls.on_cdr = core._on_cdr  # CoreWorld diverts CDRs; the core counts them
+    core.calls.out.on_cdr = core._on_cdr  # CoreWorld diverts CDRs; the core counts them
     source = SimpleNamespace(switch=core)
     alice = Phone(world, "alice", "198.51.100.10")  # type: ignore[arg-type]
     bob = Phone(world, "bob", "198.51.100.20")  # type: ignore[arg-type]
