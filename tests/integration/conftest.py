@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.bearer import harness as bearer_harness
-from tests.integration.control import harness as control_harness
+from bench.harness import bearer as bearer_harness
+from bench.harness import control as control_harness
 
 
 @pytest.fixture(autouse=True)

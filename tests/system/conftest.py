@@ -1,7 +1,7 @@
 """Fixtures for the end-to-end phone suites: a running switch, registered phones.
 
 - ``e2e_switch`` (module): control + two bearers on loopback with the users of
-  ``tests/system/e2e_switch.USERS`` (SQLite). A suite that needs another
+  ``tests/system/loopback_switch.USERS`` (SQLite). A suite that needs another
   database overrides it (see test_calls_mariadb.py).
 - ``e2e_phones`` (function): ``start(*specs)`` starts pjsua2 phones in
   parallel and registers those whose spec names a ``user``.
@@ -9,7 +9,7 @@
 Nothing outlives its fixture: phones are closed (killed if they hang) after
 each test and must exit cleanly; the daemons are stopped after the module and
 must exit 0 without a traceback; everything left is killed at interpreter
-exit (phone.py and e2e_switch.py register atexit hooks).
+exit (phone.py and loopback_switch.py register atexit hooks).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.system.e2e_switch import USERS, E2eSwitch, register, start_phones
+from tests.system.loopback_switch import USERS, E2eSwitch, register, start_phones
 from tests.system.phone import Phone, close_all
 
 

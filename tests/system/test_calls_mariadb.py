@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from softswitch.db.schema import cdrs
 from tests.mariadb import MariaDB, mariadb_server  # noqa: F401 - session fixture
-from tests.system.e2e_switch import E2eSwitch
+from tests.system.loopback_switch import E2eSwitch
 from tests.system.test_calls_phones import (  # noqa: F401 - collected here too
     test_basic_call_both_sides_hear_each_other_and_cdr_says_answered,
     test_callee_busy_caller_gets_486_and_cdr_says_busy,

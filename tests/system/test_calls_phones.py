@@ -6,7 +6,7 @@ call is also judged by its paperwork: the CDR row it left in the database
 (disposition, final SIP code, packets on both legs when answered).
 
 Phones are started per test; the switch (control + two bearers, users from
-e2e_switch.USERS, no_answer_timeout = 5 s) is shared by the module.
+loopback_switch.USERS, no_answer_timeout = 5 s) is shared by the module.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.audio import Delay, assert_hears, sound_fraction
-from tests.system.e2e_switch import (
+from tests.system.loopback_switch import (
     FRAME_MS,
     NO_ANSWER_TIMEOUT,
     USERS,

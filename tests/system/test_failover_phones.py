@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.audio import FRAME, SILENCE_DB, Recording, assert_hears, band_energy_db, level_db
-from tests.system.e2e_switch import E2eSwitch, assert_cdr
+from tests.system.loopback_switch import E2eSwitch, assert_cdr
 
 TALK = 2.0  # seconds of conversation before the kill and after the move
 HEARTBEAT = 1.0  # [bearers] heartbeat_interval (the default); three missed = down
@@ -57,7 +57,7 @@ class FailoverSwitch(E2eSwitch):
 
     def holds(self, i: int, port: int) -> bool:
         """Whether ``port`` is in bearer ``i``'s range (random 400-port slices,
-        disjoint within one switch: tests/integration/bearer/harness.py)."""
+        disjoint within one switch: bench/harness/bearer.py)."""
         b = self.bearers[i]
         return b.port_first <= port <= b.port_last
 

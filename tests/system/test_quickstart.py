@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.control import free_sip_port
 from tests.audio import assert_hears
-from tests.integration.control.harness import free_sip_port
 from tests.system.phone import make_phone
 
 __all__ = ["make_phone"]  # a fixture, imported to be found by pytest

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.e2e2_switch import NetSwitch, RtpCounter
 from tests.system.netns import Topology, netns_list
+from tests.system.netns_switch import NetSwitch, RtpCounter
 from tests.system.sipp import Sipp, SippResult, uac, uas, wait_listening, write_tone_file
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

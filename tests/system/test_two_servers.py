@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.audio import assert_hears
-from tests.system.e2e2_switch import (
+from tests.system.netns import Topology, as_root, netns_list
+from tests.system.netns_switch import (
     BEARER_PORT,
     NetSwitch,
     RtpCounter,
@@ -30,7 +31,6 @@ from tests.system.e2e2_switch import (
     netns_inode,
     process_netns_inode,
 )
-from tests.system.netns import Topology, as_root, netns_list
 from tests.system.phone import Phone, make_phone
 
 __all__ = ["as_root", "make_phone"]  # fixtures, imported to be found by pytest

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.bearer.harness import BearerProcess, Phone, start_bearer
+from bench.harness.bearer import BearerProcess, Phone, start_bearer
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bearer.codecs import ulaw_encode
+from bench.harness.bearer import BearerProcess, Phone, leg_spec, start_bearer
 from softswitch.protocol import (
     Allocate,
     Allocated,
@@ -28,13 +29,7 @@ from softswitch.protocol import (
     Stats,
     encode,
 )
-from tests.integration.bearer.harness import (
-    BearerProcess,
-    Phone,
-    leg_spec,
-    start_bearer,
-    tone,
-)
+from tests.integration.bearer.pcm import tone
 
 
 def test_retransmitted_allocate_gets_identical_reply_and_allocates_once(

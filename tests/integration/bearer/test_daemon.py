@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.bearer.harness import BEARER_EXE, render_conf, start_bearer
+from bench.harness.bearer import BEARER_EXE, render_conf, start_bearer
 
 
 def _run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,8 @@ from bearer.codecs import ULAW_TO_ALAW
 from bearer.ports import PortPool, PortsExhausted
 from bearer.relay import Relay, RelayError
 from bearer.session import IDENTITY, Mode, remap_table
+from bench.harness.bearer import PCMA, PCMU, TEL_EVENT, Phone, free_port_base, leg_spec
 from softswitch.protocol import AllocFlags, Direction, Event, Latched, PayloadType
-from tests.integration.bearer.harness import PCMA, PCMU, TEL_EVENT, Phone, free_port_base, leg_spec
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.integration.bearer.harness import ROOT
+from bench.harness.bearer import ROOT
 
 
 def _alive(pid: int) -> bool:
@@ -51,7 +51,7 @@ def test_a_test_failing_before_stop_leaves_no_bearer_running(tmp_path: Path) -> 
             import os
             from pathlib import Path
 
-            from tests.integration.bearer.harness import start_bearer
+            from bench.harness.bearer import start_bearer
             from tests.integration.conftest import _no_bearer_left_running  # noqa: F401
 
             PID = Path({str(pid_file)!r})
@@ -78,7 +78,7 @@ def test_a_killed_test_process_takes_its_bearer_with_it(tmp_path: Path) -> None:
         """
         import os, signal, sys
         from pathlib import Path
-        from tests.integration.bearer.harness import start_bearer
+        from bench.harness.bearer import start_bearer
 
         bp = start_bearer(Path(sys.argv[1]))
         print(bp.proc.pid, flush=True)
@@ -100,7 +100,7 @@ def test_a_switch_test_failing_before_stop_leaves_no_daemon_running(tmp_path: Pa
             from pathlib import Path
 
             from tests.integration.conftest import _no_bearer_left_running  # noqa: F401
-            from tests.integration.control.harness import start_switch
+            from bench.harness.control import start_switch
 
             PIDS = Path({str(pids)!r})
 

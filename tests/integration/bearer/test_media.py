@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bearer.codecs import alaw_decode, ulaw_decode, ulaw_encode
+from bench.harness.bearer import PCMA, BearerProcess, Phone, leg_spec
 from softswitch.protocol import (
     AllocFlags,
     Delete,
@@ -22,16 +23,7 @@ from softswitch.protocol import (
     RecordingDone,
     RecordReply,
 )
-from tests.integration.bearer.harness import (
-    PCMA,
-    BearerProcess,
-    Phone,
-    band_energy,
-    dominant_frequency,
-    leg_spec,
-    snr_db,
-    tone,
-)
+from tests.integration.bearer.pcm import band_energy, dominant_frequency, snr_db, tone
 
 
 def _stream(

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.bearer import BearerProcess, leg_spec, start_bearer
 from softswitch.bearerpool import BearerPool
 from softswitch.protocol import MAX_DATAGRAM, Allocate, Allocated, ProtocolError
 from softswitch.protocol.endpoint import PeerLoad, ProtocolClient, ReplyReceived
-from tests.integration.bearer.harness import BearerProcess, leg_spec, start_bearer
 
 
 class Control:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import struct
 import time
 
-from softswitch.protocol import Delete, Deleted, Dtmf, Latched, PayloadType
-from tests.integration.bearer.harness import (
+from bench.harness.bearer import (
     PCMA,
     PCMU,
     TEL_EVENT,
@@ -14,6 +13,7 @@ from tests.integration.bearer.harness import (
     Phone,
     leg_spec,
 )
+from softswitch.protocol import Delete, Deleted, Dtmf, Latched, PayloadType
 
 
 def _call(

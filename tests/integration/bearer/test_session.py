@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from bearer.rtp import ReceiverReport, ReportBlock, SenderReport
+from bench.harness.bearer import BearerProcess, Phone, leg_spec, start_bearer
 from softswitch.protocol import Allocate, Delete, Deleted, Direction, ErrorCode, ErrorReply
-from tests.integration.bearer.harness import BearerProcess, Phone, leg_spec, start_bearer
 
 
 def _rtcp_socket(rtp: Phone) -> socket.socket:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.control.harness import ControlProcess, start_switch
+from bench.harness.control import ControlProcess, start_switch
 
 
 @pytest.fixture

@@ -15,18 +15,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from softswitch.sip.message import Request, make_response, parse
-from tests.integration.bearer.harness import start_bearer
-from tests.integration.control.harness import (
+from bench.harness.bearer import start_bearer
+from bench.harness.control import (
     CONTROL_EXE,
     DOMAIN,
     ControlProcess,
-    SipClient,
     add_users,
     free_sip_port,
     start_switch,
     write_control_config,
 )
+from bench.harness.sip import SipClient
+from softswitch.sip.message import Request, make_response, parse
 
 
 def registrations(control: ControlProcess) -> list[dict]:

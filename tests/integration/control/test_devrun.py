@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.control.harness import CTL_EXE, ROOT, SipClient, free_sip_port
+from bench.harness.control import CTL_EXE, ROOT, free_sip_port
+from bench.harness.sip import SipClient
 
 
 def test_devrun_serves_and_softswitchctl_finds_it(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.bearer import BearerProcess
+from bench.harness.control import ControlProcess, start_switch, wait_cdrs
+from bench.harness.sip import Call, media_port, next_request, sdp
 from softswitch.sip.message import Request, make_response
-from tests.integration.bearer.harness import BearerProcess
-from tests.integration.control.harness import ControlProcess, start_switch
-from tests.integration.control.test_call import Call, media_port, next_request, sdp, wait_cdrs
 
 
 @pytest.fixture
@@ -82,10 +82,7 @@ def test_killed_bearer_moves_the_call_to_the_other_one(
         (live,) = switch.admin("calls")
         assert live["state"] == "confirmed" and live["bearer"] == y
 
-        call.alice.send(call.caller.request("BYE", "z9hG4bKa4", cseq=3))
-        bye = next_request(call.bob, "BYE")
-        call.bob.send(bytes(make_response(bye, 200)))
-        assert call.alice.final().status == 200
+        assert call.hang_up().status == 200
         assert switch.admin("calls") == []
         (cdr,) = wait_cdrs(switch)
         assert cdr["disposition"] == "answered"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.control import DOMAIN, start_switch
 from softswitch.sip.digest import DigestClient
 from softswitch.sip.message import Response, parse
-from tests.integration.control.harness import DOMAIN, start_switch
 
 USERS = 200
 PER_USER = 40

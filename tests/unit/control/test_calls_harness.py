@@ -529,6 +529,17 @@ class Switch:
         caller.send(second)
         return second
 
+    def ringing(
+        self, caller: Phone, callee: Phone, callee_user: str | None = None, **kw: Any
+    ) -> tuple[Request, Request]:
+        """A call that rings and is not answered: INVITE/407/INVITE, the callee's
+        180; returns (the caller's INVITE, the callee's). The 180 the switch
+        relays stays in the caller's inbox for the test to take or ignore."""
+        invite_a = self.authenticated_invite(caller, callee_user or callee.name, **kw)
+        invite_b = callee.take("INVITE")
+        callee.send(callee.answer(invite_b, 180))
+        return invite_a, invite_b
+
     def establish(
         self,
         caller: Phone,

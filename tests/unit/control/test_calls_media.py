@@ -300,9 +300,7 @@ def test_bearer_restart_hangs_up_an_unanswered_call_with_503(sw: Switch) -> None
     alice = sw.phone("alice", "198.51.100.10")
     bob = sw.phone("bob", "198.51.100.20")
     sw.register(bob)
-    sw.authenticated_invite(alice, "bob")
-    invite_b = bob.take("INVITE")
-    bob.send(bob.answer(invite_b, 180))
+    _, invite_b = sw.ringing(alice, bob)
     sw.bearer_event(PeerRestarted(sw.pool.bearers[0].peer, 1, 2))
     alice.take(503)
     assert bob.take("CANCEL").via.branch == invite_b.via.branch

@@ -1,18 +1,15 @@
-"""Real softswitch-control + two real bearers on loopback, and a SIP client.
+"""Real softswitch-control + real bearers on loopback.
 
 The control daemon runs as its console script with a configuration written
 into a temporary directory (SQLite database, admin and bearer sockets there,
-a SIP port free for both UDP and TCP); the bearers are started with the
-bearer suite's own harness.  The SIP client is this project's stack used
-the other way round: it builds requests with ``softswitch.sip.message``,
-answers challenges with ``DigestClient`` and parses what comes back.
+a SIP port free for both UDP and TCP); the bearers are started with
+``bench.harness.bearer``.  Phones to drive it are in ``bench.harness.sip``.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -22,16 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness.bearer import BearerProcess, die_with_parent, start_bearer
 from softswitch.daemon.admin import AdminClient, AdminError
 from softswitch.daemonkit.config import dumps
 from softswitch.db.schema import create_schema, make_engine
 from softswitch.db.users import add_user
-from softswitch.sip.digest import DigestClient, ha1
-from softswitch.sip.framing import StreamFramer
-from softswitch.sip.message import Response, parse
-from tests.integration.bearer.harness import BearerProcess, die_with_parent, start_bearer
+from softswitch.sip.digest import ha1
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CONTROL_EXE = BIN / "softswitch-control"
 CTL_EXE = BIN / "softswitchctl"
@@ -212,10 +207,15 @@ def stop_leftovers() -> list[ControlProcess]:
 
 
 def start_switch(
-    tmp: Path, users: dict[str, str] | None = None, bearers: int = 2, **sections: dict[str, Any]
+    tmp: Path,
+    users: dict[str, str] | None = None,
+    bearers: int = 2,
+    bearer_options: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
 ) -> tuple[ControlProcess, list[BearerProcess]]:
-    """Two bearers, users in the DB, then the control daemon; returns both."""
-    bps = [start_bearer(tmp / f"b{i}") for i in range(bearers)]
+    """Two bearers (``start_bearer`` options), users in the DB (alice/secret and
+    bob/hunter2 unless given), then the control daemon; returns both."""
+    bps = [start_bearer(tmp / f"b{i}", **(bearer_options or {})) for i in range(bearers)]
     port = free_sip_port()
     etc = write_control_config(tmp, port, bps, **sections)
     add_users(tmp, users if users is not None else {"alice": "secret", "bob": "hunter2"})
@@ -229,118 +229,12 @@ def start_switch(
     return control, bps
 
 
-# --------------------------------------------------------------------------- SIP client
-
-_ids = itertools.count(1)
-
-
-class SipClient:
-    """A phone on loopback, UDP or TCP, using the project's own SIP stack."""
-
-    def __init__(
-        self,
-        port: int,
-        user: str = "alice",
-        password: str = "secret",
-        *,
-        transport: str = "udp",
-        timeout: float = 5.0,
-        host: str = "127.0.0.1",
-    ) -> None:
-        self.server = (host, port)
-        self.user = user
-        self.transport = transport
-        self.digest = DigestClient(user, password=password)
-        self.call_id = f"{secrets.token_hex(6)}@127.0.0.1"
-        self.cseq = 0
-        self.timeout = timeout
-        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, kind)
-        self.sock.settimeout(timeout)
-        if transport == "udp":
-            self.sock.bind((host, 0))
-        else:
-            self.sock.connect(self.server)
-        self.local = self.sock.getsockname()[:2]
-        self.framer = StreamFramer()
-        self.pending: list[bytes] = []
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def contact(self) -> str:
-        host = f"[{self.local[0]}]" if ":" in self.local[0] else self.local[0]
-        return f"<sip:{self.user}@{host}:{self.local[1]};transport={self.transport}>"
-
-    def build(
-        self,
-        method: str,
-        *,
-        uri: str | None = None,
-        headers: list[str] | None = None,
-        to: str | None = None,
-    ) -> bytes:
-        self.cseq += 1
-        host, port = self.local
-        if ":" in host:
-            host = f"[{host}]"
-        lines = [
-            f"{method} {uri or f'sip:{DOMAIN}'} SIP/2.0",
-            f"Via: SIP/2.0/{self.transport.upper()} {host}:{port};rport;branch=z9hG4bK"
-            f"{secrets.token_hex(8)}",
-            "Max-Forwards: 70",
-            f"From: <sip:{self.user}@{DOMAIN}>;tag={secrets.token_hex(4)}",
-            f"To: {to or f'<sip:{self.user}@{DOMAIN}>'}",
-            f"Call-ID: {self.call_id}",
-            f"CSeq: {self.cseq} {method}",
-            "User-Agent: sipclient-test",
-            *(headers or []),
-        ]
-        return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
-
-    def send(self, data: bytes) -> None:
-        if self.transport == "udp":
-            self.sock.sendto(data, self.server)
-        else:
-            self.sock.sendall(data)
-
-    def receive(self) -> bytes:
-        if self.transport == "udp":
-            data, _ = self.sock.recvfrom(65535)
-            return data
-        for _ in range(1000):  # bounded: each round reads or returns
-            if self.pending:
-                return self.pending.pop(0)
-            chunk = self.sock.recv(65535)
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            self.pending += self.framer.feed(chunk)
-        raise RuntimeError("no message")
-
-    def final(self) -> Response:
-        """The next final response (1xx skipped)."""
-        for _ in range(20):  # bounded
-            msg = parse(self.receive())
-            assert isinstance(msg, Response)
-            if msg.status >= 200:
-                return msg
-        raise RuntimeError("no final response")
-
-    def request(self, method: str, **kw: Any) -> Response:
-        self.send(self.build(method, **kw))
-        return self.final()
-
-    def register(self, expires: int | None = 3600, contact: str | None = None) -> Response:
-        """REGISTER, answering one challenge if there is one (nonce reused after)."""
-        headers = [f"Contact: {contact or self.contact()}"]
-        if expires is not None:
-            headers.append(f"Expires: {expires}")
-        for _ in range(3):  # at most: no credentials, stale nonce, answered
-            auth = self.digest.authorization("REGISTER", f"sip:{DOMAIN}")
-            extra = headers + ([f"Authorization: {auth}"] if auth else [])
-            response = self.request("REGISTER", headers=extra)
-            if response.status != 401:
-                return response
-            self.digest.challenged(response.get_all("WWW-Authenticate"))
-        return response
+def wait_cdrs(switch: ControlProcess, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The CDRs ``softswitchctl cdr --json`` lists, once there are any (or [])."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded: CDRs are batched within a second
+        out = switch.ctl("cdr", "--json")
+        if out.returncode == 0 and json.loads(out.stdout):
+            return list(json.loads(out.stdout))
+        time.sleep(0.2)
+    return []

@@ -60,7 +60,7 @@ BEARER_STATS_CODE = r"""
 import json, sys
 from pathlib import Path
 from softswitch.protocol import Stats, load_key
-from tests.integration.bearer.harness import ControlClient
+from bench.harness.bearer import ControlClient
 client = ControlClient((sys.argv[2], int(sys.argv[3])), load_key(sys.argv[1]), Path(sys.argv[4]))
 try:
     print(json.dumps(client.request(Stats(0), timeout=5).counters))

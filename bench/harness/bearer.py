@@ -1,4 +1,4 @@
-"""Test harness for the real bearer daemon: process, control client, phones.
+"""The real bearer daemon for tests and benchmarks: process, control client, phones.
 
 Everything here uses real sockets on loopback: the bearer is started as the
 ``softswitch-bearer`` console script with a temporary configuration, control
@@ -20,12 +20,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from bearer.rtp import build_rtp
 from softswitch.daemonkit.config import dumps
@@ -46,7 +44,7 @@ from softswitch.protocol import (
     encode,
 )
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 BEARER_EXE = Path(sys.executable).with_name("softswitch-bearer")
 
 PCMU = PayloadType(0, "PCMU", 8000)
@@ -258,7 +256,7 @@ def start_bearer(
 
 
 class ControlClient:
-    """A synchronous control-protocol client over a real socket (tests only).
+    """A synchronous control-protocol client over a real socket (one request at a time).
 
     Requests are retransmitted every 200 ms with the same request id until a
     reply with that id arrives; events that arrive meanwhile are acked and
@@ -415,42 +413,3 @@ class Phone:
     def recv(self, timeout: float = 2.0) -> bytes | None:
         r, _, _ = select.select([self.sock], [], [], timeout)
         return self.sock.recv(4096) if r else None
-
-
-def tone(freq: float, seconds: float, amplitude: float = 8000.0, rate: int = 8000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
-
-
-def frames(samples: np.ndarray, size: int = 160) -> Iterator[np.ndarray]:
-    for i in range(0, len(samples) - size + 1, size):
-        yield samples[i : i + size]
-
-
-def dominant_frequency(samples: np.ndarray, rate: int = 8000) -> float:
-    x = samples.astype(np.float64) * np.hanning(len(samples))
-    spec = np.abs(np.fft.rfft(x))
-    spec[0] = 0
-    k = int(np.argmax(spec))
-    if 0 < k < len(spec) - 1:  # parabolic interpolation for sub-bin accuracy
-        a, b, c = np.log(spec[k - 1 : k + 2] + 1e-12)
-        k += 0.5 * (a - c) / (a - 2 * b + c)
-    return k * rate / len(samples)
-
-
-def band_energy(samples: np.ndarray, freq: float, rate: int = 8000, width: float = 40.0) -> float:
-    x = samples.astype(np.float64) * np.hanning(len(samples))
-    spec = np.abs(np.fft.rfft(x)) ** 2
-    f = np.fft.rfftfreq(len(samples), 1 / rate)
-    return float(spec[(f > freq - width) & (f < freq + width)].sum())
-
-
-def snr_db(samples: np.ndarray, freq: float, rate: int = 8000) -> float:
-    """Signal (a fitted sine at ``freq``) to residual ratio in dB."""
-    x = samples.astype(np.float64)
-    t = np.arange(len(x)) / rate
-    basis = np.column_stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t)])
-    coef, *_ = np.linalg.lstsq(basis, x, rcond=None)
-    fit = basis @ coef
-    noise = x - fit
-    return float(10 * np.log10(np.sum(fit**2) / max(np.sum(noise**2), 1e-9)))

@@ -1,7 +1,7 @@
 """A real switch for the end-to-end phone suites, and the checks they share.
 
 ``E2eSwitch`` starts two real ``softswitch-bearer`` processes and one real
-``softswitch-control`` on loopback (the integration harness's processes and
+``softswitch-control`` on loopback (bench/harness's processes and
 config writer), adds the suite's users with the real ``softswitchctl user
 add``, and reads the CDRs the calls leave behind straight from the database
 (SQLite or MariaDB) with SQLAlchemy.
@@ -30,15 +30,15 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from softswitch.db.schema import cdrs, make_engine
-from tests.audio import Delay, Recording, assert_hears, measure_delay
-from tests.integration.bearer.harness import BearerProcess, start_bearer
-from tests.integration.control.harness import (
+from bench.harness.bearer import BearerProcess, start_bearer
+from bench.harness.control import (
     DOMAIN,
     ControlProcess,
     free_sip_port,
     write_control_config,
 )
+from softswitch.db.schema import cdrs, make_engine
+from tests.audio import Delay, Recording, assert_hears, measure_delay
 from tests.system.phone import Phone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ class E2eSwitch:
             assert proc.returncode == 0, f"user add {name}: {err}"
 
     def _ctl_popen(self, *argv: str) -> subprocess.Popen[str]:
-        from tests.integration.control.harness import CTL_EXE
+        from bench.harness.control import CTL_EXE
 
         assert self.control is not None
         return subprocess.Popen(
@@ -414,7 +414,7 @@ class DelayReport:
             "into A's encoder -> out of B's decoder); added = through the switch "
             "(control + bearer relay) minus a direct call between the same two phone "
             "processes, on each call's minimum over its markers, less whole 20 ms frames "
-            "of jitter-buffer depth (see tests/system/e2e_switch.py DelayReport)",
+            "of jitter-buffer depth (see tests/system/loopback_switch.py DelayReport)",
             "added_ms": {k: round(v, 3) for k, v in self.added_ms.items()},
             "raw_difference_ms": {k: round(self.raw_ms(k), 3) for k in self.switched},
             "jitter_buffer_frames_difference": {k: self.buffer_frames(k) for k in self.switched},

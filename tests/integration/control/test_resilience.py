@@ -1,7 +1,9 @@
-"""Issue 3's "Show" checks not covered elsewhere, against the real daemons.
+"""The switch keeps serving when it cannot take a call, restarts, or is sent garbage.
 
-Control + two bearers on loopback (the integration harness), phones built on
-the project's own SIP stack over UDP:
+(Issue 3's "Show" checks not covered elsewhere, against the real daemons.)
+
+Control + two bearers on loopback (bench/harness), phones built on the
+project's own SIP stack over UDP (``bench.harness.sip``):
 
 * bearers full (max_sessions = 1 each): the third simultaneous call gets 503
   with Retry-After, the callee never sees it, and a call gets through again
@@ -18,8 +20,6 @@ test_control.py; the flows one by one are in tests/unit/control.)
 
 from __future__ import annotations
 
-import re
-import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -29,123 +29,12 @@ from typing import Any
 
 import pytest
 
-from softswitch.sip.message import Request, Response, make_response, parse
-from tests.integration.bearer.harness import Phone, start_bearer
-from tests.integration.control.harness import (
-    DOMAIN,
-    ControlProcess,
-    SipClient,
-    add_users,
-    free_sip_port,
-    write_control_config,
-)
+from bench.harness.bearer import Phone
+from bench.harness.control import ControlProcess, start_switch
+from bench.harness.sip import Dialer, SipClient, answer, media_port, next_request
+from softswitch.sip.message import Request, make_response, parse
 
 USERS = {"alice": "secret", "bob": "hunter2", "carol": "pw-carol", "dave": "pw-dave"}
-
-
-def sdp(port: int) -> bytes:
-    return (
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
-        "a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
-    ).encode()
-
-
-def media_port(body: bytes) -> int:
-    m = re.search(rb"m=audio (\d+) ", body)
-    assert m, body
-    return int(m.group(1))
-
-
-class Dialer:
-    """A caller's side of one call: INVITE, the 407 round, CANCEL, ACK, BYE."""
-
-    def __init__(self, client: SipClient, callee: str, rtp_port: int = 40000) -> None:
-        self.c = client
-        self.callee = callee
-        self.rtp_port = rtp_port
-        self.tag = secrets.token_hex(4)
-        self.branch = ""
-        self.remote_tag: str | None = None
-        self.target = f"sip:{callee}@{DOMAIN}"
-
-    def message(self, method: str, branch: str, cseq: int, auth: str | None = None) -> bytes:
-        host, port = self.c.local
-        body = sdp(self.rtp_port) if method == "INVITE" else b""
-        in_dialog = method == "BYE" or (method == "ACK" and self.remote_tag is not None)
-        uri = self.target if in_dialog else f"sip:{self.callee}@{DOMAIN}"
-        to = f"<sip:{self.callee}@{DOMAIN}>"
-        if self.remote_tag and method in ("ACK", "BYE"):
-            to += f";tag={self.remote_tag}"
-        lines = [
-            f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/UDP {host}:{port};rport;branch={branch}",
-            "Max-Forwards: 70",
-            f"From: <sip:{self.c.user}@{DOMAIN}>;tag={self.tag}",
-            f"To: {to}",
-            f"Call-ID: {self.c.call_id}",
-            f"CSeq: {cseq} {method}",
-            f"Contact: <sip:{self.c.user}@{host}:{port}>",
-            *(["Content-Type: application/sdp"] if body else []),
-            *([f"Proxy-Authorization: {auth}"] if auth else []),
-            f"Content-Length: {len(body)}",
-        ]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-    def invite(self) -> None:
-        """INVITE, 407, ACK for the 407 (§17.1.1.3: same branch), INVITE with credentials."""
-        first = f"z9hG4bK{secrets.token_hex(6)}"
-        self.c.send(self.message("INVITE", first, 1))
-        challenge = self.c.final()
-        assert challenge.status == 407, challenge
-        self.c.send(self.message("ACK", first, 1))
-        self.c.digest.challenged(challenge.get_all("Proxy-Authenticate"))
-        auth = self.c.digest.authorization("INVITE", f"sip:{self.callee}@{DOMAIN}")
-        self.branch = f"z9hG4bK{secrets.token_hex(6)}"
-        self.c.send(self.message("INVITE", self.branch, 2, auth))
-
-    def response(self, *statuses: int) -> Response:
-        """The next response to the authorised INVITE with one of ``statuses``."""
-        for _ in range(20):  # bounded: 100 Trying and retransmissions are skipped
-            msg = parse(self.c.receive())
-            if isinstance(msg, Response) and msg.cseq == 2 and msg.status in statuses:
-                return msg
-        raise AssertionError(f"no {statuses}")
-
-    def cancel(self, callee: SipClient, invite: Request) -> None:
-        """CANCEL the INVITE ringing at ``callee``'s phone, which answers the switch's
-        CANCEL (200) and its INVITE (487); the caller gets 487 and ACKs it."""
-        self.c.send(self.message("CANCEL", self.branch, 2))
-        cancel = next_request(callee, "CANCEL")
-        assert cancel.call_id == invite.call_id
-        callee.send(bytes(make_response(cancel, 200)))
-        callee.send(bytes(make_response(invite, 487, to_tag=invite.to.tag or "gone")))
-        assert self.response(487).status == 487
-        self.c.send(self.message("ACK", self.branch, 2))
-
-    def answered(self, ok: Response) -> None:
-        self.remote_tag = ok.to.tag
-        self.target = str(ok.contacts[0].uri)
-        self.c.send(self.message("ACK", f"z9hG4bK{secrets.token_hex(6)}", 2))
-
-    def bye(self, callee: SipClient) -> Response:
-        """BYE; ``callee``'s phone answers the switch's BYE; the caller's answer."""
-        self.c.send(self.message("BYE", f"z9hG4bK{secrets.token_hex(6)}", 3))
-        bye = next_request(callee, "BYE")
-        callee.send(bytes(make_response(bye, 200)))
-        for _ in range(20):  # bounded
-            msg = parse(self.c.receive())
-            if isinstance(msg, Response) and msg.cseq == 3:
-                return msg
-        raise AssertionError("no answer to BYE")
-
-
-def next_request(client: SipClient, method: str) -> Request:
-    for _ in range(20):  # bounded: skips ACKs and retransmissions
-        msg = parse(client.receive())
-        if isinstance(msg, Request) and msg.method == method:
-            return msg
-    raise AssertionError(f"no {method}")
 
 
 def nothing_arrives(client: SipClient, seconds: float) -> list[bytes]:
@@ -186,13 +75,8 @@ def running_switch(tmp: Path, **bearer_options: Any) -> Iterator[ControlProcess]
 
     Afterwards every daemon must have stopped with 0 and control logged no traceback.
     """
-    bearers = [start_bearer(tmp / f"b{i}", **bearer_options) for i in range(2)]
-    port = free_sip_port()
-    etc = write_control_config(tmp, port, bearers)
-    add_users(tmp, USERS)
-    control = ControlProcess(tmp, etc, port)
+    control, bearers = start_switch(tmp, USERS, bearer_options=bearer_options)
     try:
-        control.start()
         yield control
     finally:
         code = control.stop(signal.SIGTERM)
@@ -225,11 +109,7 @@ def test_bearers_full_third_call_gets_503_with_retry_after(small_switch: Control
         # Two calls ring at Bob's phone: one session on each bearer.
         for user in ("alice", "carol"):
             call = Dialer(callers[user], "bob")
-            call.invite()
-            invite = next_request(bob, "INVITE")
-            bob.send(bytes(make_response(invite, 180, to_tag=secrets.token_hex(4))))
-            assert call.response(180).status == 180
-            ringing.append((call, invite))
+            ringing.append((call, call.ringing(bob)))
 
         # The third finds both bearers full: 503 + Retry-After; Bob's phone hears nothing.
         third = Dialer(callers["dave"], "bob")
@@ -310,19 +190,13 @@ def test_callee_registered_before_a_restart_is_called_right_after_it(
         call = Dialer(alice, "bob", a_rtp.addr[1])
         call.invite()
         invite = next_request(bob, "INVITE")
-        ok = make_response(invite, 200, to_tag="bobtag")
-        ok.headers += [
-            ["Contact", f"<sip:bob@127.0.0.1:{bob.local[1]}>"],
-            ["Content-Type", "application/sdp"],
-        ]
-        ok.body = sdp(b_rtp.addr[1])
-        bob.send(bytes(ok))
-        answer = call.response(200)
-        call.answered(answer)
+        answer(bob, invite, b_rtp.addr[1])
+        ok = call.response(200)
+        call.answered(ok)
         reached = time.monotonic() - serving
         assert next_request(bob, "ACK")
         # Media through the bearer both ways.
-        to_bearer_a, to_bearer_b = media_port(answer.body), media_port(invite.body)
+        to_bearer_a, to_bearer_b = media_port(ok.body), media_port(invite.body)
         for _ in range(5):
             a_rtp.send(to_bearer_a, b"\xff" * 160)
             b_rtp.send(to_bearer_b, b"\x7f" * 160)
