@@ -247,7 +247,9 @@ class Recording:
         )
 
 
-def fit_frame_clock(times: Sequence[float], period: float = FRAME / RATE) -> tuple[float, float]:
+def fit_frame_clock(
+    times: Sequence[float] | np.ndarray, period: float = FRAME / RATE
+) -> tuple[float, float]:
     """(time of frame 0, frame period) from per-frame callback timestamps.
 
     Callbacks fire a little late and unevenly (thread wake-up), but the
@@ -398,6 +400,7 @@ def assert_hears(
     ``margin_db`` below the expected tone: G.711 noise and the markers sit
     far lower, a leaked or mixed-in tone does not.
     """
+    name: str | Path | None  # what the failure message calls the recording
     if isinstance(recording, Recording):
         samples, rate, name = recording.answered(settle), recording.rate, recording.path
     else:

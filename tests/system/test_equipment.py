@@ -404,7 +404,9 @@ def test_sipp_uac_and_uas_in_namespaces_exchange_rtp_both_ways(
     rs.check(calls=1)
     for host in ("ctl", "phones"):
         listing = net.run(host, ["nft", "list", "table", "inet", "sstcount"]).stdout
-        packets = int(re.search(r"counter packets (\d+)", listing).group(1))
+        counter = re.search(r"counter packets (\d+)", listing)
+        assert counter is not None, f"{host} has no packet counter:\n{listing}"
+        packets = int(counter.group(1))
         # 2 s at 50 packets/s, less start-up: anything near 100 means RTP flowed.
         assert packets >= 80, f"{host} received {packets} RTP packets:\n{listing}"
 

@@ -120,8 +120,10 @@ def run(
             stdin=None if input is not None else subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as e:
+        # The partial output is bytes even under text=True (see TimeoutExpired).
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
         raise HarnessError(
-            f"timed out after {timeout:g} s: {' '.join(argv)}\n{e.stdout or ''}"
+            f"timed out after {timeout:g} s: {' '.join(argv)}\n{out or ''}"
         ) from None
     if check and cp.returncode != 0:
         raise HarnessError(

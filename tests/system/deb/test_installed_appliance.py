@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -31,6 +32,9 @@ from tests.system.deb.harness import (
     require_prerequisites,
     run,
 )
+
+if TYPE_CHECKING:
+    from tests.system.phone import Phone
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -75,7 +79,7 @@ def bearers(machine: Container) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def phones(machine: Container) -> Iterator[dict[str, object]]:
+def phones(machine: Container) -> Iterator[dict[str, Phone]]:
     """alice and bob, registered: pjsua2 phones in the container's network namespace."""
     from tests.system.phone import Phone
 
@@ -220,7 +224,9 @@ def test_each_bearer_is_pinned_to_its_own_core(machine: Container, bearers: list
         assert re.search(rf"^Cpus_allowed_list:\s+{n}$", status, re.M), status
 
 
-def test_two_phones_register_and_call_with_rtp(machine: Container, phones) -> None:
+def test_two_phones_register_and_call_with_rtp(
+    machine: Container, phones: dict[str, Phone]
+) -> None:
     call_with_audio(phones["alice"], phones["bob"])
     call_with_audio(phones["bob"], phones["alice"])
 
@@ -242,7 +248,7 @@ def test_recordings_land_in_the_spool_readable_by_the_group_only(machine: Contai
 
 
 def test_killed_bearer_is_restarted_and_new_calls_succeed(
-    machine: Container, bearers: list[int], phones
+    machine: Container, bearers: list[int], phones: dict[str, Phone]
 ) -> None:
     unit = bearer(0)
     before = int(machine.show(unit, "NRestarts"))
@@ -268,7 +274,9 @@ def test_stalled_bearer_is_restarted_by_the_watchdog(
     assert "Watchdog timeout" in machine.journal(unit)
 
 
-def test_reload_applies_a_setting_and_keeps_registrations(machine: Container, phones) -> None:
+def test_reload_applies_a_setting_and_keeps_registrations(
+    machine: Container, phones: dict[str, Phone]
+) -> None:
     pid = machine.show(CONTROL, "MainPID")
     conf = "/etc/softswitch/softswitch.conf"
     machine.run(["sed", "-i", "s/^sip_trace = false$/sip_trace = true/", conf])

@@ -143,7 +143,7 @@ def test_man_page_documents_every_option_of_help(command: str) -> None:
 def test_units_keep_their_hardening(unit: str) -> None:
     text = (UNITS / unit).read_text()
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-    directives = {}
+    directives: dict[str, list[str]] = {}
     for ln in lines:
         if "=" in ln:
             k, v = ln.split("=", 1)

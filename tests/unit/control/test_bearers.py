@@ -46,6 +46,7 @@ class FakeBearer:
             return
         for ev in events:
             if isinstance(ev, RequestReceived) and type(ev.packet.message) is Allocate:
+                reply: ErrorReply | Allocated
                 if self.sessions >= self.capacity:
                     reply = ErrorReply(MsgType.ALLOCATE, ErrorCode.NO_CAPACITY, "full")
                 else:
@@ -134,15 +135,19 @@ def test_a_load_report_made_before_our_allocate_does_not_undo_it() -> None:
     arrives after we counted the call.  The next call must still go elsewhere."""
     w = Wire()
     w.run(0.1)
-    w.now = w.client.get_timer()
+    timer = w.client.get_timer()
+    assert timer is not None
+    w.now = timer
     w.feed(w.client.handle_timer(w.now))  # heartbeats queued, not sent yet
     first = w.pool.choose()
+    assert first is not None
     w.pool.request(first, Allocate(1), w.now)
     w.flush()  # heartbeat replies (made before the ALLOCATE), then Allocated
     assert any(type(e).__name__ == "PeerLoad" for e in w.events)
     assert [b.sessions for b in w.pool.bearers] == [1, 0]
     assert [b.pending for b in w.pool.bearers] == [0, 0]
-    assert w.pool.choose().id != first.id
+    second = w.pool.choose()
+    assert second is not None and second.id != first.id
     w.run(1.5)  # later reports include it
     assert [b.sessions for b in w.pool.bearers] == [1, 0]
 
@@ -205,7 +210,8 @@ def test_missed_heartbeats_mark_a_bearer_down_once(caplog: pytest.LogCaptureFixt
     assert [r.getMessage() for r in caplog.records] == [
         "bearer udp:10.99.0.2:7700 down: missed heartbeats"
     ]
-    assert w.pool.choose().id == 1
+    chosen = w.pool.choose()
+    assert chosen is not None and chosen.id == 1
 
 
 def test_restart_is_noticed_and_its_sessions_forgotten() -> None:
@@ -232,7 +238,8 @@ def test_a_bearer_with_another_key_is_reported_once(caplog: pytest.LogCaptureFix
     assert [r.getMessage() for r in caplog.records] == [
         "bearer udp:10.99.0.2:7700 refuses our requests: wrong key? (bad_hmac)"
     ]
-    assert w.pool.choose().id == 1
+    chosen = w.pool.choose()
+    assert chosen is not None and chosen.id == 1
 
 
 def test_a_bearer_with_another_key_answers_and_is_told_from_a_dead_one(
@@ -255,7 +262,8 @@ def test_a_bearer_that_never_answers_says_why() -> None:
     w = Wire()
     w.bearers[0].alive = False
     w.run(5)
-    assert w.pool.bearers[0].reason.startswith("never answered")
+    reason = w.pool.bearers[0].reason
+    assert reason is not None and reason.startswith("never answered")
 
 
 def test_snapshot_rows_for_softswitchctl() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -12,20 +13,22 @@ from softswitch.model.users import Binding
 NOW = 1_700_000_000.0
 
 
-def binding(contact: str = "sip:alice@10.0.0.5:5062", expires_in: float = 3600, **kw) -> Binding:
-    values = {
-        "username": "alice",
-        "domain": "example.org",
-        "contact": contact,
-        "expires_at": NOW + expires_in,
-        "source_transport": "udp",
-        "source_host": "192.0.2.7",
-        "source_port": 40000,
-        "call_id": "c1",
-        "cseq": 1,
-    }
-    values.update(kw)
-    return Binding(**values)
+def binding(
+    contact: str = "sip:alice@10.0.0.5:5062", expires_in: float = 3600, **kw: Any
+) -> Binding:
+    """Alice's binding from one UDP source; ``kw`` overrides any field."""
+    b = Binding(
+        username="alice",
+        domain="example.org",
+        contact=contact,
+        expires_at=NOW + expires_in,
+        source_transport="udp",
+        source_host="192.0.2.7",
+        source_port=40000,
+        call_id="c1",
+        cseq=1,
+    )
+    return replace(b, **kw)
 
 
 def test_lookup_returns_every_unexpired_device_of_the_user() -> None:
@@ -103,7 +106,8 @@ def test_remove_and_remove_aor() -> None:
     loc = Location()
     loc.save(binding("sip:a@1"))
     loc.save(binding("sip:a@2"))
-    assert loc.remove("alice", "example.org", "sip:a@1").contact == "sip:a@1"
+    removed = loc.remove("alice", "example.org", "sip:a@1")
+    assert removed is not None and removed.contact == "sip:a@1"
     assert loc.remove("alice", "example.org", "sip:a@1") is None
     assert [b.contact for b in loc.remove_aor("alice", "example.org")] == ["sip:a@2"]
     assert loc.remove_aor("alice", "example.org") == []

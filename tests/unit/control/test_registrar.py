@@ -8,8 +8,10 @@ the stack's own DigestClient, and reads the response back with ``parse``.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -36,20 +38,20 @@ def sip_config(**sip: object) -> SimpleNamespace:
     return cfg
 
 
-def make_user(name: str, password: str, *, realm: str = DOMAIN, uid: int = 1, **kw) -> User:
-    values = {
-        "id": uid,
-        "username": name,
-        "domain": DOMAIN,
-        "ha1_md5": ha1(name, realm, password, "MD5"),
-        "ha1_sha256": ha1(name, realm, password, "SHA-256"),
-        "display_name": "",
-        "enabled": True,
-        "record_calls": False,
-        "max_calls": 0,
-    }
-    values.update(kw)
-    return User(**values)
+def make_user(name: str, password: str, *, realm: str = DOMAIN, uid: int = 1, **kw: Any) -> User:
+    """An enabled account with no call limit; ``kw`` overrides any field."""
+    user = User(
+        id=uid,
+        username=name,
+        domain=DOMAIN,
+        ha1_md5=ha1(name, realm, password, "MD5"),
+        ha1_sha256=ha1(name, realm, password, "SHA-256"),
+        display_name="",
+        enabled=True,
+        record_calls=False,
+        max_calls=0,
+    )
+    return replace(user, **kw)
 
 
 def make_users(*users: User) -> dict[tuple[str, str], User]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from softswitch.db.spool import CdrWrite, Delete, Save, Spool, decode, encode, read
+from softswitch.db.spool import CdrWrite, Delete, Record, Save, Spool, decode, encode, read
 from softswitch.model.cdr import Disposition
 from tests.unit.control.dbthread_cases import a_cdr, binding
 
@@ -22,7 +22,7 @@ def journals(directory: Path) -> list[Path]:
 
 
 def test_records_round_trip_through_a_line() -> None:
-    records = [
+    records: list[Record] = [
         Save(binding(1, path=None, user_agent="caf\u00e9 \udcff phone")),  # a surrogate escape
         Delete(("user2", "example.com", "sip:user2@192.0.2.3")),
         CdrWrite("0" * 32, a_cdr(3, answer=None, disposition=Disposition.BUSY, sip_code=486)),
@@ -31,7 +31,8 @@ def test_records_round_trip_through_a_line() -> None:
         line = encode(seq, record)
         assert line.endswith("\n") and line.count("\n") == 1 and line.isascii()
         assert decode(line) == (seq, record)
-    assert type(decode(encode(1, records[2]))[1].cdr.disposition) is Disposition  # type: ignore[union-attr]
+    _, cdr_write = decode(encode(1, records[2]))
+    assert isinstance(cdr_write, CdrWrite) and type(cdr_write.cdr.disposition) is Disposition
 
 
 def test_a_cdr_with_a_disposition_the_database_will_refuse_is_still_journaled() -> None:
@@ -58,7 +59,7 @@ def test_append_writes_the_batch_and_clear_empties_the_file(tmp_path: Path) -> N
     spool = Spool(tmp_path / "spool")
     assert spool.leftovers() == [] and (tmp_path / "spool").is_dir()
     assert spool.append([]) is True and journals(tmp_path / "spool") == []  # created lazily
-    batch = [Save(binding(1)), CdrWrite("a" * 32, a_cdr(1)), Delete(binding(2).key)]
+    batch: list[Record] = [Save(binding(1)), CdrWrite("a" * 32, a_cdr(1)), Delete(binding(2).key)]
     assert spool.append(batch) is True
     assert spool.append([CdrWrite("b" * 32, a_cdr(2))]) is True
     [path] = journals(tmp_path / "spool")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -32,8 +34,9 @@ def engine(tmp_path):
     engine.dispose()
 
 
-def user(n: int, name: str = "alice", **overrides) -> User:
-    values = dict(
+def user(n: int, name: str = "alice", **overrides: Any) -> User:
+    """Account ``n``, enabled, no call limit; ``overrides`` replace any field."""
+    u = User(
         id=n,
         username=name,
         domain="example.com",
@@ -44,8 +47,7 @@ def user(n: int, name: str = "alice", **overrides) -> User:
         record_calls=False,
         max_calls=0,
     )
-    values.update(overrides)
-    return User(**values)
+    return replace(u, **overrides)
 
 
 # -- schema -------------------------------------------------------------------------
@@ -171,6 +173,6 @@ def test_cdr_row_cuts_overlong_text_instead_of_failing_the_batch():
     assert row["disposition"] == "answered" and row["start_time"].tzinfo is None
 
 
-def test_cdr_row_refuses_an_unknown_disposition():
+def test_cdr_row_refuses_an_unknown_disposition() -> None:
     with pytest.raises(ValueError):
         to_row(Cdr("c", "a", "b", 0.0, None, 1.0, "lunch", 200))  # type: ignore[arg-type]

@@ -37,7 +37,9 @@ VIA = "SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bKnew"
 
 
 def invite() -> Request:
-    return parse(INVITE.encode())
+    msg = parse(INVITE.encode())
+    assert isinstance(msg, Request)
+    return msg
 
 
 def answer(request: Request, status: int = 200, *, tag: str | None = "a6c85cf") -> Response:
@@ -46,7 +48,9 @@ def answer(request: Request, status: int = 200, *, tag: str | None = "a6c85cf") 
     for rr in request.get_all("Record-Route"):
         response.add("Record-Route", rr)
     response.add("Contact", BOB_CONTACT)
-    return parse(bytes(response))
+    received = parse(bytes(response))
+    assert isinstance(received, Response)
+    return received
 
 
 def uac_dialog() -> Dialog:

@@ -404,6 +404,7 @@ def test_in_place_edit_then_invalidate() -> None:
 def test_live_via_edit_reaches_the_wire_and_responses() -> None:
     """RFC 3581 §4: the server stamps received/rport on the top Via it got."""
     m = parse(invite().replace(b"branch=z9hG4bK776asdhds", b"rport;branch=z9hG4bK776asdhds"))
+    assert isinstance(m, Request)
     m.via.received = "203.0.113.9"
     m.via.rport = 5062
     assert "received" not in (m.get("Via") or "")  # text views wait for flush()
@@ -436,6 +437,7 @@ def test_live_address_and_via_list_edits() -> None:
 
 def test_a_held_object_changed_after_a_flush_is_still_written() -> None:
     m = parse(invite())
+    assert isinstance(m, Request)
     via, to = m.via, m.to
     first = bytes(m)
     assert first == invite()
@@ -499,6 +501,7 @@ def test_make_response_copies_the_dialog_headers() -> None:
             "Via: SIP/2.0/UDP second.example.com;branch=z9hG4bK2", "Timestamp: 54", "X-Not: copied"
         )
     )
+    assert isinstance(m, Request)
     r = make_response(m, 180, to_tag="b0b")
     assert (r.status, r.reason) == (180, "Ringing")
     assert [n for n, _ in r.headers] == ["Via", "Via", "To", "From", "Call-ID", "CSeq"]
@@ -515,6 +518,7 @@ def test_make_response_keeps_an_existing_to_tag_and_100_copies_timestamp() -> No
             b"To: Bob <sip:bob@biloxi.example.com>", b"To: <sip:b@h>;tag=dlg"
         )
     )
+    assert isinstance(m, Request)
     r = make_response(m, 200, "OK", to_tag="other")
     assert r.to.tag == "dlg"
     trying = make_response(m, 100)

@@ -68,7 +68,9 @@ def request(
         f"{extra}"
         "Content-Length: 0\r\n\r\n"
     )
-    return parse(text.encode())
+    msg = parse(text.encode())
+    assert isinstance(msg, Request)
+    return msg
 
 
 def wire(message: Request | Response) -> Request | Response:
