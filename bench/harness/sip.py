@@ -171,6 +171,17 @@ def answer(callee: SipClient, invite: Request, rtp_port: int, to_tag: str = "bob
     callee.send(bytes(ok))
 
 
+def answer_reinvite(invite: Request, rtp_port: int, contact_port: int) -> bytes:
+    """A phone's 200 to the switch's re-INVITE (hold, a bearer move), its media at ``rtp_port``."""
+    ok = make_response(invite, 200)
+    ok.headers += [
+        ["Contact", f"<sip:phone@127.0.0.1:{contact_port}>"],
+        ["Content-Type", "application/sdp"],
+    ]
+    ok.body = sdp(rtp_port)
+    return bytes(ok)
+
+
 class Dialer:
     """A caller's side of one call: INVITE, the 407 round, CANCEL, ACK, BYE."""
 

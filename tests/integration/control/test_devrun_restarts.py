@@ -23,12 +23,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from bench.harness.bearer import die_with_parent
+from bench.harness.control import ROOT, add_users, free_sip_port
+from bench.harness.sip import Call, SipClient, answer_reinvite, media_port, next_request
 from softswitch.cli.devrun import write_dev_config
 from softswitch.daemon.admin import AdminClient, AdminError
-from tests.integration.bearer.harness import die_with_parent
-from tests.integration.control.harness import ROOT, SipClient, add_users, free_sip_port
-from tests.integration.control.test_call import Call, media_port, next_request
-from tests.integration.control.test_failover import answer_reinvite
 
 _STARTED = re.compile(r"softswitch: (control|bearer \d) (?:started|restarted) \(pid (\d+)\)")
 

@@ -18,8 +18,7 @@ import pytest
 
 from bench.harness.bearer import BearerProcess
 from bench.harness.control import ControlProcess, start_switch, wait_cdrs
-from bench.harness.sip import Call, media_port, next_request, sdp
-from softswitch.sip.message import Request, make_response
+from bench.harness.sip import Call, answer_reinvite, media_port, next_request
 
 
 @pytest.fixture
@@ -36,16 +35,6 @@ def daemons(tmp_path: Path) -> Iterator[tuple[ControlProcess, list[BearerProcess
 def owner(bearers: list[BearerProcess], port: int) -> int:
     (index,) = [i for i, b in enumerate(bearers) if b.port_first <= port <= b.port_last]
     return index
-
-
-def answer_reinvite(invite: Request, rtp_port: int, contact_port: int) -> bytes:
-    ok = make_response(invite, 200)
-    ok.headers += [
-        ["Contact", f"<sip:phone@127.0.0.1:{contact_port}>"],
-        ["Content-Type", "application/sdp"],
-    ]
-    ok.body = sdp(rtp_port)
-    return bytes(ok)
 
 
 def test_killed_bearer_moves_the_call_to_the_other_one(
