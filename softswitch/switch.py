@@ -64,9 +64,8 @@ from softswitch.protocol.endpoint import ProtocolClient
 from softswitch.registrar import Registrar, new_tag
 from softswitch.sip.digest import DigestServer
 from softswitch.sip.errors import SipError
-from softswitch.sip.framing import read_head, read_headers
-from softswitch.sip.grammar import TOKEN
 from softswitch.sip.message import KNOWN_METHODS, Request, make_response, parse
+from softswitch.sip.message.parser import salvage_request
 from softswitch.sip.transaction import (
     AckReceived,
     ClientTransaction,
@@ -82,7 +81,6 @@ from softswitch.sip.transaction import (
     TransactionTimeout,
     TransportError,
 )
-from softswitch.sip.uri import AbsoluteUri
 
 __all__ = [
     "ALLOW",
@@ -260,7 +258,7 @@ class Switch:
         if err.drop:
             self.drops[_slug(err.reason)] += 1
             return
-        request = err.request if err.request is not None else _salvage(data)
+        request = err.request if err.request is not None else salvage_request(data)
         if request is None or request.method == "ACK":
             self.drops["unanswerable_" + _slug(err.reason)] += 1
             return
@@ -554,16 +552,8 @@ class Switch:
                 log.exception("bug in calls.shutdown")
 
     def in_flight(self) -> int:
-        """Transactions still waiting for an answer (what a graceful stop
-        waits for): client ones not yet answered, server ones not yet answered."""
-        n = 0
-        for tx in list(self.layer._clients.values()):
-            if tx.state in (State.CALLING, State.TRYING, State.PROCEEDING):
-                n += 1
-        for server in list(self.layer._servers.values()):
-            if server.state in (State.TRYING, State.PROCEEDING):
-                n += 1
-        return n
+        """Transactions still waiting for an answer: what a graceful stop waits for."""
+        return self.layer.unanswered()
 
     def reconfigure(self, new: SimpleNamespace) -> tuple[list[str], list[str]]:
         """Apply a re-read configuration (SIGHUP): returns (applied, needs a
@@ -644,29 +634,6 @@ class Switch:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _salvage(data: bytes) -> Request | None:
-    """A request with the headers a response needs, from a message whose
-    start line was refused (505, bad Request-Line), or None."""
-    try:
-        lines, _ = read_head(data)
-        headers = read_headers(lines)
-    except SipError:
-        return None
-    names = {n for n, _ in headers}
-    if not {"Via", "From", "To", "Call-ID", "CSeq"} <= names:
-        return None
-    method = lines[0].split(" ", 1)[0]
-    request = Request.__new__(Request)
-    request.method = method if TOKEN.fullmatch(method) else "UNKNOWN"
-    request.headers = headers
-    request.body = b""
-    request.uri = AbsoluteUri("", "")
-    request.version = "SIP/2.0"
-    request._cache = {}  # a bare Request, as parse() builds them
-    request._live = set()
-    return request
 
 
 def _db_text(db: DbStatus | None, loaded: bool) -> str:

@@ -46,7 +46,7 @@ from softswitch.sip.headers import (
 from softswitch.sip.message.model import Message, Request, Response
 from softswitch.sip.uri import SCHEME_RE, AbsoluteUri, SipUri, parse_uri
 
-__all__ = ["KNOWN_METHODS", "parse"]
+__all__ = ["KNOWN_METHODS", "parse", "salvage_request"]
 
 # Methods this stack knows (RFC 3261 and the extensions in common use).  An
 # unknown method with a CSeq mismatch gets 501 rather than 400 (RFC 4475
@@ -130,6 +130,25 @@ def _parse(data: bytes, stream: bool, is_request: bool) -> Request | Response:
             e.request = msg
         raise
     return msg
+
+
+def salvage_request(data: bytes) -> Request | None:
+    """A request with the headers a response needs, from a message whose
+    start line was refused (505, a bad Request-Line), or None.
+
+    What lets a stateless error answer (RFC 3261 §8.2) reach a sender whose
+    request could not be parsed whole; the method is kept only if it is a
+    token, the Request-URI is left empty.
+    """
+    try:
+        lines, _ = read_head(data)
+        headers = read_headers(lines)
+    except SipError:
+        return None
+    if not {"Via", "From", "To", "Call-ID", "CSeq"} <= {n for n, _ in headers}:
+        return None
+    method = lines[0].split(" ", 1)[0]
+    return _bare_request(method if TOKEN.fullmatch(method) else "UNKNOWN", "", headers)
 
 
 def _bare_request(method: str, uri_text: str, headers: list[list[str]]) -> Request:

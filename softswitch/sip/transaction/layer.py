@@ -130,6 +130,17 @@ class TransactionLayer:
     def __len__(self) -> int:
         return len(self._clients) + len(self._servers)
 
+    def unanswered(self) -> int:
+        """Transactions still owed a final response, ours or the peer's.
+
+        What a graceful stop waits for (client ones sent and not answered,
+        server ones received and not yet answered); those in COMPLETED only
+        absorb retransmissions and need not be waited for.
+        """
+        waiting = (State.CALLING, State.TRYING, State.PROCEEDING)
+        n = sum(tx.state in waiting for tx in self._clients.values())
+        return n + sum(tx.state in waiting[1:] for tx in self._servers.values())
+
     # ------------------------------------------------------------ inputs
 
     def receive(self, message: Request | Response, peer: Peer, now: float) -> list[Event]:

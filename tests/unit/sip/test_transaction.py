@@ -782,3 +782,17 @@ def test_any_loss_pattern_ends_once_and_leaks_no_transaction(drop_up, drop_down)
     assert kinds(net.server_events).count(RequestReceived) <= 1
     assert len(net.client) == 0 and len(net.server) == 0
     assert net.client.get_timer() is None and net.server.get_timer() is None
+
+
+def test_unanswered_counts_what_a_graceful_stop_must_wait_for():
+    """A request sent and not answered, one received and not answered; a
+    transaction that only absorbs retransmissions (COMPLETED) is not waited for."""
+    layer = TransactionLayer(auto_trying=True)
+    assert layer.unanswered() == 0
+    out = layer.send_request(request(branch=new_branch()), SWITCH, 0.0)
+    [received] = layer.receive(request("OPTIONS", branch="z9hG4bKopt1"), PHONE, 0.0)
+    assert layer.unanswered() == 2
+    layer.send_response(received.tx, make_response(received.tx.request, 200), 0.1)
+    assert received.tx.state is State.COMPLETED and layer.unanswered() == 1
+    layer.receive(wire(make_response(out.request, 486, to_tag="x")), SWITCH, 0.2)
+    assert out.state is State.COMPLETED and layer.unanswered() == 0
