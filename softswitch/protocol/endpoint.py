@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 
 from softswitch.protocol import (
     ErrorCode,
@@ -70,6 +68,19 @@ from softswitch.protocol import (
     decode,
     encode,
 )
+from softswitch.protocol.outcomes import (
+    EventReceived,
+    Peer,
+    PeerDown,
+    PeerLoad,
+    PeerRestarted,
+    PeerUp,
+    ProtoEvent,
+    ReplyReceived,
+    RequestReceived,
+    RequestTimeout,
+)
+from softswitch.protocol.replycache import ReplyCache
 
 __all__ = [
     "EventReceived",
@@ -84,153 +95,6 @@ __all__ = [
     "RequestReceived",
     "RequestTimeout",
 ]
-
-Peer = Hashable
-"""A peer's address as the daemon's socket reports it: (host, port) or a path."""
-
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyReceived:
-    request_id: int
-    peer: Peer
-    message: Message
-    """The reply: the request's reply type, or an ErrorReply."""
-
-
-@dataclass(frozen=True, slots=True)
-class RequestTimeout:
-    """No reply within the request's timeout; the request is forgotten."""
-
-    request_id: int
-    peer: Peer
-    message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class EventReceived:
-    """A bearer event, reported once however many copies arrive (already acked)."""
-
-    peer: Peer
-    request_id: int
-    message: Event
-
-
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
-    """A new request for the application; answer it with ``reply(peer, packet, msg, now)``."""
-
-    peer: Peer
-    packet: Packet
-
-
-@dataclass(frozen=True, slots=True)
-class PeerUp:
-    """First datagram from a peer, or the first after it was reported down."""
-
-    peer: Peer
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRestarted:
-    """The peer's boot epoch changed: it restarted and lost its state."""
-
-    peer: Peer
-    old_epoch: int
-    new_epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDown:
-    """``heartbeat_misses`` heartbeats in a row went unanswered."""
-
-    peer: Peer
-
-
-@dataclass(frozen=True, slots=True)
-class PeerLoad:
-    """The load a peer reported in a heartbeat or a heartbeat reply."""
-
-    peer: Peer
-    active_sessions: int
-    capacity: int
-    cpu_load: int
-    packets_per_second: int
-
-
-ProtoEvent = (
-    ReplyReceived
-    | RequestTimeout
-    | EventReceived
-    | RequestReceived
-    | PeerUp
-    | PeerRestarted
-    | PeerDown
-    | PeerLoad
-)
-
-
-# --------------------------------------------------------------------------- reply cache
-
-ProtoHandler = Callable[[Packet], bytes]
-
-
-class ReplyCache:
-    """Encoded replies by (peer, sender epoch, request id), for ``ttl`` seconds.
-
-    A retransmitted request gets the identical bytes and its handler does not
-    run again.  Bounded by ``max_entries`` (oldest evicted first); entries all
-    live ``ttl``, so insertion order is expiry order and expiry is a pop from
-    the front.
-    """
-
-    def __init__(self, ttl: float = 32.0, max_entries: int = 65536) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[Peer, int, int], tuple[float, bytes]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, peer: Peer, epoch: int, request_id: int, now: float) -> bytes | None:
-        self._expire(now)
-        entry = self._entries.get((peer, epoch, request_id))
-        return None if entry is None else entry[1]
-
-    def put(self, peer: Peer, epoch: int, request_id: int, reply: bytes, now: float) -> None:
-        self._expire(now)
-        key = (peer, epoch, request_id)
-        self._entries[key] = (now + self.ttl, reply)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:  # bounded: shrinks by one per turn
-            self._entries.popitem(last=False)
-
-    def handle(
-        self, peer: Peer, packet: Packet, now: float, handler: ProtoHandler
-    ) -> tuple[bytes, bool]:
-        """The reply to ``packet``: cached, or made by ``handler`` and cached.
-
-        Returns (reply bytes, True if the handler ran).  For servers that
-        answer synchronously, which the bearer does.
-        """
-        cached = self.get(peer, packet.epoch, packet.request_id, now)
-        if cached is not None:
-            return cached, False
-        reply = handler(packet)
-        self.put(peer, packet.epoch, packet.request_id, reply, now)
-        return reply, True
-
-    def _expire(self, now: float) -> None:
-        entries = self._entries
-        while entries:  # bounded by len(entries)
-            key, (expires, _) = next(iter(entries.items()))
-            if expires > now:
-                break
-            del entries[key]
-
 
 # --------------------------------------------------------------------------- endpoint
 
