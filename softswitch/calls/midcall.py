@@ -108,14 +108,25 @@ class MidCallHandler:
             self.steps.hangup(call, now, refusal=Refusal.CANCELLED)
         return None
 
-    def bye(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
+    def _dialog_request(
+        self, tx: ServerTransaction, request: Request, now: float
+    ) -> tuple[Call, int] | None:
+        """The call and leg of a mid-dialog request, its dialog told of it (CSeq,
+        remote target); None after answering 481 when no dialog matches (§12.2.2)."""
         entry = self.table.dialogs.get(request_dialog_id(request))
         if entry is None:
-            return self.out.reply(tx, request, 481, now)
-        call, leg = entry
-        dialog = call.legs[leg].dialog
-        assert dialog is not None, "_dialogs holds legs with a dialog"
+            self.out.reply(tx, request, 481, now)
+            return None
+        dialog = entry[0].legs[entry[1]].dialog
+        assert dialog is not None, "the table's dialogs index holds legs with a dialog"
         dialog.receive_request(request)
+        return entry
+
+    def bye(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
+        entry = self._dialog_request(tx, request, now)
+        if entry is None:
+            return None
+        call, leg = entry
         self.out.reply(tx, request, 200, now)
         if call.live:
             if leg == CALLER and call.answer is None:
@@ -126,13 +137,10 @@ class MidCallHandler:
 
     def in_dialog(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
         """INFO is relayed to the other leg; OPTIONS and a body-less UPDATE answered here."""
-        entry = self.table.dialogs.get(request_dialog_id(request))
+        entry = self._dialog_request(tx, request, now)
         if entry is None:
-            return self.out.reply(tx, request, 481, now)
+            return None
         call, leg = entry
-        dialog = call.legs[leg].dialog
-        assert dialog is not None, "_dialogs holds legs with a dialog"
-        dialog.receive_request(request)
         method = request.method
         other = call.legs[1 - leg] if call.room is None else None
         if method == "UPDATE" and request.body:
