@@ -282,7 +282,7 @@ def run_scenario(
         for n in steps:
             t0 = time.monotonic()
             sc.grow(n)
-            row = {"n": n, "setup_seconds": round(time.monotonic() - t0, 2)}
+            row: dict[str, Any] = {"n": n, "setup_seconds": round(time.monotonic() - t0, 2)}
             row.update(sc.measure(warmup, window))
             if kind != "conference":
                 base = baseline(gen.n, min(warmup, 1.0), min(window, 3.0), gen_cpu)

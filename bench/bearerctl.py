@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,9 @@ class Control:
         if os.path.exists(self.local):
             os.unlink(self.local)
 
-    def many(self, msgs: list[Message], window: int = 64, timeout: float = 30.0) -> list[Message]:
+    def many(
+        self, msgs: Sequence[Message], window: int = 64, timeout: float = 30.0
+    ) -> list[Message]:
         """Send every request (``window`` outstanding at once); replies in request order."""
         replies: list[Message | None] = [None] * len(msgs)
         pending: dict[int, tuple[int, bytes, float]] = {}  # rid -> (index, data, resend_at)

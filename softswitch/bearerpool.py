@@ -165,7 +165,7 @@ class BearerPool:
 
     def handle_event(self, event: Any, now: float) -> None:
         """Bookkeeping for one protoclient event (every event may be passed)."""
-        b = self._by_peer.get(getattr(event, "peer", None))
+        b = self._by_peer.get(event.peer) if hasattr(event, "peer") else None
         if b is None:
             return
         kind = type(event)

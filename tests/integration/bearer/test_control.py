@@ -119,6 +119,7 @@ def test_media_timeout_is_reported_once(tmp_path: Path, phones: list[Phone]) -> 
             time.sleep(0.01)
         t0 = time.monotonic()
         ev = ctl.wait_event(lambda e: isinstance(e, MediaTimeout), timeout=4)
+        assert isinstance(ev, MediaTimeout)
         assert ev.session_id == 3
         assert 0.8 <= time.monotonic() - t0 <= 2.5
         time.sleep(1.5)

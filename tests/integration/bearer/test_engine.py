@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -27,6 +28,12 @@ def relay() -> Iterator[tuple[Relay, list[Event]]]:
 def _spin(relay: Relay, seconds: float) -> None:
     end = time.monotonic() + seconds
     relay.run(until=lambda: time.monotonic() >= end)
+
+
+def _open(sock: socket.socket | None) -> socket.socket:
+    """A leg's socket the test expects to be open."""
+    assert sock is not None
+    return sock
 
 
 def test_port_pool_hands_out_even_pairs_and_reuses_released_ports_last() -> None:
@@ -67,7 +74,7 @@ def test_plain_call_runs_on_the_fast_path_once_latched(relay: tuple[Relay, list[
         a.send(pa, b"\x01" * 160)
         b.send(pb, b"\x02" * 160)
         _spin(r, 0.1)
-        kinds = {r._fdmap[leg.rtp.fileno()][0] for leg in r.sessions[1].legs}
+        kinds = {r._fdmap[_open(leg.rtp).fileno()][0] for leg in r.sessions[1].legs}
         assert kinds == {0}  # K_FAST: connected both ways, nothing to rewrite
         assert {(e.leg, e.port) for e in events if isinstance(e, Latched)} == {
             (0, a.addr[1]),
@@ -117,7 +124,11 @@ def test_delete_closes_every_socket_and_returns_ports(relay: tuple[Relay, list[E
         a.send(pa, b"\x01" * 160)
         b.send(pb, b"\x01" * 160)
         _spin(r, 0.1)
-        fds = {s.fileno() for leg in r.sessions[1].legs for s in (leg.rtp, leg.rtcp, leg.catcher)}
+        fds = {
+            _open(s).fileno()
+            for leg in r.sessions[1].legs
+            for s in (leg.rtp, leg.rtcp, leg.catcher)
+        }
         assert len(fds) == 6  # RTP, RTCP and catcher per leg
         stats = r.delete(1)
         assert stats[0].packets_in == 1 and stats[1].packets_out == 1

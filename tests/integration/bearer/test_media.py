@@ -110,6 +110,7 @@ def test_recording_puts_caller_left_and_callee_right(
     _stream([(a, pa, tone(500.0, 1.5)), (b, pb, tone(900.0, 1.5))], [a, b], 1.5)
     ctl.request(Delete(5))
     done = ctl.wait_event(lambda e: isinstance(e, RecordingDone), timeout=5)
+    assert isinstance(done, RecordingDone)
     path = Path(done.path)
     assert path == bearer.recordings / "call-5.wav" and done.seconds >= 1.2
     with wave.open(str(path)) as w:
@@ -159,5 +160,6 @@ def test_allocate_with_record_flag_records_from_the_start(
     _stream([(a, pa, tone(700.0, 0.6)), (b, pb, tone(300.0, 0.6))], [a, b], 0.6)
     ctl.request(Delete(6))
     done = ctl.wait_event(lambda e: isinstance(e, RecordingDone), timeout=5)
+    assert isinstance(done, RecordingDone)
     assert done.session_id == 6 and "-6-call-6.wav" in done.path and done.seconds >= 0.4
     assert Path(done.path).parent == bearer.recordings

@@ -111,7 +111,8 @@ def test_reinvite_to_a_new_address_relatches(bearer: BearerProcess, phones: list
     assert a.recv() is not None
     ctl.update(1, 1, leg_spec(b2.addr))  # B moved (another network, a re-INVITE)
     b2.send(pb, b"\x02" * 160)
-    assert a.recv()[12] == 2
+    got = a.recv()
+    assert got is not None and got[12] == 2
     b.send(pb, b"\x03" * 160)  # the old address is a stranger now
     a.send(pa, b"\x04" * 160)
     assert b2.recv() is not None and b.recv(0.3) is None
@@ -162,11 +163,13 @@ def test_ipv6_media_latches_and_relays(tmp_path: Path) -> None:
         pa, pb = alloc.ports
         a.send(pa, b"\x01" * 160)
         b.send(pb, b"\x02" * 160)
-        assert b.recv()[12] == 1 and a.recv()[12] == 2
+        got_b, got_a = b.recv(), a.recv()
+        assert got_b is not None and got_b[12] == 1 and got_a is not None and got_a[12] == 2
         st = ctl.stats(1)
         assert st["leg0_latched"] == 1 and st["leg1_latched"] == 1
         a.send(pa, b"\x03" * 160)  # the latch is final at once: the signalled source
-        assert b.recv()[12] == 3
+        got_b = b.recv()
+        assert got_b is not None and got_b[12] == 3
     finally:
         a.close()
         b.close()

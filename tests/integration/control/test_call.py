@@ -42,7 +42,7 @@ def test_sigterm_hangs_up_both_phones_and_keeps_the_cdr(switch: ControlProcess) 
         for phone in (call.alice, call.bob):
             bye = next_request(phone, "BYE")
             phone.send(bytes(make_response(bye, 200)))
-        assert switch.proc.wait(15) == 0, switch.log()
+        assert switch.proc is not None and switch.proc.wait(15) == 0, switch.log()
         assert "unfinished at stop" not in switch.log()
         switch.start()  # the CDR was flushed by the DB thread at stop
         cdrs = wait_cdrs(switch)

@@ -71,7 +71,8 @@ def test_options_answered_with_allow(switch: ControlProcess) -> None:
     client = SipClient(switch.port)
     r = client.request("OPTIONS")
     assert r.status == 200
-    assert "REGISTER" in r.get("Allow") and r.get("Accept") == "application/sdp"
+    allow = r.get("Allow")
+    assert allow is not None and "REGISTER" in allow and r.get("Accept") == "application/sdp"
     client.close()
 
 
@@ -271,7 +272,9 @@ def test_ipv6_listen_address_serves_udp_and_tcp(tmp_path: Path) -> None:
             phone = SipClient(control.port, "alice", "secret", transport=transport, host="::1")
             r = phone.register(contact=f"<sip:alice@[::1]:{phone.local[1]};transport={transport}>")
             assert r.status == 200, r
-            assert "received=::1" in r.get("Via") or transport == "tcp"
+            via = r.get("Via")
+            assert via is not None
+            assert "received=::1" in via or transport == "tcp"
             phone.close()
         sources = sorted(row["source"] for row in registrations(control))
         assert sources[0].startswith("tcp:[::1]:") and sources[1].startswith("udp:[::1]:")

@@ -75,6 +75,7 @@ def test_register_with_digest_throughput(tmp_path: Path) -> None:
                 datagrams.append(_register(user, port, n, auth, call_id))
         # Interleave users so each request of one user follows the previous one.
         order = [datagrams[u * PER_USER + k] for k in range(PER_USER) for u in range(USERS)]
+        assert control.proc is not None
         pid = control.proc.pid
         cpu0, main0, t0 = _cpu_seconds(pid), _cpu_seconds(pid, pid), time.perf_counter()
         sent = ok = other = 0

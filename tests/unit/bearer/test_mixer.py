@@ -56,9 +56,9 @@ class TestThreeParty:
                 for seq_ts, (pid, sig) in enumerate(signals.items()):
                     payload = sig[i * N : (i + 1) * N]
                     assert mixer.push(pid, 1000 * seq_ts + i, 5000 + i * N, payload, "PCMU")
-            for pid, payload in mixer.tick().items():
-                assert len(payload) == N
-                heard[pid].append(payload)
+            for who, payload in mixer.tick().items():
+                assert isinstance(who, str) and len(payload) == N
+                heard[who].append(payload)
         return {pid: ulaw_decode(b"".join(chunks)) for pid, chunks in heard.items()}
 
     def test_each_participant_hears_the_other_two_tones_and_not_its_own(self) -> None:

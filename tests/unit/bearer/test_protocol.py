@@ -249,7 +249,7 @@ def reason_of(data: bytes, key: bytes | None) -> str:
 
 def test_every_flipped_bit_is_refused_and_says_why() -> None:
     data = encode(Allocate(1, "call", (PHONE_A, PHONE_B6)), 77, 88, KEY)
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for byte in range(len(data)):
         for bit in range(8):
             bad = bytearray(data)
@@ -348,7 +348,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 
 def test_fifty_thousand_mutated_datagrams_raise_only_protocol_error() -> None:
     rng = random.Random(20240607)
-    seeds = [(encode(m, 1, 2), None) for m in EVERY_MESSAGE]
+    seeds: list[tuple[bytes, bytes | None]] = [(encode(m, 1, 2), None) for m in EVERY_MESSAGE]
     seeds += [(encode(m, 1, 2, KEY), KEY) for m in EVERY_MESSAGE[:6]]
     reasons: Counter[str] = Counter()
     for _ in range(50_000):

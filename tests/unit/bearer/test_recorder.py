@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def record_call(
 
 
 @pytest.fixture
-def writer() -> RecorderWriter:
+def writer() -> Iterator[RecorderWriter]:
     w = RecorderWriter()
     w.start()
     yield w

@@ -41,6 +41,7 @@ from tests.unit.control.test_calls_harness import (
     T0,
     Phone,
     Switch,
+    authenticated_invite,
     media_of,
 )
 
@@ -115,8 +116,6 @@ class CoreWorld:
             return Deleted(m.session_id, STATS)
         raise AssertionError(f"unexpected {m!r}")
 
-    authenticated_invite = Switch.authenticated_invite
-
 
 def test_a_call_through_the_core_with_the_bearer_on_the_wire() -> None:
     world = CoreWorld()
@@ -124,7 +123,7 @@ def test_a_call_through_the_core_with_the_bearer_on_the_wire() -> None:
     alice = Phone(world, "alice", "198.51.100.10")  # type: ignore[arg-type]
     bob = Phone(world, "bob", "198.51.100.20")  # type: ignore[arg-type]
     world.register(bob)
-    invite_a = world.authenticated_invite(alice, "bob")
+    invite_a = authenticated_invite(alice, "bob")
     invite_b = bob.take("INVITE")
     assert media_of(invite_b)[:2] == (BEARER_ADDRESS, BEARER_PORTS[1])
     bob.send(bob.answer(invite_b, 180))

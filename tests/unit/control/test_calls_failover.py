@@ -8,7 +8,7 @@ import pytest
 from softswitch.model.cdr import Disposition
 from softswitch.protocol import Allocate, Delete, Record, Update
 from softswitch.protocol.endpoint import PeerRestarted
-from softswitch.sip.message import Request
+from softswitch.sip.message import Request, Response
 from softswitch.sip.sdp import SessionDescription
 from tests.unit.control.test_calls_harness import (
     BEARER_ADDRESS,
@@ -42,7 +42,7 @@ def answered(sw: Switch) -> tuple[Phone, Phone, Established]:
     return alice, bob, call
 
 
-def origin_version(message: Request) -> tuple[str, int]:
+def origin_version(message: Request | Response) -> tuple[str, int]:
     origin = SessionDescription.parse(message.body).origin
     return origin.sess_id, origin.sess_version
 

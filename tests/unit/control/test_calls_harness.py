@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from softswitch.bearerpool import BearerPool
 from softswitch.calls.manager import CallManager
 from softswitch.daemon.settings import load_control_config
 from softswitch.location import LocalAddress, Location
@@ -96,7 +97,16 @@ def media_of(message: Request | Response) -> tuple[str, int, str, list[str]]:
     """(c= address, m= port, direction, codec names) of a message's SDP."""
     sd = SessionDescription.parse(message.body)
     md = sd.media[0]
-    return md.effective_address, md.port, md.direction, [c.name for c in md.codecs]
+    address = md.effective_address
+    assert address is not None
+    return address, md.port, md.direction, [c.name for c in md.codecs]
+
+
+def header(message: Request | Response, name: str) -> str:
+    """A header the message must carry."""
+    value = message.get(name)
+    assert value is not None, f"no {name} in {message!r}"
+    return value
 
 
 # --------------------------------------------------------------------------- bearer
@@ -267,8 +277,8 @@ class Phone:
             headers=[
                 ("Via", str(invite.via)),
                 ("Max-Forwards", "70"),
-                ("From", invite.get("From")),
-                ("To", response.get("To")),
+                ("From", header(invite, "From")),
+                ("To", header(response, "To")),
                 ("Call-ID", invite.call_id),
                 ("CSeq", f"{invite.cseq} ACK"),
             ],
@@ -281,8 +291,8 @@ class Phone:
             headers=[
                 ("Via", str(invite.via)),
                 ("Max-Forwards", "70"),
-                ("From", invite.get("From")),
-                ("To", invite.get("To")),
+                ("From", header(invite, "From")),
+                ("To", header(invite, "To")),
                 ("Call-ID", invite.call_id),
                 ("CSeq", f"{invite.cseq} CANCEL"),
             ],
@@ -412,7 +422,9 @@ class Switch:
             layer=self.layer,
             location=self.location,
             directory=self.directory,
-            bearers=self.pool,
+            # The fake answers like a bearer without a ProtocolClient underneath;
+            # it duck-types the part of BearerPool that CallManager uses.
+            bearers=cast(BearerPool, self.pool),
             auth=self.auth,
             config=self.config,
             local=SWITCH,
@@ -457,7 +469,9 @@ class Switch:
                 calls.handle_ack(ev.request, ev.peer, now)
             elif isinstance(ev, ResponseReceived):
                 calls.handle_response(ev.tx, ev.response, now)
-            elif isinstance(ev, TransactionTimeout | TransportError) and ev.tx.is_client:
+            elif isinstance(ev, TransactionTimeout | TransportError) and isinstance(
+                ev.tx, ClientTransaction
+            ):
                 calls.handle_tx_timeout(ev.tx, now)
 
     def pump(self) -> None:
@@ -518,16 +532,7 @@ class Switch:
         self, caller: Phone, callee_user: str, body: bytes | None = None, **kw: Any
     ) -> Request:
         """INVITE, 407, ACK, INVITE with credentials: returns the second INVITE (sent)."""
-        first = caller.invite(callee_user, body, **kw)
-        caller.send(first)
-        challenge = caller.take(407)
-        caller.send(caller.ack_failure(first, challenge))
-        kw["cseq"] = kw.get("cseq", 1) + 1
-        kw.pop("branch", None)
-        second = caller.invite(callee_user, body, **kw)
-        second.add("Proxy-Authorization", caller.credentials(challenge, second))
-        caller.send(second)
-        return second
+        return authenticated_invite(caller, callee_user, body, **kw)
 
     def ringing(
         self, caller: Phone, callee: Phone, callee_user: str | None = None, **kw: Any
@@ -558,3 +563,22 @@ class Switch:
         caller.send(dialog_a.create_ack(invite_a.cseq, via=caller.via()))
         dialog_b = Dialog.from_uas(invite_b, callee.tag, local_target=callee.contact)
         return Established(invite_a, ok_a, invite_b, dialog_a, dialog_b)
+
+
+def authenticated_invite(
+    caller: Phone, callee_user: str, body: bytes | None = None, **kw: Any
+) -> Request:
+    """INVITE, 407, ACK, INVITE with credentials: returns the second INVITE (sent).
+
+    A function of the phone alone, so worlds other than Switch can use it too.
+    """
+    first = caller.invite(callee_user, body, **kw)
+    caller.send(first)
+    challenge = caller.take(407)
+    caller.send(caller.ack_failure(first, challenge))
+    kw["cseq"] = kw.get("cseq", 1) + 1
+    kw.pop("branch", None)
+    second = caller.invite(callee_user, body, **kw)
+    second.add("Proxy-Authorization", caller.credentials(challenge, second))
+    caller.send(second)
+    return second

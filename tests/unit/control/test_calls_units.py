@@ -139,17 +139,21 @@ def test_sdp_problems_are_400_or_488() -> None:
 
 def test_routing_order_conference_unknown_unregistered_limit() -> None:
     sw = Switch(max_calls={"bob": 1})
-    kw = {
-        "prefix": "conf",
-        "directory": sw.directory,
-        "location": sw.location,
-        "now": sw.now,
-    }
+    now = sw.now
 
-    def where(user: str, active: int = 0) -> object:
+    def routed(uri: str, active: int = 0) -> Conference | Destination | Refusal:
         return route(
-            parse_uri(f"sip:{user}@{DOMAIN}"), DOMAIN, active_calls=lambda u, d: active, **kw
+            parse_uri(uri),
+            DOMAIN,
+            prefix="conf",
+            directory=sw.directory,
+            location=sw.location,
+            active_calls=lambda u, d: active,
+            now=now,
         )
+
+    def where(user: str, active: int = 0) -> Conference | Destination | Refusal:
+        return routed(f"sip:{user}@{DOMAIN}", active)
 
     assert where("conf7") == Conference("conf7")
     assert where("conf") is Refusal.UNKNOWN_CALLEE  # the prefix alone is no room
@@ -158,6 +162,4 @@ def test_routing_order_conference_unknown_unregistered_limit() -> None:
     sw.register(sw.phone("bob", "198.51.100.20"))
     assert isinstance(where("bob"), Destination)
     assert where("bob", active=1) is Refusal.CALLEE_OVER_LIMIT
-    assert route(parse_uri("tel:+15551234"), DOMAIN, active_calls=lambda u, d: 0, **kw) is (
-        Refusal.UNKNOWN_CALLEE
-    )
+    assert routed("tel:+15551234") is Refusal.UNKNOWN_CALLEE
