@@ -7,7 +7,7 @@ import pytest
 from softswitch.model.cdr import Disposition
 from softswitch.protocol import Allocate, Delete, Update
 from softswitch.sip.message import Request, Response
-from tests.unit.control.test_calls_harness import (
+from tests.unit.control.calls_harness import (
     BEARER_ADDRESS,
     BEARER_PORTS,
     T0,

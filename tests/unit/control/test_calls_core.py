@@ -33,7 +33,7 @@ from softswitch.sip.dialog import Dialog
 from softswitch.sip.message import parse
 from softswitch.sip.transaction import Peer
 from softswitch.switch import Switch as Core
-from tests.unit.control.test_calls_harness import (
+from tests.unit.control.calls_harness import (
     BEARER_ADDRESS,
     BEARER_PORTS,
     DOMAIN,

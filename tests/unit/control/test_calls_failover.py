@@ -10,7 +10,7 @@ from softswitch.protocol import Allocate, Delete, Record, Update
 from softswitch.protocol.endpoint import PeerRestarted
 from softswitch.sip.message import Request, Response
 from softswitch.sip.sdp import SessionDescription
-from tests.unit.control.test_calls_harness import (
+from tests.unit.control.calls_harness import (
     BEARER_ADDRESS,
     BEARER_PORTS,
     T0,

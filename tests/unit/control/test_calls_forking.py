@@ -8,7 +8,7 @@ from softswitch.calls.state import best_response
 from softswitch.model.cdr import Disposition
 from softswitch.protocol import Allocate, Delete, Update
 from softswitch.sip.dialog import Dialog
-from tests.unit.control.test_calls_harness import Switch
+from tests.unit.control.calls_harness import Switch
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from softswitch.sip.dialog import Dialog
 from softswitch.sip.digest import DigestServer
 from softswitch.sip.message import Address, Request, Response, make_response
 from softswitch.sip.transaction import Peer, State
-from tests.unit.control.test_calls_harness import DOMAIN, T0, Switch, sdp
+from tests.unit.control.calls_harness import DOMAIN, T0, Switch, sdp
 
 BEARER_ADDRESS = "203.0.113.5"
 

@@ -21,7 +21,7 @@ from softswitch.protocol import (
     needs_transcoding,
 )
 from softswitch.sip.dialog import Dialog
-from tests.unit.control.test_calls_harness import (
+from tests.unit.control.calls_harness import (
     BEARER_ADDRESS,
     BEARER_PORTS,
     Established,

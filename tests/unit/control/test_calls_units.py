@@ -33,7 +33,7 @@ from softswitch.model.cdr import Disposition
 from softswitch.protocol import Direction
 from softswitch.sip.sdp import Codec, SdpError, SessionDescription
 from softswitch.sip.uri import parse_uri
-from tests.unit.control.test_calls_harness import DOMAIN, Switch, sdp
+from tests.unit.control.calls_harness import DOMAIN, Switch, sdp
 
 SUPPORTED = ["PCMU", "PCMA", "telephone-event"]
 

@@ -25,8 +25,8 @@ from softswitch.protocol import Allocate, Message
 from softswitch.sip.dialog import Dialog
 from softswitch.sip.digest import DigestClient
 from softswitch.sip.message import Response
+from tests.unit.control.calls_harness import DOMAIN, Phone, authenticated_invite
 from tests.unit.control.test_calls_core import CoreWorld
-from tests.unit.control.test_calls_harness import DOMAIN, Phone, authenticated_invite
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset], float]:
