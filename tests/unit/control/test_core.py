@@ -25,7 +25,7 @@ from softswitch.protocol import Heartbeat, HeartbeatReply, decode, encode
 from softswitch.sip.message import Request, Response, parse
 from softswitch.sip.transaction import Peer, ServerTransaction
 from softswitch.switch import ALLOW, CORE_ANSWERS, CoreRefusal, Switch
-from tests.unit.control.test_registrar import (
+from tests.unit.control.phones import (
     DOMAIN,
     NAT,
     NOW,

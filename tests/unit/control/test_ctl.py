@@ -28,8 +28,8 @@ from softswitch.db.schema import (
 )
 from softswitch.model.cdr import Disposition
 from softswitch.sip.digest import ha1
+from tests.unit.control.admin_server import serving
 from tests.unit.control.dbthread_cases import DOMAIN, a_cdr, binding, write_config
-from tests.unit.control.test_admin import serving
 
 SOFTSWITCHCTL = Path(sys.executable).parent / "softswitchctl"
 

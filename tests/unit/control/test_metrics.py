@@ -26,7 +26,7 @@ from softswitch.sip.dialog import Dialog
 from softswitch.sip.digest import DigestClient
 from softswitch.sip.message import Response
 from tests.unit.control.calls_harness import DOMAIN, Phone, authenticated_invite
-from tests.unit.control.test_calls_core import CoreWorld
+from tests.unit.control.core_world import CoreWorld
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset], float]:

@@ -28,9 +28,9 @@ from softswitch.db.thread import DbThread
 from softswitch.db.users import add_user
 from softswitch.sip.digest import ha1
 from softswitch.sip.sdp import SessionDescription
+from tests.unit.control.admin_server import serving
 from tests.unit.control.calls_harness import Switch
 from tests.unit.control.dbthread_cases import DOMAIN, a_cdr, binding, next_message
-from tests.unit.control.test_admin import serving
 
 
 @pytest.fixture
