@@ -16,13 +16,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.harness.bearer import BEARER_EXE, render_conf
 from softswitch.protocol import (
     Event,
     EventAck,
@@ -36,15 +36,6 @@ from softswitch.protocol import (
 )
 
 __all__ = ["BearerUnderTest", "Control"]
-
-BEARER_EXE = Path(sys.executable).with_name("softswitch-bearer")
-
-
-def render_conf(sections: dict[str, dict[str, Any]]) -> str:
-    """A bearer.conf (TOML) with these sections of values."""
-    from softswitch.daemonkit.config import dumps
-
-    return dumps(sections)
 
 
 class Control:
