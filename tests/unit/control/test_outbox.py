@@ -15,6 +15,17 @@ from softswitch.daemon import main as daemon
 from softswitch.daemonkit.outbox import Outbox
 
 
+def _over_the_queue() -> int:
+    """More datagrams than a UNIX socket's queue holds on this host.
+
+    The queue length is ``net.unix.max_dgram_qlen``: 10 on a stock host, 512
+    where the .deb's sysctl file or the control benchmark set it.  A fixed
+    burst would stop testing anything on the second kind of host.
+    """
+    qlen = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    return 2 * qlen + 100
+
+
 def _reader(path: Path) -> socket.socket:
     """A bearer endpoint that reads only when the test says so."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -43,7 +54,7 @@ def test_outbox_keeps_what_would_block_and_sends_it_in_order(tmp_path: Path) -> 
     reader = _reader(tmp_path / "bearer.sock")
     drops: Counter[str] = Counter()
     box = Outbox(_sender(tmp_path / "control.sock"), drops, "bearer_send_")
-    sent = [b"msg-%04d" % i for i in range(300)]  # far over net.unix.max_dgram_qlen
+    sent = [b"msg-%05d" % i for i in range(_over_the_queue())]
     for data in sent:
         box.send(data, str(tmp_path / "bearer.sock"))
     assert len(box) > 0 and box.deferred == len(box)
@@ -110,22 +121,23 @@ def test_control_daemon_delivers_a_burst_once_the_bearer_reads(
     monkeypatch.setattr(d, "_rearm", lambda: None)
     sw = _FakeSwitch()
     d.switch = sw  # type: ignore[assignment]
-    sent = [b"req-%04d" % i for i in range(500)]
+    half = _over_the_queue()
+    sent = [b"req-%05d" % i for i in range(2 * half)]
 
     async def scenario() -> list[bytes]:
         d.loop = asyncio.get_running_loop()
         d._open_bearer_socket()
         try:
-            sw.out = [(data, bearer_path) for data in sent[:250]]
+            sw.out = [(data, bearer_path) for data in sent[:half]]
             d._flush()
             outbox = d._bearers.outbox  # type: ignore[union-attr]
             assert outbox is not None and len(outbox) > 0
             await asyncio.sleep(0.1)  # the bearer is paused: retries find it full
-            sw.out = [(data, bearer_path) for data in sent[250:]]
+            sw.out = [(data, bearer_path) for data in sent[half:]]
             d._kick()  # more while some still wait: after them
             await asyncio.sleep(0)
             got: list[bytes] = []
-            for _ in range(500):
+            for _ in range(2000):  # bounded: 4 s at most
                 got += _drain(reader)
                 if len(got) == len(sent):
                     break
