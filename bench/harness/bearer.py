@@ -10,7 +10,6 @@ sockets that send RTP built with ``bearer.rtp.build_rtp``.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import random
 import select
@@ -27,6 +26,7 @@ from typing import Any
 
 from bearer.rtp import build_rtp
 from softswitch.daemonkit.config import dumps
+from softswitch.daemonkit.runtime import die_with_parent
 from softswitch.protocol import (
     Allocate,
     Allocated,
@@ -148,22 +148,6 @@ def stop_leftovers() -> list[BearerProcess]:
     for bp in leftovers:
         bp.stop(timeout=5.0)
     return leftovers
-
-
-def die_with_parent(parent: int) -> Callable[[], None]:
-    """A preexec_fn: SIGTERM the daemon when this test process dies (killed by a
-    timeout, say), so not even a killed test run leaves one holding its ports."""
-
-    def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl
-            os._exit(1)
-
-    return preexec
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def start_bearer(

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness.bearer import BearerProcess, die_with_parent, start_bearer
+from bench.harness.bearer import BearerProcess, start_bearer
 from softswitch.daemon.admin import AdminClient, AdminError
 from softswitch.daemonkit.config import dumps
+from softswitch.daemonkit.runtime import die_with_parent
 from softswitch.db.schema import create_schema, make_engine
 from softswitch.db.users import add_user
 from softswitch.sip.digest import ha1

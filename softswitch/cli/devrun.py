@@ -37,7 +37,6 @@ itself dies (PR_SET_PDEATHSIG), so none is left behind.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import secrets
 import signal
@@ -49,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from softswitch.daemonkit.config import dumps
+from softswitch.daemonkit.runtime import die_with_parent
 
 BEARERS = 2
 #: Seconds before the first restart of a daemon that died; doubled at each
@@ -180,17 +180,6 @@ class Child:
     backoff: Backoff = field(default_factory=Backoff)
 
 
-def _die_with_launcher(launcher: int) -> None:
-    """preexec_fn: SIGTERM the daemon if the launcher dies (even by SIGKILL)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != launcher:  # the launcher died before prctl
-        os._exit(1)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 class Supervisor:
     """Starts the daemons, restarts those that die, stops them all in order.
 
@@ -207,12 +196,11 @@ class Supervisor:
         print(f"softswitch: {text}", file=sys.stderr, flush=True)
 
     def start(self, child: Child, now: float, *, again: bool = False) -> None:
-        launcher = os.getpid()
         child.proc = subprocess.Popen(
             child.command,
             env=self.env,
             process_group=0,  # the terminal's Ctrl-C is the launcher's to handle
-            preexec_fn=lambda: _die_with_launcher(launcher),
+            preexec_fn=die_with_parent(os.getpid()),
         )
         child.started = now
         child.restart_at = None

@@ -7,16 +7,24 @@ serves is never taken over, and any other file is never deleted.
 
 ``release_transport`` is what softswitch-control does with every closed
 asyncio connection (SIP over TCP, the admin socket): see there.
+
+``die_with_parent`` ties a child daemon to the process that started it (the
+`make run` launcher, a test or benchmark harness), so a launcher killed by
+SIGKILL or a timeout leaves no daemon holding the SIP port or the sockets.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
+import signal
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["SocketFileError", "release_transport", "remove_stale_socket"]
+__all__ = ["SocketFileError", "die_with_parent", "release_transport", "remove_stale_socket"]
 
 
 class SocketFileError(Exception):
@@ -75,3 +83,19 @@ def release_transport(transport: object) -> None:
     """
     if getattr(transport, "_read_ready_cb", None) is not None:
         transport._read_ready_cb = None  # type: ignore[attr-defined]
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets SIGTERM when
+    ``parent`` (the caller's pid) dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return preexec

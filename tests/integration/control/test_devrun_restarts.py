@@ -23,11 +23,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bench.harness.bearer import die_with_parent
 from bench.harness.control import ROOT, add_users, free_sip_port
 from bench.harness.sip import Call, SipClient, answer_reinvite, media_port, next_request
 from softswitch.cli.devrun import write_dev_config
 from softswitch.daemon.admin import AdminClient, AdminError
+from softswitch.daemonkit.runtime import die_with_parent
 
 _STARTED = re.compile(r"softswitch: (control|bearer \d) (?:started|restarted) \(pid (\d+)\)")
 
