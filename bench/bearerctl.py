@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.bearer import BEARER_EXE, render_conf
+from bench.harness.process import terminate
 from softswitch.protocol import (
     Event,
     EventAck,
@@ -189,13 +189,6 @@ class BearerUnderTest:
 
     def stop(self) -> int:
         self.control.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        code = self.proc.returncode
+        code = terminate(self.proc, timeout=30)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return code

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bearer.rtp import build_rtp
+from bench.harness.process import terminate
 from softswitch.daemonkit.config import dumps
 from softswitch.daemonkit.runtime import die_with_parent
 from softswitch.protocol import (
@@ -124,16 +125,10 @@ class BearerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         _RUNNING[:] = [p for p in _RUNNING if p is not self]
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        code = terminate(self.proc, sig, timeout)
         for c in self.clients:
             c.close()
-        return self.proc.returncode
+        return code
 
 
 _RUNNING: list[BearerProcess] = []

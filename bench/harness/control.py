@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.bearer import BearerProcess, start_bearer
+from bench.harness.process import terminate
 from softswitch.daemon.admin import AdminClient, AdminError
 from softswitch.daemonkit.config import dumps
 from softswitch.daemonkit.runtime import die_with_parent
@@ -173,14 +174,7 @@ class ControlProcess:
         _RUNNING[:] = [p for p in _RUNNING if p is not self]
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return terminate(self.proc, sig, timeout)
 
     def wait_log(self, text: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
