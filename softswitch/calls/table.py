@@ -6,7 +6,8 @@ event (its session id), a response to one of our requests (the client
 transaction, with the role that request plays) and a bearer reply (the
 request id, with the request).  ``CallTable`` owns those dicts, the
 per-user active-call counts (``max_calls``), the conference rooms and one
-heap of call timers, and keeps them consistent: a call enters with ``add``,
+heap of call timers (softswitch.sip.timerheap, as the transactions'), and
+keeps them consistent: a call enters with ``add``,
 leaves the indexes with ``remove`` when its CDR is written and leaves the
 transaction index with ``forget`` once no 2xx copy of its INVITEs can come.
 
@@ -17,11 +18,12 @@ access, which is what keeps the set-up path cheap.
 
 from __future__ import annotations
 
-import heapq
 import secrets
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from softswitch.calls.state import CALLER, Call, Timer
+from softswitch.sip.timerheap import TimerHeap
 
 if TYPE_CHECKING:
     from softswitch.protocol import Message
@@ -34,10 +36,8 @@ class CallTable:
     """The indexes of the live calls and their timers (see the module docstring)."""
 
     __slots__ = (
-        "_heap",
         "_next_session",
-        "_seq",
-        "_stale",
+        "_timers",
         "active",
         "by_invite",
         "dialogs",
@@ -64,9 +64,7 @@ class CallTable:
         self.active: dict[tuple[str, str], int] = {}
         #: conference room -> [its bearer, members]
         self.rooms: dict[str, list[Any]] = {}
-        self._heap: list[tuple[float, int, Call, Timer]] = []
-        self._seq = 0
-        self._stale = 0
+        self._timers: TimerHeap[Call, Timer] = TimerHeap(attrgetter("timers"))
         self._next_session = secrets.randbits(40) << 16
 
     # ------------------------------------------------------------------ calls
@@ -154,54 +152,28 @@ class CallTable:
 
     def arm(self, call: Call, kind: Timer, deadline: float) -> None:
         """(Re)arm ``kind`` for ``call``; an earlier arming of it no longer fires."""
-        if kind in call.timers:
-            self._stale += 1
-        self._seq += 1
-        call.timers[kind] = self._seq
-        heapq.heappush(self._heap, (deadline, self._seq, call, kind))
+        self._timers.arm(call, kind, deadline)
 
     def disarm(self, call: Call, kind: Timer) -> None:
-        if call.timers.pop(kind, None) is not None:
-            self._stale += 1
-            heap = self._heap
-            if self._stale > 256 and 2 * self._stale > len(heap):
-                heap[:] = [e for e in heap if e[2].timers.get(e[3]) == e[1]]
-                heapq.heapify(heap)
-                self._stale = 0
+        self._timers.disarm(call, kind)
 
     def disarm_all(self, call: Call) -> None:
-        for kind in list(call.timers):
-            self.disarm(call, kind)
+        self._timers.disarm_all(call)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of any armed timer, or None."""
-        heap = self._heap
-        while heap:  # bounded: every turn pops a stale entry
-            deadline, seq, call, kind = heap[0]
-            if call.timers.get(kind) == seq:
-                return deadline
-            heapq.heappop(heap)
-            self._stale -= 1
-        return None
+        return self._timers.next_deadline()
 
     def pop_expired(self, now: float) -> tuple[Call, Timer] | None:
         """The next timer due at ``now``, disarmed, or None when none is.
 
         One at a time: what fires may arm or disarm others."""
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, seq, call, kind = heapq.heappop(heap)
-            if call.timers.get(kind) != seq:
-                self._stale -= 1
-                continue
-            del call.timers[kind]
-            return call, kind
-        return None
+        return self._timers.pop_due(now)
 
     @property
     def heap_size(self) -> int:
         """Entries in the timer heap, stale ones included: a bound on what can fire."""
-        return len(self._heap)
+        return len(self._timers)
 
     def __len__(self) -> int:
         """Calls with a bearer session (live or waiting for their DELETE)."""

@@ -7,10 +7,11 @@ get_timer / handle_timer); the machines it steps are in client.py and server.py.
 
 from __future__ import annotations
 
-import heapq
+from operator import attrgetter
 
 from softswitch.sip.errors import SipError
 from softswitch.sip.message import Request, Response, Via, make_response
+from softswitch.sip.timerheap import TimerHeap
 from softswitch.sip.transaction.client import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
@@ -122,9 +123,7 @@ class TransactionLayer:
         self.stats = TransactionStats()
         self._clients: dict[tuple, ClientTransaction] = {}
         self._servers: dict[tuple, ServerTransaction] = {}
-        self._heap: list[tuple[float, int, Transaction, Input]] = []
-        self._token = 0
-        self._stale = 0
+        self._heap: TimerHeap[Transaction, Input] = TimerHeap(attrgetter("_timers"))
         self._outgoing: list[tuple[bytes, Peer]] = []
 
     def __len__(self) -> int:
@@ -291,14 +290,7 @@ class TransactionLayer:
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any transaction, or None when idle."""
-        heap = self._heap
-        while heap:
-            deadline, token, tx, timer = heap[0]
-            if tx._timers.get(timer) == token:
-                return deadline
-            heapq.heappop(heap)
-            self._stale -= 1
-        return None
+        return self._heap.next_deadline()
 
     def handle_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now``."""
@@ -307,39 +299,17 @@ class TransactionLayer:
         # A fired timer re-arms at most one timer, always after ``now``, so
         # the number of due entries drops on every turn: len(heap) bounds it.
         for _ in range(len(heap)):
-            if not heap or heap[0][0] > now:
+            due = heap.pop_due(now)
+            if due is None:
                 break
-            _, token, tx, timer = heapq.heappop(heap)
-            if tx._timers.get(timer) != token:
-                self._stale -= 1
-                continue
-            del tx._timers[timer]
+            tx, timer = due
             tx._step(timer, None, now, events)
         return events
 
     # ------------------------------------------------------------ internals
 
-    def _arm(self, tx: Transaction, timer: Input, deadline: float) -> None:
-        if timer in tx._timers:
-            self._stale += 1
-        self._token += 1
-        tx._timers[timer] = self._token
-        heapq.heappush(self._heap, (deadline, self._token, tx, timer))
-
-    def _stale_one(self) -> None:
-        self._stale += 1
-        # Cancelled timers would otherwise sit in the heap until their
-        # deadline (up to 64*T1): compact once they are most of it.
-        if self._stale > 256 and 2 * self._stale > len(self._heap):
-            # In place: handle_timer may be iterating over this very list.
-            self._heap[:] = [e for e in self._heap if e[2]._timers.get(e[3]) == e[1]]
-            heapq.heapify(self._heap)
-            self._stale = 0
-
     def _remove(self, tx: Transaction) -> None:
-        for _ in tx._timers:
-            self._stale += 1
-        tx._timers.clear()
+        self._heap.disarm_all(tx)
         table: dict = self._clients if tx.is_client else self._servers
         if table.get(tx.key) is tx:
             del table[tx.key]

@@ -176,12 +176,12 @@ class Transaction:
         if delay <= 0:
             self._immediate = timer
         else:
-            self._layer._arm(self, timer, now + delay)
+            self._layer._heap.arm(self, timer, now + delay)
 
     def _cancel(self, *timers: Input) -> None:
+        heap = self._layer._heap
         for timer in timers:
-            if self._timers.pop(timer, None) is not None:
-                self._layer._stale_one()
+            heap.disarm(self, timer)
 
     def _send(self, data: bytes) -> None:
         self._layer._outgoing.append((data, self.peer))
