@@ -59,6 +59,7 @@ from softswitch.db.messages import (
 from softswitch.location import LocalAddress, Location
 from softswitch.model.cdr import Cdr
 from softswitch.model.users import UserDirectory
+from softswitch.overload import IN_PROGRESS_METHODS, Admission
 from softswitch.protocol import ProtocolError
 from softswitch.protocol.endpoint import ProtocolClient
 from softswitch.registrar import Registrar, new_tag
@@ -176,6 +177,11 @@ class Switch:
         self._db: list[DbCommand] = []
 
         self.layer = TransactionLayer(Timers(sip.t1, sip.t2, sip.t4), auto_trying=True)
+        overload = config.overload
+        self.admission = Admission(
+            overload.shed_delay, overload.drop_delay, int(overload.retry_after)
+        )
+        self._jitter = random.Random(secrets.token_bytes(8))
         self.directory = UserDirectory()
         self.location = Location()
         self.auth = DigestServer(
@@ -221,9 +227,29 @@ class Switch:
 
     # ------------------------------------------------------------------ SIP input
 
-    def receive_sip(self, data: bytes, peer: Peer, now: float, *, stream: bool = False) -> None:
-        """One UDP datagram, or one message cut by StreamFramer (``stream=True``)."""
+    def receive_sip(
+        self,
+        data: bytes,
+        peer: Peer,
+        now: float,
+        *,
+        stream: bool = False,
+        age: float | None = None,
+    ) -> None:
+        """One UDP datagram, or one message cut by StreamFramer (``stream=True``).
+
+        ``age`` is the queueing delay of a UDP datagram the transport judged
+        new work (``softswitch.overload.is_new_work``); None for work in
+        progress and for streams.  See softswitch/overload.py.
+        """
         counters = self.counters
+        shed = False
+        if age is not None:
+            verdict = self.admission.judge(age, now)
+            if verdict == 2:
+                self.drops["overload_dropped"] += 1
+                return
+            shed = verdict == 1
         counters["rx_messages"] += 1
         if self.trace:
             trace_log.info("recv %d bytes from %s:\n%s", len(data), _peer_text(peer), _text(data))
@@ -242,6 +268,14 @@ class Switch:
             counters["rx_requests"] += 1
             method = message.method
             counters["rx_" + (method if method in _COUNTED else "other")] += 1
+            if shed or (
+                stream
+                and message.to.tag is None
+                and method not in IN_PROGRESS_METHODS
+                and self.admission.behind(now)
+            ):
+                self._shed(message, peer)
+                return
         else:
             counters["rx_responses"] += 1
             self.rx_codes[message.status] += 1
@@ -251,6 +285,21 @@ class Switch:
             self._internal("the transaction layer", message)
             return
         self._dispatch(events, now)
+
+    def _shed(self, request: Request, peer: Peer) -> None:
+        """503 with Retry-After for new work control cannot serve in time,
+        statelessly (a transaction would hold memory for Timer J, 32 s, per
+        request refused).  The Retry-After is spread over [n, 2n] seconds so
+        that the phones refused together do not all come back together."""
+        self.counters["overload_shed"] += 1
+        retry = self.admission.retry_after
+        response = make_response(request, 503, "Overloaded", to_tag=new_tag())
+        response.headers.append(["Retry-After", str(self._jitter.randint(retry, 2 * retry))])
+        response.headers.append(["Server", self.config.sip.user_agent])
+        try:
+            self.layer.send_stateless(response, peer)
+        except (SipError, ValueError):
+            self.drops["overload_unanswerable"] += 1
 
     def _malformed(self, data: bytes, err: SipError, peer: Peer) -> None:
         """A message the parser refused: answer it statelessly if we can (§8.2,
@@ -576,6 +625,9 @@ class Switch:
             ("calls", "codecs"),
             ("log", "level"),
             ("log", "sip_trace"),
+            ("overload", "shed_delay"),
+            ("overload", "drop_delay"),
+            ("overload", "retry_after"),
         }
         for section, values in vars(new).items():
             current = getattr(self.config, section)
@@ -592,6 +644,10 @@ class Switch:
         self.layer.timers = Timers(sip.t1, sip.t2, sip.t4)
         self.auth.nonce_ttl = float(sip.nonce_ttl)
         self.trace = bool(self.config.log.sip_trace)
+        overload = self.config.overload
+        self.admission.shed_delay = overload.shed_delay
+        self.admission.drop_delay = overload.drop_delay
+        self.admission.retry_after = int(overload.retry_after)
         return applied, restart
 
     # ------------------------------------------------------------------ admin

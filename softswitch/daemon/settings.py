@@ -223,6 +223,32 @@ CONTROL_OPTIONS: list[Option] = [
         1.0,
         "Seconds between heartbeats; three missed mark a bearer down.",
     ),
+    # [overload]
+    Option(
+        "overload",
+        "shed_delay",
+        number(0.001, 30),
+        0.05,
+        "Seconds a new request (out-of-dialog INVITE, REGISTER ...) may have waited in the "
+        "UDP queue and still be served; older ones get 503 with Retry-After. Requests "
+        "within calls (BYE, ACK, re-INVITE) and responses are always served, and first.",
+    ),
+    Option(
+        "overload",
+        "drop_delay",
+        number(0.001, 30),
+        0.2,
+        "Seconds after which a waiting new request is dropped unread instead (the phone "
+        "retransmits); this keeps goodput near capacity under heavy overload.",
+    ),
+    Option(
+        "overload",
+        "retry_after",
+        integer(1, 3600),
+        5,
+        "Retry-After of the 503s, in seconds; each 503 says a random value from this to "
+        "twice this, so the phones refused together do not come back together.",
+    ),
     # [admin]
     Option(
         "admin",

@@ -13,7 +13,11 @@ one of each and hands them what the Switch says to send:
   (RFC 5626 §3.5.1).  Responses and requests to a peer reached over TCP
   reuse its connection (RFC 3261 §18.2.2; a phone registered over TCP is
   reachable only through the connection it registered on); idle connections
-  are closed unless a binding still points at them.
+  are closed unless a binding still points at them.  Each UDP datagram is
+  read with its kernel arrival stamp (``SO_TIMESTAMPNS``); in a batch, work
+  in progress (responses, in-dialog requests) is handed over first and new
+  work after it with its queueing delay, which the Switch's entry control
+  uses to refuse what cannot be served in time (softswitch/overload.py).
 * ``BearerLink``: the control-protocol socket (UNIX datagram at
   ``[bearers] local``, or UDP), opened by the daemon kit's
   ``open_control_socket`` as the bearers open theirs.  A bearer whose socket
@@ -32,6 +36,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -40,6 +45,7 @@ from typing import Any, Protocol, cast
 from softswitch.daemonkit.outbox import Outbox
 from softswitch.daemonkit.runtime import release_transport
 from softswitch.daemonkit.startup import StartupError, open_control_socket
+from softswitch.overload import is_new_work
 from softswitch.protocol import MAX_DATAGRAM
 from softswitch.sip.errors import SipError
 from softswitch.sip.framing import KEEPALIVE, StreamFramer
@@ -65,10 +71,34 @@ BEARER_RETRY_FIRST = 0.001
 BEARER_RETRY_MAX = 0.016
 
 
+#: Linux's SO_TIMESTAMPNS (asm-generic/socket.h; the socket module does not
+#: name it): each datagram carries its arrival time as a struct timespec.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]], default: float) -> float:
+    """The kernel's arrival stamp of a datagram, or ``default`` without one."""
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(value)
+            return sec + nsec * 1e-9
+    return default
+
+
 class SipReceiver(Protocol):
     """What the transports feed: ``Switch.receive_sip``."""
 
-    def __call__(self, data: bytes, peer: Peer, now: float, *, stream: bool = False) -> None: ...
+    def __call__(
+        self,
+        data: bytes,
+        peer: Peer,
+        now: float,
+        *,
+        stream: bool = False,
+        age: float | None = None,
+    ) -> None: ...
 
 
 class SipTransports:
@@ -123,22 +153,37 @@ class SipTransports:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         except OSError:
             pass
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass  # no stamps: every datagram looks fresh (no shedding on UDP)
         self.udp.setdefault(family, sock)
         self.udp_socks.append(sock)
         self.loop.add_reader(sock.fileno(), self._on_udp, sock)
 
     def _on_udp(self, sock: socket.socket) -> None:
+        """Read a batch; serve work in progress at once and new work after
+        it, each with its queueing delay from the kernel's arrival stamp
+        (softswitch/overload.py says what the Switch does with it)."""
         receive = self.receive
         now = time.time()
+        later: list[tuple[bytes, Peer, float]] = []
         for _ in range(UDP_BATCH):
             try:
-                data, addr = sock.recvfrom(65535)
+                data, ancillary, _flags, addr = sock.recvmsg(65535, _STAMP_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # an ICMP error from an earlier send
                 self.drops["udp_recv_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
                 continue
-            receive(data, Peer("udp", addr[0], addr[1]), now)
+            peer = Peer("udp", addr[0], addr[1])
+            if is_new_work(data):
+                later.append((data, peer, _arrival(ancillary, now)))
+            else:
+                receive(data, peer, now)
+        for data, peer, arrived in later:
+            now = time.time()
+            receive(data, peer, now, age=max(0.0, now - arrived))
         self.kick()
 
     def stream_received(self, data: bytes, peer: Peer) -> None:

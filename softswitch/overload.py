@@ -1,0 +1,110 @@
+"""Entry control: what control does with new work it cannot serve in time.
+
+Theory of operation
+-------------------
+Control's queue is the kernel's: the UDP socket's receive buffer (4 MiB, a
+few thousand requests).  When requests arrive faster than control serves
+them the buffer fills, every request waits longer, phones retransmit
+(Timer A/E: 500 ms) and the retransmissions are more work: served in
+arrival order, an overloaded SIP server spends its core on requests whose
+senders have given up, and goodput collapses (RFC 6357 §2).  The remedy is
+to decide, per request and before the expensive part, whether it can still
+be served in time, and to refuse the rest at the lowest possible cost.
+
+The measure is each datagram's *queueing delay*: the kernel stamps it on
+arrival (``SO_TIMESTAMPNS``), and the transport passes the age at the
+moment control reads it.  The age says how far behind control is, whatever
+the cause (offered load, a slow database write, a GC pause, another
+process on the core), in the unit that matters to the phone.
+
+Work is split in two, by a look at the raw bytes (no parse):
+
+* **Work in progress** is always served, and first: responses to our own
+  requests, ACK, CANCEL, BYE, PRACK, UPDATE, INFO, NOTIFY, and any request
+  with a To tag (a re-INVITE, a refresh inside a dialog).  It ends or keeps
+  up calls that already cost a set-up, and it is cheap.  The transport
+  serves it before the new work read in the same batch.
+* **New work** (an out-of-dialog INVITE, REGISTER, OPTIONS, SUBSCRIBE,
+  MESSAGE, ...) is judged by its age:
+
+  - younger than ``shed_delay``: served;
+  - between ``shed_delay`` and ``drop_delay``: answered ``503 Service
+    Unavailable`` with ``Retry-After``, statelessly, after a parse but
+    before authentication, the database or a bearer (about a tenth of the
+    cost of serving it);
+  - older than ``drop_delay``: dropped unparsed (a few microseconds).  The
+    phone has retransmitted already or is about to, and a 503 would cost
+    the time that the requests behind it are waiting for.
+
+  Under mild overload the 503s are enough and tell phones to back off;
+  under heavy overload the queue crosses ``drop_delay`` and most new work
+  is dropped for almost nothing, so the core goes to the requests served
+  within ``drop_delay``: goodput stays near capacity (the seed system's
+  gateway does the same entry control).
+
+Stream transports (TCP, TLS) carry no kernel stamp, and dropping a request
+there would leave the phone waiting for Timer B/F (32 s): new work on them
+gets the 503 while the latest UDP age says control is behind.
+
+Counted: ``overload_shed`` (503s) in the Switch's counters,
+``overload_dropped`` in its drops.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["IN_PROGRESS_METHODS", "Admission", "is_new_work"]
+
+#: Methods that never start new work: they continue a transaction or a
+#: dialog that already exists (CANCEL and ACK belong to an INVITE; the
+#: others are only sent inside a dialog).
+IN_PROGRESS_METHODS = frozenset(
+    ("ACK", "BYE", "CANCEL", "PRACK", "UPDATE", "INFO", "NOTIFY", "REFER")
+)
+_IN_PROGRESS = frozenset(m.encode() for m in IN_PROGRESS_METHODS)
+#: A To header (long or compact form) carrying a tag: a request inside a dialog.
+_TO_TAG = re.compile(rb"\n(?:[Tt][Oo]|[Tt])[ \t]*:[^\n]*;[ \t]*[Tt][Aa][Gg][ \t]*=")
+
+
+def is_new_work(data: bytes) -> bool:
+    """Whether a raw datagram is a request that starts new work (see the
+    module docstring); responses and malformed leads count as in progress,
+    so that the parser, not this guess, decides what to do with them."""
+    if data[:8] == b"SIP/2.0 ":
+        return False
+    space = data.find(b" ", 0, 20)
+    if space <= 0:
+        return False
+    method = data[:space]
+    if method in _IN_PROGRESS:
+        return False
+    if method == b"REGISTER":
+        return True  # never inside a dialog
+    return _TO_TAG.search(data) is None
+
+
+@dataclass
+class Admission:
+    """The thresholds, and the latest queueing delay seen (for streams)."""
+
+    shed_delay: float = 0.05
+    drop_delay: float = 0.2
+    retry_after: int = 5
+    #: Age of the latest UDP datagram read, and when it was read.
+    latest_age: float = 0.0
+    latest_at: float = 0.0
+
+    def behind(self, now: float) -> bool:
+        """Whether new work on a stream should be shed: the latest UDP
+        datagram (within the last second) waited ``shed_delay`` or more."""
+        return self.latest_age >= self.shed_delay and now - self.latest_at < 1.0
+
+    def judge(self, age: float, now: float) -> int:
+        """0 serve, 1 shed (503), 2 drop, for new work that waited ``age``."""
+        self.latest_age = age
+        self.latest_at = now
+        if age < self.shed_delay:
+            return 0
+        return 1 if age < self.drop_delay else 2
