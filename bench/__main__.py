@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["sip_parse", "bearer_relay", "control"]
+BENCHMARKS = ["sip_parse", "bearer_relay", "control", "defence"]
 USAGE = f"usage: python -m bench [{'|'.join(BENCHMARKS)} ...] [--quick | BENCHMARK OPTIONS]"
 
 

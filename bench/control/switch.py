@@ -181,8 +181,10 @@ def start_switch(
     load_cpu: int | None,
     max_sessions: int = 500,
     gc_trace: bool = False,
+    config: dict[str, dict[str, Any]] | None = None,
 ) -> Switch:
-    """Bearers (on the load core), users in the DB, then control (on its own core)."""
+    """Bearers (on the load core), users in the DB, then control (on its own
+    core); ``config`` adds softswitch.conf keys by section."""
     bps = [
         start_bearer(tmp / f"b{i}", max_sessions=max_sessions, ports=4 * max_sessions)
         for i in range(bearers)
@@ -192,6 +194,8 @@ def start_switch(
         "sip": {"digest_algorithms": ["MD5", "SHA-256"]},
         "database": {"sync_interval": 2},
     }
+    for section, values in (config or {}).items():
+        sections.setdefault(section, {}).update(values)
     metrics_url = None
     if _has_option("metrics", "listen"):
         mport = free_sip_port()
