@@ -23,9 +23,15 @@ Work is split in two, by a look at the raw bytes (no parse):
   requests, ACK, CANCEL, BYE, PRACK, UPDATE, INFO, NOTIFY, and any request
   with a To tag (a re-INVITE, a refresh inside a dialog).  It ends or keeps
   up calls that already cost a set-up, and it is cheap.  The transport
-  serves it before the new work read in the same batch.
+  serves it before the new work read in the same batch, and answered
+  challenges before the rest.
+* **Answered challenges** (new work carrying Authorization or
+  Proxy-Authorization) come next: their first half, the 401/407, is work
+  already spent, so they are served up to ``drop_delay`` and never get a
+  503; under overload control finishes the registrations and calls it has
+  started before it starts new ones.
 * **New work** (an out-of-dialog INVITE, REGISTER, OPTIONS, SUBSCRIBE,
-  MESSAGE, ...) is judged by its age:
+  MESSAGE, ...) without credentials is judged by its age:
 
   - younger than ``shed_delay``: served;
   - between ``shed_delay`` and ``drop_delay``: answered ``503 Service
@@ -55,7 +61,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["IN_PROGRESS_METHODS", "Admission", "is_new_work"]
+__all__ = [
+    "ANSWERED_CHALLENGE",
+    "IN_PROGRESS",
+    "IN_PROGRESS_METHODS",
+    "NEW",
+    "Admission",
+    "is_new_work",
+    "work_kind",
+]
 
 #: Methods that never start new work: they continue a transaction or a
 #: dialog that already exists (CANCEL and ACK belong to an INVITE; the
@@ -68,29 +82,42 @@ _IN_PROGRESS = frozenset(m.encode() for m in IN_PROGRESS_METHODS)
 _TO_TAG = re.compile(rb"\n(?:[Tt][Oo]|[Tt])[ \t]*:[^\n]*;[ \t]*[Tt][Aa][Gg][ \t]*=")
 
 
-def is_new_work(data: bytes) -> bool:
-    """Whether a raw datagram is a request that starts new work (see the
+#: An Authorization or Proxy-Authorization header: the answer to a challenge.
+_CREDENTIALS = re.compile(rb"\n(?:proxy-)?authorization[ \t]*:", re.IGNORECASE)
+
+#: What ``work_kind`` says of a datagram.
+IN_PROGRESS, ANSWERED_CHALLENGE, NEW = 0, 1, 2
+
+
+def work_kind(data: bytes) -> int:
+    """IN_PROGRESS, ANSWERED_CHALLENGE or NEW for a raw datagram (see the
     module docstring); responses and malformed leads count as in progress,
     so that the parser, not this guess, decides what to do with them."""
     if data[:8] == b"SIP/2.0 ":
-        return False
+        return IN_PROGRESS
     space = data.find(b" ", 0, 20)
     if space <= 0:
-        return False
+        return IN_PROGRESS
     method = data[:space]
     if method in _IN_PROGRESS:
-        return False
-    if method == b"REGISTER":
-        return True  # never inside a dialog
-    return _TO_TAG.search(data) is None
+        return IN_PROGRESS
+    if method != b"REGISTER" and _TO_TAG.search(data) is not None:  # REGISTER has no dialog
+        return IN_PROGRESS
+    return ANSWERED_CHALLENGE if _CREDENTIALS.search(data) is not None else NEW
+
+
+def is_new_work(data: bytes) -> bool:
+    """Whether a raw datagram is a request that starts (or continues, with
+    credentials) new work: anything but work in progress."""
+    return work_kind(data) != IN_PROGRESS
 
 
 @dataclass
 class Admission:
     """The thresholds, and the latest queueing delay seen (for streams)."""
 
-    shed_delay: float = 0.05
-    drop_delay: float = 0.2
+    shed_delay: float = 0.1
+    drop_delay: float = 0.3
     retry_after: int = 5
     #: Age of the latest UDP datagram read, and when it was read.
     latest_age: float = 0.0
@@ -101,10 +128,19 @@ class Admission:
         datagram (within the last second) waited ``shed_delay`` or more."""
         return self.latest_age >= self.shed_delay and now - self.latest_at < 1.0
 
-    def judge(self, age: float, now: float) -> int:
-        """0 serve, 1 shed (503), 2 drop, for new work that waited ``age``."""
+    def judge(self, age: float, now: float, answered_challenge: bool = False) -> int:
+        """0 serve, 1 shed (503), 2 drop, for new work that waited ``age``.
+
+        A request answering our challenge is served up to ``drop_delay``
+        and never shed: its first half (the challenge) is work already
+        done, which a 503 now would waste, so under overload control
+        finishes the registrations and calls it has started before it
+        starts new ones.
+        """
         self.latest_age = age
         self.latest_at = now
+        if answered_challenge:
+            return 0 if age < self.drop_delay else 2
         if age < self.shed_delay:
             return 0
         return 1 if age < self.drop_delay else 2

@@ -235,17 +235,19 @@ class Switch:
         *,
         stream: bool = False,
         age: float | None = None,
+        answered_challenge: bool = False,
     ) -> None:
         """One UDP datagram, or one message cut by StreamFramer (``stream=True``).
 
         ``age`` is the queueing delay of a UDP datagram the transport judged
         new work (``softswitch.overload.is_new_work``); None for work in
-        progress and for streams.  See softswitch/overload.py.
+        progress and for streams; ``answered_challenge`` says it carries
+        credentials.  See softswitch/overload.py.
         """
         counters = self.counters
         shed = False
         if age is not None:
-            verdict = self.admission.judge(age, now)
+            verdict = self.admission.judge(age, now, answered_challenge)
             if verdict == 2:
                 self.drops["overload_dropped"] += 1
                 return

@@ -228,16 +228,17 @@ CONTROL_OPTIONS: list[Option] = [
         "overload",
         "shed_delay",
         number(0.001, 30),
-        0.05,
+        0.1,
         "Seconds a new request (out-of-dialog INVITE, REGISTER ...) may have waited in the "
         "UDP queue and still be served; older ones get 503 with Retry-After. Requests "
-        "within calls (BYE, ACK, re-INVITE) and responses are always served, and first.",
+        "within calls (BYE, ACK, re-INVITE) and responses are always served, and first; "
+        "requests answering a challenge are served up to drop_delay.",
     ),
     Option(
         "overload",
         "drop_delay",
         number(0.001, 30),
-        0.2,
+        0.3,
         "Seconds after which a waiting new request is dropped unread instead (the phone "
         "retransmits); this keeps goodput near capacity under heavy overload.",
     ),

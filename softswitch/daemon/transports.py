@@ -45,7 +45,7 @@ from typing import Any, Protocol, cast
 from softswitch.daemonkit.outbox import Outbox
 from softswitch.daemonkit.runtime import release_transport
 from softswitch.daemonkit.startup import StartupError, open_control_socket
-from softswitch.overload import is_new_work
+from softswitch.overload import ANSWERED_CHALLENGE, IN_PROGRESS, work_kind
 from softswitch.protocol import MAX_DATAGRAM
 from softswitch.sip.errors import SipError
 from softswitch.sip.framing import KEEPALIVE, StreamFramer
@@ -98,6 +98,7 @@ class SipReceiver(Protocol):
         *,
         stream: bool = False,
         age: float | None = None,
+        answered_challenge: bool = False,
     ) -> None: ...
 
 
@@ -167,6 +168,7 @@ class SipTransports:
         (softswitch/overload.py says what the Switch does with it)."""
         receive = self.receive
         now = time.time()
+        answers: list[tuple[bytes, Peer, float]] = []
         later: list[tuple[bytes, Peer, float]] = []
         for _ in range(UDP_BATCH):
             try:
@@ -177,10 +179,16 @@ class SipTransports:
                 self.drops["udp_recv_" + errno.errorcode.get(exc.errno or 0, "error")] += 1
                 continue
             peer = Peer("udp", addr[0], addr[1])
-            if is_new_work(data):
-                later.append((data, peer, _arrival(ancillary, now)))
-            else:
+            kind = work_kind(data)
+            if kind == IN_PROGRESS:
                 receive(data, peer, now)
+            elif kind == ANSWERED_CHALLENGE:
+                answers.append((data, peer, _arrival(ancillary, now)))
+            else:
+                later.append((data, peer, _arrival(ancillary, now)))
+        for data, peer, arrived in answers:
+            now = time.time()
+            receive(data, peer, now, age=max(0.0, now - arrived), answered_challenge=True)
         for data, peer, arrived in later:
             now = time.time()
             receive(data, peer, now, age=max(0.0, now - arrived))

@@ -36,13 +36,13 @@ def options(n: int, *, to_tag: str = "") -> bytes:
 def queue_while_frozen(
     control: ControlProcess, sock: socket.socket, datagrams: list[bytes]
 ) -> None:
-    """Send ``datagrams`` to a frozen daemon and let them age 0.4 s."""
+    """Send ``datagrams`` to a frozen daemon and let them age 0.5 s."""
     assert control.proc is not None
     control.proc.send_signal(signal.SIGSTOP)
     try:
         for data in datagrams:
             sock.sendto(data, (HOST, control.port))
-        time.sleep(0.4)  # the age under test, not a synchronisation
+        time.sleep(0.5)  # the age under test, not a synchronisation
     finally:
         control.proc.send_signal(signal.SIGCONT)
 
@@ -75,7 +75,7 @@ def test_late_new_work_is_dropped_and_in_dialog_work_served(tmp_path: Path) -> N
         )
         answers = collect(sock, 1.0)
         # The in-dialog request is served (481: no such dialog); the five new
-        # ones waited past drop_delay (0.2 s) and got nothing.
+        # ones waited past drop_delay (0.3 s) and got nothing.
         assert [r.status for r in answers] == [481]
         assert status(control).get("drop_overload_dropped") == 5
         sock.sendto(options(20), (HOST, control.port))

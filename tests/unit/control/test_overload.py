@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from softswitch.overload import Admission, is_new_work
+from softswitch.overload import (
+    ANSWERED_CHALLENGE,
+    IN_PROGRESS,
+    NEW,
+    Admission,
+    is_new_work,
+    work_kind,
+)
 from softswitch.sip.transaction import Peer
 from tests.unit.control.test_core import PEER, answers, make_switch, request
 
@@ -37,6 +44,25 @@ def test_is_new_work_reads_method_and_to_tag(data: bytes, new: bool) -> None:
     assert is_new_work(data) is new
 
 
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (request("INVITE"), NEW),
+        (request("INVITE", extra=['Proxy-Authorization: Digest username="a"']), ANSWERED_CHALLENGE),
+        (request("REGISTER", extra=['authorization : Digest username="a"']), ANSWERED_CHALLENGE),
+        (request("REGISTER", extra=['X-Authorization: Digest username="a"']), NEW),
+        (request("BYE", to_tag="b2", extra=['Authorization: Digest username="a"']), IN_PROGRESS),
+    ],
+)
+def test_work_kind_tells_answered_challenges_apart(data: bytes, kind: int) -> None:
+    assert work_kind(data) == kind
+
+
+def test_answered_challenges_are_served_to_drop_delay_and_never_shed() -> None:
+    a = Admission(shed_delay=0.05, drop_delay=0.2)
+    assert [a.judge(age, 100.0, True) for age in (0.0, 0.1, 0.199, 0.2)] == [0, 0, 0, 2]
+
+
 def test_admission_serves_sheds_then_drops_by_age() -> None:
     a = Admission(shed_delay=0.05, drop_delay=0.2)
     assert [a.judge(age, 100.0) for age in (0.0, 0.049, 0.05, 0.199, 0.2, 5.0)] == [
@@ -64,7 +90,7 @@ def test_streams_are_shed_only_while_udp_is_recently_behind() -> None:
 
 def test_fresh_new_work_is_served() -> None:
     switch = make_switch()
-    switch.receive_sip(request("REGISTER"), PEER, 1000.0, age=0.01)
+    switch.receive_sip(request("REGISTER"), PEER, 1000.0, age=0.09)
     assert [r.status for r in answers(switch)] == [401]  # challenged: the registrar saw it
     assert switch.counters["overload_shed"] == 0
     assert switch.counters["rx_REGISTER"] == 1
@@ -75,7 +101,7 @@ def test_late_new_work_gets_503_with_spread_retry_after_and_no_processing() -> N
     retries = set()
     for n in range(40):
         data = request("INVITE").replace(b"core-test@", f"shed{n}@".encode())
-        switch.receive_sip(data, PEER, 1000.0, age=0.1)
+        switch.receive_sip(data, PEER, 1000.0, age=0.2)
         (r,) = answers(switch)  # no 100 Trying: stateless, before the transaction layer
         assert r.status == 503 and r.reason == "Overloaded" and r.to.tag
         retries.add(int(r.get("Retry-After") or 0))
@@ -104,7 +130,7 @@ def test_work_in_progress_is_served_however_far_behind() -> None:
 def test_new_work_on_a_stream_is_shed_while_udp_is_behind() -> None:
     switch = make_switch()
     tcp = Peer("tcp", "192.0.2.51", 40000)
-    switch.receive_sip(request("INVITE").replace(b"core-test", b"u1"), PEER, 1000.0, age=0.1)
+    switch.receive_sip(request("INVITE").replace(b"core-test", b"u1"), PEER, 1000.0, age=0.2)
     answers(switch)
     switch.receive_sip(request("INVITE"), tcp, 1000.2, stream=True)
     (r,) = answers(switch)
