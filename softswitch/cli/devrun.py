@@ -47,6 +47,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from softswitch.daemon.settings import TLS_CERTIFICATE_FILE, TLS_KEY_FILE
+from softswitch.daemon.tls import TlsError, make_self_signed
 from softswitch.daemonkit.config import dumps
 from softswitch.daemonkit.runtime import die_with_parent
 
@@ -84,12 +86,14 @@ def write_dev_config(
     if not key.exists():
         key.write_text(secrets.token_hex(32) + "\n")
         key.chmod(0o600)
+    _dev_certificate(etc)
     control = etc / "softswitch.conf"
     if not control.exists():
         control.write_text(
             dumps(
                 {
-                    "sip": {"listen": ["127.0.0.1"], "port": sip_port},
+                    # TLS next to the SIP port; tls.crt/tls.key ("auto") beside this file.
+                    "sip": {"listen": ["127.0.0.1"], "port": sip_port, "tls_port": sip_port + 1},
                     "database": {
                         "url": f"sqlite:///{var}/softswitch.db",
                         "spool_dir": str(var / "spool"),
@@ -121,6 +125,21 @@ def write_dev_config(
             )
         )
     return etc
+
+
+def _dev_certificate(etc: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (tls.crt, tls.key: what
+    ``[sip] tls_certificate = "auto"`` loads) if there is none, so SIP over
+    TLS works under ``make run`` too.  Without openssl, TLS is simply off."""
+    certificate, key = etc / TLS_CERTIFICATE_FILE, etc / TLS_KEY_FILE
+    if certificate.exists():
+        return
+    try:
+        make_self_signed(certificate, key, ["127.0.0.1", "localhost"])
+    except TlsError as exc:
+        print(f"make run: no SIP over TLS: {exc}", file=sys.stderr)
+        return
+    print(f"make run: made a self-signed TLS certificate: {certificate}", file=sys.stderr)
 
 
 def how_it_ended(returncode: int) -> str:
