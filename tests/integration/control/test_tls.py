@@ -8,6 +8,7 @@ trusting only the certificate the test made.
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import ssl
@@ -23,6 +24,7 @@ from bench.harness.sip import Dialer, SipClient, next_request
 from softswitch.daemon.tls import make_self_signed
 from softswitch.sip.message import make_response
 from tests.integration.control.test_control import _run, write_control_config
+from tests.unit.sip.test_fuzz import CORPUS, SEED, mutate
 
 
 def _certificate(directory: Path, name: str = "127.0.0.1") -> tuple[Path, Path]:
@@ -219,3 +221,24 @@ def test_auto_certificate_beside_the_config_turns_tls_on(tmp_path: Path) -> None
         phone.close()
     finally:
         assert control.stop() == 0, control.log()
+
+
+def test_torture_corpus_and_mutants_over_a_real_tls_connection(tls_switch: TlsSwitch) -> None:
+    """The daemon's side of the fuzz tests over TLS framing: every torture
+    message and a few hundred mutants, each on its own TLS connection; it stays up, logs no
+    traceback (the fixture checks), counts no internal error and serves."""
+    rng = random.Random(SEED)
+    context = _trusting(tls_switch.cert)
+    messages = list(CORPUS) + [mutate(rng, rng.choice(CORPUS)) for _ in range(300)]
+    for data in messages:  # one connection each: a closed stream loses nothing after it
+        with context.wrap_socket(
+            socket.create_connection(("127.0.0.1", tls_switch.port), timeout=5),
+            server_hostname="127.0.0.1",
+        ) as conn:
+            conn.sendall(data)
+    status = tls_switch.control.admin("status")
+    assert status.get("internal_errors", 0) == 0
+    assert status["rx_messages"] > len(CORPUS) // 2
+    bob = tls_switch.phone()
+    assert bob.register().status == 200
+    bob.close()
