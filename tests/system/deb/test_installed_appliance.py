@@ -149,6 +149,17 @@ def test_install_creates_user_directories_and_key(machine: Container) -> None:
     key = "/etc/softswitch/control.key"
     assert machine.run(["stat", "-c", "%U:%G %a", key]).stdout.split() == ["root:softswitch", "640"]
     assert re.fullmatch(r"[0-9a-f]{64}\n", machine.run(["cat", key]).stdout)
+    # The self-signed TLS certificate ([sip] tls_certificate = "auto"): the key
+    # for the daemons' group only, valid for the loopback address.
+    tls_key = "/etc/softswitch/tls.key"
+    assert machine.run(["stat", "-c", "%U:%G %a", tls_key]).stdout.split() == [
+        "root:softswitch",
+        "640",
+    ]
+    subject = machine.run(
+        ["openssl", "x509", "-in", "/etc/softswitch/tls.crt", "-noout", "-ext", "subjectAltName"]
+    )
+    assert "IP Address:127.0.0.1" in subject.stdout
     conffiles = machine.run(["dpkg-query", "-W", "-f=${Conffiles}", "softswitch"]).stdout
     for f in ("/etc/softswitch/softswitch.conf", "/etc/softswitch/bearer.conf"):
         assert f in conffiles
