@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     var = Path(args.var).resolve()
     etc = write_dev_config(var, sip_port=args.sip_port, metrics_listen=args.metrics_listen)
     sip_port = args.sip_port
+    tls_port = 5061
     for name in ("softswitch.conf", "bearer.conf"):
         try:
             conf = tomllib.loads((etc / name).read_text(encoding="utf-8"))
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if name == "softswitch.conf":  # a kept configuration says where SIP is
             sip_port = conf.get("sip", {}).get("port", sip_port)
+            tls_port = conf.get("sip", {}).get("tls_port", 5061)
     env = dict(os.environ, SOFTSWITCH_CONFIG_DIR=str(etc), PYTHONUNBUFFERED="1")
     bindir = Path(sys.executable).parent
     cores = len(os.sched_getaffinity(0))
@@ -324,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    tls = ""
+    if (etc / TLS_CERTIFICATE_FILE).exists():
+        tls = f", TLS on {tls_port} (trust {etc / TLS_CERTIFICATE_FILE})"
     print(
-        f"softswitch: configuration in {etc}; SIP on 127.0.0.1:{sip_port}; "
+        f"softswitch: configuration in {etc}; SIP on 127.0.0.1:{sip_port}{tls}; "
         "a daemon that dies is restarted; Ctrl-C stops",
         file=sys.stderr,
     )
