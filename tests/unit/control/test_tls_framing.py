@@ -19,14 +19,18 @@ import ssl
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from softswitch.daemon import transports
+from softswitch.daemon.metrics import exposition
 from softswitch.daemon.tls import make_self_signed, server_context
 from softswitch.daemon.transports import SipTransports
 from softswitch.sip.framing import StreamFramer
 from softswitch.sip.message import Response, parse
 from tests.unit.control.core_world import CoreWorld
+from tests.unit.control.test_metrics import value
 from tests.unit.sip.test_fuzz import CORPUS, SEED, mutate
 
 #: Mutants sent over TLS (each its own message on a connection).
@@ -187,3 +191,24 @@ def test_torture_corpus_and_mutants_over_tls_nothing_escapes(
     assert closed and framing >= closed  # unframable streams were closed and counted
     assert answered > len(CORPUS) // 2  # and the rest was answered over TLS
     assert not any(k.startswith("tls_handshake_") for k in sip.drops), sip.drops
+
+
+def test_a_handshake_that_never_finishes_is_closed_and_counted(
+    world: tuple[CoreWorld, SipTransports], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that connects and says nothing (or half a ClientHello) is cut
+    off after TLS_HANDSHAKE_TIMEOUT, counted, and shows in the metric."""
+    core = world[0].core
+    sip = world[1]
+    sip.drops = core.drops  # as the daemon does: the Switch's drops
+    monkeypatch.setattr(transports, "TLS_HANDSHAKE_TIMEOUT", 0.01)
+    silent, slow = FakeSocket(7000), FakeSocket(7001)
+    for sock in (silent, slow):
+        sip._new_tls().connection_made(sock)  # type: ignore[arg-type]
+    sip.tls[("198.51.100.7", 7001)].data_received(b"\x16\x03\x01\x02\x00\x01")  # a start
+    assert len(sip.tls) == 2
+    sip.loop.run_until_complete(asyncio.sleep(0.05))
+    assert silent.closed and slow.closed and not sip.tls
+    assert core.drops["tls_handshake_timeout"] == 2
+    text = exposition(SimpleNamespace(switch=core))
+    assert value(text, "softswitch_tls_handshake_failures_total", reason="timeout") == 2
