@@ -242,3 +242,24 @@ def test_torture_corpus_and_mutants_over_a_real_tls_connection(tls_switch: TlsSw
     bob = tls_switch.phone()
     assert bob.register().status == 200
     bob.close()
+
+
+def test_sips_invite_over_tls_reaches_the_calls_and_over_udp_gets_416(
+    tls_switch: TlsSwitch,
+) -> None:
+    """An INVITE for sips:bob over TLS is served (challenged like any other
+    call); the same over UDP is refused before any module sees it."""
+    control = tls_switch.control
+    alice = tls_switch.phone("alice", "secret")
+    invite = alice.build(
+        "INVITE", uri="sips:bob@127.0.0.1", to="<sips:bob@127.0.0.1>",
+        headers=[f"Contact: <sips:alice@127.0.0.1:{alice.local[1]}>"],
+    )  # fmt: skip
+    alice.send(invite)
+    assert alice.final().status == 407
+    plain = SipClient(control.port, "alice", "secret")
+    plain.send(plain.build("INVITE", uri="sips:bob@127.0.0.1", to="<sips:bob@127.0.0.1>"))
+    r = plain.final()
+    assert (r.status, r.reason) == (416, "SIPS Requires TLS")
+    plain.close()
+    alice.close()
