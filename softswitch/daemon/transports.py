@@ -355,8 +355,10 @@ class SipTls(SipTcp):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self.key is not None and self._table().get(self.key) is self:  # not refused
+        if self.key is not None and self._table().get(self.key) is self:
             self._timer = self.owner.loop.call_later(TLS_HANDSHAKE_TIMEOUT, self._too_slow)
+        else:  # refused as one too many (counted): not a handshake failure
+            self._closing = True
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.time()

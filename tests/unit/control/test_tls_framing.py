@@ -212,3 +212,20 @@ def test_a_handshake_that_never_finishes_is_closed_and_counted(
     assert core.drops["tls_handshake_timeout"] == 2
     text = exposition(SimpleNamespace(switch=core))
     assert value(text, "softswitch_tls_handshake_failures_total", reason="timeout") == 2
+
+
+def test_tls_connections_beyond_the_limit_are_refused_and_counted(
+    world: tuple[CoreWorld, SipTransports],
+    certificate: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sip = world[1]
+    monkeypatch.setattr(transports, "MAX_TCP", 1)
+    first = Phone(sip, _client(certificate), 8000)
+    extra = FakeSocket(8001)
+    conn = sip._new_tls()
+    conn.connection_made(extra)  # type: ignore[arg-type]
+    conn.connection_lost(None)
+    assert extra.closed and not first.sock.closed
+    assert sip.drops["tls_too_many"] == 1
+    assert not any(k.startswith("tls_handshake_") for k in sip.drops), sip.drops
