@@ -158,7 +158,7 @@ class Outputs:
     def leg_response(self, peer: Peer, request: Request, status: int, body: bytes) -> Response:
         """A response to an in-dialog request (its To tag is already ours)."""
         response = make_response(request, status)
-        response.add("Contact", self._contact[peer.transport])
+        response.add("Contact", self._contact_for(peer, request.uri))
         if body:
             response.add("Content-Type", SDP)
             response.body = body
