@@ -4,11 +4,13 @@ The switch serves TLS with a self-signed certificate made as ``make run``
 makes it; each phone trusts exactly that certificate (pjsua2's CaListFile,
 verifyServer on), registers over TLS and is reached through its own TLS
 connection.  The call is judged by ear (each side hears the other's tone)
-and by its CDR.  SRTP on the same call is another test's.
+and by its CDR; the certificate is renewed and reloaded in the middle of
+the call, which carries on.  SRTP on the same call is another test's.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,7 +90,14 @@ def test_two_phones_register_and_call_over_tls_and_hear_each_other(
         info = a.wait_state("CONFIRMED", 8, call=ca)
         assert info["state"] == "CONFIRMED", f"{info}\n{sw.logs()}\n{a.log_tail()}"
         cb = b.incoming(2)
-        a.pump(TALK)
+        a.pump(TALK / 2)
+        # Mid-call certificate renewal and reload: the call and both phones'
+        # TLS connections carry on (the BYE below travels on them).
+        assert sw.control is not None
+        make_self_signed(sw.cert, sw.cert.with_name("tls.key"), ["127.0.0.1", "renewed"])
+        sw.control.send_signal(signal.SIGHUP)
+        sw.control.wait_log("TLS certificate reloaded")
+        a.pump(TALK / 2)
         sa, sb = a.stats(ca), b.stats(cb)
         a.hangup(ca)
         assert a.wait_state("DISCONNECTED", 5, call=ca)["state"] == "DISCONNECTED"
