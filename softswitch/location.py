@@ -41,6 +41,8 @@ __all__ = ["MAX_CONTACTS", "LocalAddress", "Location"]
 MAX_CONTACTS = 10
 
 AorKey = tuple[str, str]
+#: Transports whose bindings are reached through the phone's own connection.
+_CONNECTED = frozenset({"tcp", "tls"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +53,21 @@ class LocalAddress:
     host: str
     port: int
     transports: tuple[str, ...]
+    #: Where SIP over TLS is served (when "tls" is in ``transports``).
+    tls_port: int = 5061
 
     @property
     def host_port(self) -> str:
         """``host:port`` as written in a Via or a SIP URI (IPv6 in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    def sent_by(self, transport: str) -> str:
+        """Our Via sent-by and Contact ``host:port`` for ``transport`` (TLS has its own port)."""
+        if transport == "tls":
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"{host}:{self.tls_port}"
+        return self.host_port
 
 
 class Location:
@@ -69,7 +80,8 @@ class Location:
 
     Memory matters (DESIGN.md: 100,000 users with their registrations in
     memory): an AOR's contacts are a short list (scanned, at most
-    ``max_contacts``) rather than a dict, and only TCP sources are indexed.
+    ``max_contacts``) rather than a dict, and only connection (TCP, TLS)
+    sources are indexed.
     """
 
     __slots__ = ("_aors", "_count", "_heap", "_sources", "max_contacts")
@@ -82,9 +94,10 @@ class Location:
         # (expires_at, username, domain, contact): the binding's own objects.
         self._heap: list[tuple[float, str, str, str]] = []
         self._count = 0
-        # (host, port) of TCP registrations -> how many bindings came from
-        # there: the daemon keeps such a connection open (§18.2.2).
-        self._sources: Counter[tuple[str, int]] = Counter()
+        # (transport, host, port) of TCP and TLS registrations -> how many
+        # bindings came from there: the daemon keeps such a connection open
+        # (§18.2.2).
+        self._sources: Counter[tuple[str, str, int]] = Counter()
 
     def __len__(self) -> int:
         """Number of bindings (expired ones not yet collected included)."""
@@ -113,9 +126,9 @@ class Location:
         return None
 
     def has_source(self, transport: str, host: str, port: int) -> bool:
-        """Whether any binding was registered over TCP from this address (a
-        connection the daemon must keep open).  Always False for UDP."""
-        return transport == "tcp" and (host, port) in self._sources
+        """Whether any binding was registered over TCP or TLS from this address
+        (a connection the daemon must keep open).  Always False for UDP."""
+        return (transport, host, port) in self._sources
 
     def __iter__(self) -> Iterator[Binding]:
         for contacts in self._aors.values():
@@ -140,8 +153,9 @@ class Location:
                 break
         contacts.append(binding)
         self._count += 1
-        if binding.source_transport == "tcp":
-            self._sources[(binding.source_host, binding.source_port)] += 1
+        if binding.source_transport in _CONNECTED:
+            src = (binding.source_transport, binding.source_host, binding.source_port)
+            self._sources[src] += 1
         self._push(binding)
         evicted: list[Binding] = []
         while len(contacts) > self.max_contacts:  # bounded: shrinks by one per turn
@@ -257,9 +271,9 @@ class Location:
         return None
 
     def _unsource(self, b: Binding) -> None:
-        if b.source_transport != "tcp":
+        if b.source_transport not in _CONNECTED:
             return
-        src = (b.source_host, b.source_port)
+        src = (b.source_transport, b.source_host, b.source_port)
         n = self._sources[src] - 1
         if n > 0:
             self._sources[src] = n

@@ -119,6 +119,7 @@ class CoreRefusal(Enum):
     SHUTTING_DOWN = "shutting-down"
     NO_CALLS = "no-calls"
     INTERNAL_ERROR = "internal-error"
+    SIPS_WITHOUT_TLS = "sips-without-tls"
 
 
 #: The one table: refusal -> (status, reason phrase or None for the standard one).
@@ -130,6 +131,11 @@ CORE_ANSWERS: dict[CoreRefusal, tuple[int, str | None]] = {
     CoreRefusal.SHUTTING_DOWN: (503, "Shutting down"),  # with Retry-After
     CoreRefusal.NO_CALLS: (501, "Calls not available"),
     CoreRefusal.INTERNAL_ERROR: (500, None),
+    # A sips: Request-URI says every hop must be TLS (RFC 3261 §26.2.2, RFC
+    # 5630 §3.1.3); one that came over UDP or TCP already broke that, and
+    # serving it would pretend otherwise.  416: the scheme cannot be served
+    # as received (480 would invite the same request again).
+    CoreRefusal.SIPS_WITHOUT_TLS: (416, "SIPS Requires TLS"),
 }
 
 
@@ -157,8 +163,10 @@ class Switch:
         self.features = dict(features or {})
         self.domain: str = (sip.domain or sip.listen[0]).lower()
         self.realm: str = sip.realm or self.domain
-        self.local = LocalAddress(sip.listen[0], sip.port, tuple(sip.transports))
-        self.locals = [LocalAddress(h, sip.port, tuple(sip.transports)) for h in sip.listen]
+        # TLS is served when a certificate is configured ([sip] tls_certificate).
+        transports = (*sip.transports, *(("tls",) if sip.tls_certificate else ()))
+        self.local = LocalAddress(sip.listen[0], sip.port, transports, sip.tls_port)
+        self.locals = [LocalAddress(h, sip.port, transports, sip.tls_port) for h in sip.listen]
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         # For softswitch.daemon.metrics (read from its HTTP thread, which copies them):
@@ -383,6 +391,9 @@ class Switch:
             if unsupported:
                 self._refuse(tx, request, CoreRefusal.BAD_EXTENSION, now, unsupported)
                 return
+        if peer.transport != "tls" and getattr(request.uri, "scheme", "") == "sips":
+            self._refuse(tx, request, CoreRefusal.SIPS_WITHOUT_TLS, now)
+            return
         in_dialog = request.to.tag is not None
         if method == "OPTIONS" and not in_dialog:
             self._options(tx, request, now)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from softswitch.sip.message import Request, Response, make_response, parse
 
 
 class SipClient:
-    """A phone on loopback, UDP or TCP, using the project's own SIP stack."""
+    """A phone on loopback, UDP, TCP or TLS, using the project's own SIP stack."""
 
     def __init__(
         self,
@@ -35,7 +36,10 @@ class SipClient:
         transport: str = "udp",
         timeout: float = 5.0,
         host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: a client context, for ``transport="tls"`` (``port`` is then
+        the server's TLS port)."""
         self.server = (host, port)
         self.user = user
         self.transport = transport
@@ -51,6 +55,9 @@ class SipClient:
             self.sock.bind((host, 0))
         else:
             self.sock.connect(self.server)
+            if transport == "tls":
+                assert tls is not None, "transport tls needs a client context"
+                self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.local = self.sock.getsockname()[:2]
         self.framer = StreamFramer()
         self.pending: list[bytes] = []

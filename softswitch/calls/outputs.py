@@ -63,12 +63,18 @@ class Outputs:
         self._layer = layer
         self._pool = bearers
         self.on_cdr = on_cdr
-        sent_by = f"{_bracket(local.host)}:{local.port}"
-        self._via = {t: f"SIP/2.0/{t.upper()} {sent_by};rport;branch=" for t in ("udp", "tcp")}
+        served = ("udp", "tcp", *(("tls",) if "tls" in local.transports else ()))
+        self._via = {t: f"SIP/2.0/{t.upper()} {local.sent_by(t)};rport;branch=" for t in served}
         self._contact = {
-            "udp": f"<sip:{sent_by}>",
-            "tcp": f"<sip:{sent_by};transport=tcp>",
+            "udp": f"<sip:{local.sent_by('udp')}>",
+            "tcp": f"<sip:{local.sent_by('tcp')};transport=tcp>",
         }
+        if "tls" in served:
+            # RFC 5630 §4 deprecates transport=tls, but a sip: URI with it is
+            # what phones registered over TLS with sip: URIs expect; dialogs
+            # a sips: URI started get a sips: Contact (§12.1.1, _secure_contact).
+            self._contact["tls"] = f"<sip:{local.sent_by('tls')};transport=tls>"
+            self._contact["sips"] = f"<sips:{local.sent_by('tls')}>"
         #: Named event counts (refusals, auth failures, CDRs by disposition, moves).
         self.counters: dict[str, int] = {}
         #: Added set-up delay (A's INVITE in -> INVITE out to B), for softswitch.daemon.metrics.
@@ -89,6 +95,13 @@ class Outputs:
         return transport in self._via
 
     def contact_for(self, peer: Peer) -> str:
+        return self._contact[peer.transport]
+
+    def _contact_for(self, peer: Peer, uri: Any) -> str:
+        """Our Contact in a dialog with ``peer`` whose request targets ``uri``:
+        a sips: one over TLS when that URI is sips: (§8.1.1.8, §12.1.1)."""
+        if peer.transport == "tls" and getattr(uri, "scheme", "") == "sips":
+            return self._contact["sips"]
         return self._contact[peer.transport]
 
     # ------------------------------------------------------------------ responses to phones
@@ -129,7 +142,7 @@ class Outputs:
         if status < 300:
             peer = call.legs[CALLER].peer
             assert peer is not None, "the caller's INVITE came from somewhere"
-            response.add("Contact", self._contact[peer.transport])
+            response.add("Contact", self._contact_for(peer, call.a_request.uri))
         if body:
             response.add("Content-Type", SDP)
             response.body = body
@@ -145,7 +158,7 @@ class Outputs:
     def leg_response(self, peer: Peer, request: Request, status: int, body: bytes) -> Response:
         """A response to an in-dialog request (its To tag is already ours)."""
         response = make_response(request, status)
-        response.add("Contact", self._contact[peer.transport])
+        response.add("Contact", self._contact_for(peer, request.uri))
         if body:
             response.add("Content-Type", SDP)
             response.body = body
@@ -177,7 +190,7 @@ class Outputs:
             ["To", to],
             ["Call-ID", secrets.token_hex(12)],
             ["CSeq", "1 INVITE"],
-            ["Contact", self._contact[transport]],
+            ["Contact", self._contact_for(peer, uri)],
             ["Allow", ALLOW],
             ["Content-Type", SDP],
         ]

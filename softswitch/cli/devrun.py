@@ -47,6 +47,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from softswitch.daemon.settings import TLS_CERTIFICATE_FILE, TLS_KEY_FILE
+from softswitch.daemon.tls import TlsError, make_self_signed
 from softswitch.daemonkit.config import dumps
 from softswitch.daemonkit.runtime import die_with_parent
 
@@ -84,12 +86,14 @@ def write_dev_config(
     if not key.exists():
         key.write_text(secrets.token_hex(32) + "\n")
         key.chmod(0o600)
+    _dev_certificate(etc)
     control = etc / "softswitch.conf"
     if not control.exists():
         control.write_text(
             dumps(
                 {
-                    "sip": {"listen": ["127.0.0.1"], "port": sip_port},
+                    # TLS next to the SIP port; tls.crt/tls.key ("auto") beside this file.
+                    "sip": {"listen": ["127.0.0.1"], "port": sip_port, "tls_port": sip_port + 1},
                     "database": {
                         "url": f"sqlite:///{var}/softswitch.db",
                         "spool_dir": str(var / "spool"),
@@ -121,6 +125,21 @@ def write_dev_config(
             )
         )
     return etc
+
+
+def _dev_certificate(etc: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (tls.crt, tls.key: what
+    ``[sip] tls_certificate = "auto"`` loads) if there is none, so SIP over
+    TLS works under ``make run`` too.  Without openssl, TLS is simply off."""
+    certificate, key = etc / TLS_CERTIFICATE_FILE, etc / TLS_KEY_FILE
+    if certificate.exists():
+        return
+    try:
+        make_self_signed(certificate, key, ["127.0.0.1", "localhost"])
+    except TlsError as exc:
+        print(f"make run: no SIP over TLS: {exc}", file=sys.stderr)
+        return
+    print(f"make run: made a self-signed TLS certificate: {certificate}", file=sys.stderr)
 
 
 def how_it_ended(returncode: int) -> str:
@@ -274,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     var = Path(args.var).resolve()
     etc = write_dev_config(var, sip_port=args.sip_port, metrics_listen=args.metrics_listen)
     sip_port = args.sip_port
+    tls_port = 5061
     for name in ("softswitch.conf", "bearer.conf"):
         try:
             conf = tomllib.loads((etc / name).read_text(encoding="utf-8"))
@@ -286,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if name == "softswitch.conf":  # a kept configuration says where SIP is
             sip_port = conf.get("sip", {}).get("port", sip_port)
+            tls_port = conf.get("sip", {}).get("tls_port", 5061)
     env = dict(os.environ, SOFTSWITCH_CONFIG_DIR=str(etc), PYTHONUNBUFFERED="1")
     bindir = Path(sys.executable).parent
     cores = len(os.sched_getaffinity(0))
@@ -305,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    tls = ""
+    if (etc / TLS_CERTIFICATE_FILE).exists():
+        tls = f", TLS on {tls_port} (trust {etc / TLS_CERTIFICATE_FILE})"
     print(
-        f"softswitch: configuration in {etc}; SIP on 127.0.0.1:{sip_port}; "
+        f"softswitch: configuration in {etc}; SIP on 127.0.0.1:{sip_port}{tls}; "
         "a daemon that dies is restarted; Ctrl-C stops",
         file=sys.stderr,
     )

@@ -9,6 +9,12 @@ moves bytes and time in and out of it (DESIGN.md principles 3 and 5):
   control socket (UNIX datagram at ``[bearers] local``, or UDP with every
   datagram HMAC-tagged under ``[bearers] key_file``; without a readable key
   the daemon refuses to start): softswitch/daemon/transports.py.
+* SIP over TLS on ``[sip] tls_port`` when ``[sip] tls_certificate`` is set
+  (softswitch/daemon/tls.py): the certificate and key are loaded before the
+  loop starts, so a bad one is a one-line error (exit 2); each reload loads
+  them again into a new context for new connections (established ones and
+  their calls stay), and one that cannot be loaded is logged while the
+  running one stays.
 * The DB thread (softswitch/db/thread.py): results come back through
   ``loop.call_soon_threadsafe``; nothing is served before its ``Loaded``.
 * The admin socket (softswitch/daemon/admin.py) for softswitchctl.
@@ -43,6 +49,7 @@ import os
 import queue
 import signal
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -52,6 +59,7 @@ from typing import Any
 from softswitch.daemon.admin import AdminError, AdminServer
 from softswitch.daemon.metrics import MetricsServer, make_registry
 from softswitch.daemon.settings import load_control_config
+from softswitch.daemon.tls import TlsError, key_mode_warning, server_context
 from softswitch.daemon.transports import BearerLink, SipTransports
 from softswitch.daemonkit.config import CONFIG_DIR_ENV, ConfigError, resolve_config_dir
 from softswitch.daemonkit.logsetup import LogSetup
@@ -93,8 +101,10 @@ class ControlDaemon:
         logs: LogSetup | None = None,
         notifier: Notifier | None = None,
         features: dict[str, bool] | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
+        self.tls_context = tls_context
         self.config_path = config_path
         self.required = required
         self.key = key
@@ -193,13 +203,18 @@ class ControlDaemon:
         sip = self.cfg.sip
         assert self._sip is not None
         await self._sip.open(sip.listen, sip.port, sip.transports)
+        if self.tls_context is not None:
+            await self._sip.open_tls(sip.listen, sip.tls_port, self.tls_context)
 
     def _serving(self) -> None:
         sw = self.switch
         where = ", ".join(la.host_port for la in sw.locals)
+        transports = list(self.cfg.sip.transports)
+        if self.tls_context is not None:
+            transports.append(f"tls on port {self.cfg.sip.tls_port}")
         log.info(
             "serving SIP (%s) on %s for domain %s: %d users, %d registrations, %d bearers",
-            "/".join(self.cfg.sip.transports),
+            "/".join(transports),
             where,
             sw.domain,
             len(sw.directory),
@@ -326,6 +341,7 @@ class ControlDaemon:
                 raise AdminError(f"reload refused: {exc}") from None
             return {}
         self.notifier.reloading()
+        tls = self._reload_tls(new)
         applied, restart = self.switch.reconfigure(new)
         if "log.level" in applied:
             logging.getLogger().setLevel(getattr(logging, new.log.level.upper()))
@@ -338,7 +354,32 @@ class ControlDaemon:
         )
         self.notifier.ready(self._status_line())
         self._kick()
-        return {"applied": applied, "needs_restart": restart}
+        result: dict[str, Any] = {"applied": applied, "needs_restart": restart}
+        if tls:
+            result["tls"] = tls
+        return result
+
+    def _reload_tls(self, new: SimpleNamespace) -> str:
+        """Load the certificate and key again (same paths or new ones) into a
+        fresh context for new TLS connections; established ones keep theirs.
+        One that cannot be loaded is logged and the running one stays."""
+        sip = self._sip
+        if self.tls_context is None or sip is None or not new.sip.tls_certificate:
+            return ""  # TLS turned on or off: Switch.reconfigure says "restart"
+        try:
+            context = server_context(new.sip.tls_certificate, new.sip.tls_key)
+        except TlsError as exc:
+            log.error("TLS certificate not reloaded, the running one stays: %s", exc)
+            return f"not reloaded, the running certificate stays: {exc}"
+        self.tls_context = sip.tls_context = context
+        # Applied here, so Switch.reconfigure does not list them as needing a restart.
+        self.cfg.sip.tls_certificate = new.sip.tls_certificate
+        self.cfg.sip.tls_key = new.sip.tls_key
+        warning = key_mode_warning(new.sip.tls_key)
+        if warning:
+            log.warning("%s", warning)
+        log.info("TLS certificate reloaded for new connections: %s", new.sip.tls_certificate)
+        return "reloaded"
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -435,6 +476,17 @@ def _check_bearer_config(cfg: SimpleNamespace) -> bytes | None:
         raise ConfigError(f"{exc} (needed for udp: bearer endpoints)") from None
 
 
+def _tls_context(cfg: SimpleNamespace, config_path: Path) -> ssl.SSLContext | None:
+    """The TLS server context, or None without a certificate; ConfigError
+    (one line naming the file and key) if it cannot be loaded."""
+    if not cfg.sip.tls_certificate:
+        return None
+    try:
+        return server_context(cfg.sip.tls_certificate, cfg.sip.tls_key)
+    except TlsError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
+
+
 def _features() -> dict[str, bool]:
     return {
         "uvloop": importlib.util.find_spec("uvloop") is not None,
@@ -479,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_control_config(config_path, required=required)
         key = _check_bearer_config(cfg)
+        tls_context = _tls_context(cfg, config_path)
         logs = LogSetup(cfg.log.level, cfg.log.file)
     except ConfigError as exc:
         print(f"softswitch-control: {exc}", file=sys.stderr)
@@ -495,8 +548,18 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s", features_text(features))
     if not cfg.bearers.endpoints:
         log.warning("no bearers configured ([bearers] endpoints): every call will get 503")
+    if tls_context is not None:
+        warning = key_mode_warning(cfg.sip.tls_key)
+        if warning:
+            log.warning("%s", warning)
     daemon = ControlDaemon(
-        cfg, config_path, required=required, key=key, logs=logs, features=features
+        cfg,
+        config_path,
+        required=required,
+        key=key,
+        logs=logs,
+        features=features,
+        tls_context=tls_context,
     )
     metrics = None
     if cfg.metrics.listen is not None:

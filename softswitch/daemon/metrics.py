@@ -255,6 +255,14 @@ def _sip(sw: Any) -> Iterator[Metric]:
         "reason",
         drops,
     )
+    yield _labelled(
+        CounterMetricFamily,
+        "softswitch_tls_handshake_failures",
+        "TLS connections that never completed their handshake, by reason (OpenSSL's "
+        "reason, timeout, closed): counted here, never logged one by one.",
+        "reason",
+        {k[len("tls_handshake_") :]: v for k, v in drops.items() if k.startswith("tls_handshake_")},
+    )
 
 
 def _calls(sw: Any, calls: Any) -> Iterator[Metric]:

@@ -73,6 +73,33 @@ CONTROL_OPTIONS: list[Option] = [
     ),
     Option(
         "sip",
+        "tls_port",
+        integer(1, 65535),
+        5061,
+        "SIP over TLS port (RFC 3261 §26), served on every listen address when "
+        "tls_certificate is set.",
+    ),
+    Option(
+        "sip",
+        "tls_certificate",
+        optional(string),
+        "auto",
+        "PEM certificate chain (server certificate first) for SIP over TLS. "
+        '"auto": tls.crt beside this file if it exists (the package and make run '
+        "generate a self-signed one), else no TLS; empty: no TLS. Phones must trust it "
+        "(a self-signed one: import it on the phone as a trusted CA). systemctl reload "
+        "re-reads it and its key for new connections; established ones stay up.",
+    ),
+    Option(
+        "sip",
+        "tls_key",
+        optional(string),
+        "auto",
+        'PEM private key of tls_certificate, mode 0640 or 0600. "auto": tls.key beside '
+        "this file; empty: the key is in the certificate file.",
+    ),
+    Option(
+        "sip",
         "domain",
         optional(string),
         "",
@@ -304,7 +331,32 @@ def load_control_config(path: str | Path, **kwargs: object) -> SimpleNamespace:
         cfg.bearers.endpoints = local_bearer_endpoints(Path(path).parent / "bearer.conf")
     if cfg.database.spool_dir == "auto":
         cfg.database.spool_dir = auto_spool_dir(cfg.database.url)
+    cfg.sip.tls_certificate, cfg.sip.tls_key = auto_tls_files(
+        Path(path).parent, cfg.sip.tls_certificate, cfg.sip.tls_key
+    )
     return cfg
+
+
+#: The certificate and key "auto" means, beside softswitch.conf.
+TLS_CERTIFICATE_FILE = "tls.crt"
+TLS_KEY_FILE = "tls.key"
+
+
+def auto_tls_files(config_dir: Path, certificate: str, key: str) -> tuple[str, str]:
+    """``[sip] tls_certificate`` and ``tls_key`` with "auto" resolved.
+
+    "auto" is tls.crt / tls.key beside softswitch.conf: the package's
+    postinst and ``make run`` create them, so TLS works out of the box,
+    while a test's or an upgraded install's configuration directory without
+    them simply serves no TLS.  The certificate's absence turns TLS off
+    (returned as ""); a missing key is left for the loader to report.
+    """
+    if certificate == "auto":
+        auto = config_dir / TLS_CERTIFICATE_FILE
+        certificate = str(auto) if auto.exists() else ""
+    if key == "auto":
+        key = str(config_dir / TLS_KEY_FILE) if certificate else ""
+    return certificate, key
 
 
 def auto_spool_dir(url: str) -> str:

@@ -18,6 +18,17 @@ one of each and hands them what the Switch says to send:
   in progress (responses, in-dialog requests) is handed over first and new
   work after it with its queueing delay, which the Switch's entry control
   uses to refuse what cannot be served in time (softswitch/overload.py).
+* TLS (RFC 3261 §26) when a certificate is configured: a server on
+  ``[sip] tls_port`` of every listen address whose connections (``SipTls``)
+  are ``SipTcp`` with the standard library's ``ssl`` in memory (MemoryBIO)
+  between the socket and the framer, so the same code runs on asyncio and
+  uvloop and every handshake is ours to time and count.  Each new
+  connection takes ``tls_context`` as it is when accepted: a reload sets a
+  new one and established connections keep theirs.  Handshake failures are
+  counted (``drops["tls_handshake_REASON"]``), never logged one by one.  A
+  phone registered over TLS is reached only through its connection: we
+  never open TLS connections (a request to a TLS peer without one is a
+  counted drop, as a phone's TCP connection that cannot be re-opened is).
 * ``BearerLink``: the control-protocol socket (UNIX datagram at
   ``[bearers] local``, or UDP), opened by the daemon kit's
   ``open_control_socket`` as the bearers open theirs.  A bearer whose socket
@@ -36,6 +47,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import struct
 import time
 from collections import Counter
@@ -51,7 +63,7 @@ from softswitch.sip.errors import SipError
 from softswitch.sip.framing import KEEPALIVE, StreamFramer
 from softswitch.sip.transaction import Peer
 
-__all__ = ["BearerLink", "SipTcp", "SipTransports"]
+__all__ = ["BearerLink", "SipTcp", "SipTls", "SipTransports"]
 
 log = logging.getLogger("softswitch.daemon.transports")
 
@@ -61,6 +73,8 @@ TCP_IDLE = 600.0
 MAX_TCP = 4096
 #: Bytes queued for one TCP connection (or one still connecting) before we give up on it.
 MAX_TCP_BACKLOG = 1 << 20
+#: Seconds a TLS client gets to finish its handshake.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 #: SIP datagrams read per wake-up of one UDP socket.
 UDP_BATCH = 64
 #: Bearer datagrams read per wake-up, so SIP is never starved.
@@ -125,6 +139,9 @@ class SipTransports:
         self.udp_socks: list[socket.socket] = []
         self.servers: list[asyncio.base_events.Server] = []
         self.tcp: dict[tuple[str, int], SipTcp] = {}
+        self.tls: dict[tuple[str, int], SipTcp] = {}
+        #: What new TLS connections are accepted with; replaced on reload.
+        self.tls_context: ssl.SSLContext | None = None
 
     async def open(self, hosts: Iterable[str], port: int, transports: Iterable[str]) -> None:
         """Bind every listen address; StartupError names the one that failed."""
@@ -140,6 +157,22 @@ class SipTransports:
                     self.servers.append(server)
             except OSError as exc:
                 raise StartupError(f"SIP {host}:{port}: {exc.strerror or exc}") from None
+
+    async def open_tls(self, hosts: Iterable[str], port: int, context: ssl.SSLContext) -> None:
+        """A TLS server on every listen address; StartupError names the one that failed."""
+        self.tls_context = context
+        for host in hosts:
+            try:
+                server = await self.loop.create_server(
+                    self._new_tls, host=host, port=port, backlog=1024
+                )
+            except OSError as exc:
+                raise StartupError(f"SIP TLS {host}:{port}: {exc.strerror or exc}") from None
+            self.servers.append(server)
+
+    def _new_tls(self) -> SipTls:
+        assert self.tls_context is not None
+        return SipTls(self, self.tls_context)
 
     def _open_udp(self, host: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -200,6 +233,13 @@ class SipTransports:
         self.kick()
 
     def send(self, data: bytes, peer: Peer) -> None:
+        if peer.transport == "tls":
+            conn = self.tls.get((peer.host, peer.port))
+            if conn is None:  # never opened by us: see the module docstring
+                self.drops["tls_no_connection"] += 1
+            else:
+                conn.write(data)
+            return
         if peer.transport == "tcp":
             conn = self.tcp.get((peer.host, peer.port))
             if conn is None:
@@ -238,14 +278,15 @@ class SipTransports:
 
     def close_idle(self, now: float, in_use: Callable[[str, str, int], bool]) -> None:
         """Close TCP connections idle for TCP_IDLE unless ``in_use`` (a binding's)."""
-        for key, conn in list(self.tcp.items()):
-            if now - conn.last_activity > TCP_IDLE and not in_use("tcp", key[0], key[1]):
-                conn.close()
+        for kind, table in (("tcp", self.tcp), ("tls", self.tls)):
+            for key, conn in list(table.items()):
+                if now - conn.last_activity > TCP_IDLE and not in_use(kind, key[0], key[1]):
+                    conn.close()
 
     def close(self) -> None:
         for server in self.servers:
             server.close()
-        for conn in list(self.tcp.values()):
+        for conn in [*self.tcp.values(), *self.tls.values()]:
             conn.close()
         for sock in self.udp_socks:
             self.loop.remove_reader(sock.fileno())
@@ -256,6 +297,9 @@ class SipTransports:
 
 class SipTcp(asyncio.Protocol):
     """One TCP connection, accepted or opened by us (§18.3 framing)."""
+
+    #: The Peer transport of its messages; also names its table in the owner.
+    kind = "tcp"
 
     def __init__(self, owner: SipTransports, key: tuple[str, int] | None = None) -> None:
         self.owner = owner
@@ -272,10 +316,10 @@ class SipTcp(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername")
         key = (peername[0], peername[1])
-        tcp = self.owner.tcp
+        tcp = self._table()
         if self.key is None:  # accepted
             if len(tcp) >= MAX_TCP:
-                self.owner.drops["tcp_too_many"] += 1
+                self.owner.drops[self.kind + "_too_many"] += 1
                 transport.close()
                 return
             self.key = key
@@ -287,14 +331,21 @@ class SipTcp(asyncio.Protocol):
             transport.write(data)
         self.backlog.clear()
 
+    def _table(self) -> dict[tuple[str, int], SipTcp]:
+        return self.owner.tcp
+
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.time()
+        self._frame(data)
+
+    def _frame(self, data: bytes) -> None:
+        """Cut the stream's bytes into messages and hand them up."""
         try:
             messages = self.framer.feed(data)
         except SipError as exc:
             # The stream cannot be framed any more (RFC 4475 §3.1.2.3): close it.
-            self.owner.drops["tcp_framing_" + str(exc.status)] += 1
-            log.info("closing TCP %s: %s", self.key, exc)
+            self.owner.drops[self.kind + "_framing_" + str(exc.status)] += 1
+            log.info("closing %s %s: %s", self.kind.upper(), self.key, exc)
             self.close()
             return
         assert self.key is not None
@@ -302,7 +353,7 @@ class SipTcp(asyncio.Protocol):
             if msg is KEEPALIVE or msg == KEEPALIVE:
                 self.write(b"\r\n")  # RFC 5626 §3.5.1 pong
                 continue
-            self.owner.stream_received(msg, Peer("tcp", self.key[0], self.key[1]))
+            self.owner.stream_received(msg, Peer(self.kind, self.key[0], self.key[1]))
 
     def write(self, data: bytes) -> None:
         self.last_activity = time.time()
@@ -328,9 +379,139 @@ class SipTcp(asyncio.Protocol):
         self._forget()
 
     def _forget(self) -> None:
-        tcp = self.owner.tcp
+        tcp = self._table()
         if self.key is not None and tcp.get(self.key) is self:
             del tcp[self.key]
+
+
+class SipTls(SipTcp):
+    """One TLS connection a phone opened to us: ``SipTcp`` with TLS between
+    the socket and the framer (``ssl.SSLObject`` over memory buffers).
+
+    Only ever accepted (server side); the context is the one current when
+    the connection was accepted, so a reload never touches it.
+    """
+
+    kind = "tls"
+
+    def __init__(self, owner: SipTransports, context: ssl.SSLContext) -> None:
+        super().__init__(owner)
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._in, self._out, server_side=True)
+        self._ready = False
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _table(self) -> dict[tuple[str, int], SipTcp]:
+        return self.owner.tls
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.key is not None and self._table().get(self.key) is self:
+            self._timer = self.owner.loop.call_later(TLS_HANDSHAKE_TIMEOUT, self._too_slow)
+        else:  # refused as one too many (counted): not a handshake failure
+            self._closing = True
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.time()
+        self._in.write(data)
+        if not self._ready:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                return
+            except ssl.SSLError as exc:
+                self._handshake_failed(_tls_reason(exc))
+                return
+            self._ready = True
+            self._cancel_timer()
+        chunks = []
+        eof = False
+        for _ in range(1024):  # bounded: each turn drains up to 64 KiB
+            try:
+                chunk = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify
+                eof = True
+                break
+            except ssl.SSLError as exc:
+                self.owner.drops["tls_error_" + _tls_reason(exc)] += 1
+                self.close()
+                return
+            if not chunk:
+                eof = True
+                break
+            chunks.append(chunk)
+        self._flush()  # session tickets, key updates, alerts
+        if chunks:
+            self._frame(b"".join(chunks))
+        if eof:
+            self.close()
+
+    def write(self, data: bytes) -> None:
+        self.last_activity = time.time()
+        if self.transport is None or not self._ready or self._closing:
+            self.owner.drops["tls_not_ready"] += 1
+            return
+        if self.transport.get_write_buffer_size() > MAX_TCP_BACKLOG:
+            self.owner.drops["tls_slow_reader"] += 1
+            self.close()
+            return
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            self.owner.drops["tls_error_" + _tls_reason(exc)] += 1
+            self.close()
+            return
+        self._flush()
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._cancel_timer()
+            if self._ready:
+                try:
+                    self._tls.unwrap()  # close_notify (RFC 8446 §6.1); no wait for theirs
+                except ssl.SSLError:
+                    pass
+                self._flush()
+        super().close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._ready and not self._closing:
+            self.owner.drops["tls_handshake_closed"] += 1  # hung up before finishing
+        self._closing = True
+        self._cancel_timer()
+        super().connection_lost(exc)
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _handshake_failed(self, reason: str) -> None:
+        self.owner.drops["tls_handshake_" + reason] += 1
+        self._flush()  # the alert tells the client why
+        self.close()
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if not self._ready:
+            self._handshake_failed("timeout")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason code, lower-case (a bounded set: a metric label)."""
+    reason = getattr(exc, "reason", None) or "error"
+    return str(reason).lower()[:40]
 
 
 class BearerLink:

@@ -69,7 +69,9 @@ class Phone:
     ``auto_reject`` refuses every incoming call with that status.
     ``nat_rewrite`` enables pjsua's Contact/Via/SDP fix-ups from
     received/rport; off by default so phones behave like simple devices
-    that leave NAT traversal to the switch.
+    that leave NAT traversal to the switch.  ``tls_ca`` (a PEM file) gives
+    the phone a SIP over TLS transport, verifying the server against it,
+    which its registration (and the calls it makes) then use.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class Phone:
         nat_rewrite: bool = False,
         log_level: int = 3,
         rpc_timeout: float = 10.0,
+        tls_ca: str | None = None,
     ) -> None:
         if ":" in bind:
             # pjsua_acc_add asserts ipv6_media_use == DISABLED in this build.
@@ -129,6 +132,7 @@ class Phone:
             "amplitude": amplitude,
             "nat_rewrite": nat_rewrite,
             "log_level": log_level,
+            "tls_ca": tls_ca,
         }
         self.log_path = self.workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -334,6 +334,16 @@ class Worker:
         tc.boundAddress = cfg["bind"]
         tc.port = cfg["sip_port"]
         self.tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+        self.tls_tid: int | None = None
+        if cfg.get("tls_ca"):
+            # SIP over TLS for the registration account: the server must
+            # present a certificate this CA file vouches for, for its address.
+            tt = pj.TransportConfig()
+            tt.boundAddress = cfg["bind"]
+            tt.port = 0
+            tt.tlsConfig.CaListFile = cfg["tls_ca"]
+            tt.tlsConfig.verifyServer = True
+            self.tls_tid = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tt)
         ep.libStart()
         local = ep.transportGetInfo(self.tid).localName
         host, _, port = local.rpartition(":")
@@ -371,6 +381,8 @@ class Worker:
         mt.portRange = cfg.get("rtp_port_range", 2000)
         ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_INACTIVE
         if reg is not None:
+            if self.tls_tid is not None:
+                ac.sipConfig.transportId = self.tls_tid
             ac.regConfig.registrarUri = reg["registrar"]
             ac.regConfig.timeoutSec = reg["expires"]
             ac.regConfig.retryIntervalSec = 0

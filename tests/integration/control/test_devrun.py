@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -66,6 +67,13 @@ def test_devrun_serves_and_softswitchctl_finds_it(tmp_path: Path) -> None:
                 break
             phone.digest = type(phone.digest)("dev", password="pw")
             time.sleep(0.2)
+        assert phone.register().status == 200
+        phone.close()
+        # SIP over TLS with the self-signed certificate make run made, trusted.
+        cert = var / "etc" / "tls.crt"
+        assert (var / "etc" / "tls.key").stat().st_mode & 0o777 == 0o600
+        trusting = ssl.create_default_context(cafile=str(cert))
+        phone = SipClient(port + 1, "dev", "pw", transport="tls", tls=trusting)
         assert phone.register().status == 200
         phone.close()
     finally:

@@ -149,6 +149,17 @@ def test_install_creates_user_directories_and_key(machine: Container) -> None:
     key = "/etc/softswitch/control.key"
     assert machine.run(["stat", "-c", "%U:%G %a", key]).stdout.split() == ["root:softswitch", "640"]
     assert re.fullmatch(r"[0-9a-f]{64}\n", machine.run(["cat", key]).stdout)
+    # The self-signed TLS certificate ([sip] tls_certificate = "auto"): the key
+    # for the daemons' group only, valid for the loopback address.
+    tls_key = "/etc/softswitch/tls.key"
+    assert machine.run(["stat", "-c", "%U:%G %a", tls_key]).stdout.split() == [
+        "root:softswitch",
+        "640",
+    ]
+    subject = machine.run(
+        ["openssl", "x509", "-in", "/etc/softswitch/tls.crt", "-noout", "-ext", "subjectAltName"]
+    )
+    assert "IP Address:127.0.0.1" in subject.stdout
     conffiles = machine.run(["dpkg-query", "-W", "-f=${Conffiles}", "softswitch"]).stdout
     for f in ("/etc/softswitch/softswitch.conf", "/etc/softswitch/bearer.conf"):
         assert f in conffiles
@@ -157,6 +168,35 @@ def test_install_creates_user_directories_and_key(machine: Container) -> None:
         assert machine.run(["man", "-w", cmd]).stdout.strip().endswith(f"/man8/{cmd}.8.gz")
     # An application: its modules stay out of the interpreter's global namespace.
     assert machine.run(["python3", "-c", "import bearer"], check=False).returncode != 0
+
+
+#: In the container: SIP OPTIONS over TLS to 5061, the server verified against
+#: the package's certificate (as a phone told to trust it does); prints the status line.
+TLS_PROBE = r"""
+import socket, ssl
+context = ssl.create_default_context(cafile="/etc/softswitch/tls.crt")
+request = "\r\n".join([
+    "OPTIONS sip:127.0.0.1 SIP/2.0", "Via: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKprobe",
+    "From: <sip:probe@127.0.0.1>;tag=1", "To: <sip:127.0.0.1>", "Call-ID: probe",
+    "CSeq: 1 OPTIONS", "Max-Forwards: 70", "Content-Length: 0", "", "",
+]).encode()
+plain = socket.create_connection(("127.0.0.1", 5061), timeout=5)
+with context.wrap_socket(plain, server_hostname="127.0.0.1") as s:
+    s.sendall(request)
+    print(s.recv(4096).split(b"\r\n")[0].decode())
+"""
+
+
+def test_the_installed_switch_serves_sip_over_tls_with_its_certificate(
+    machine: Container,
+) -> None:
+    deadline = time.monotonic() + 30
+    while True:  # bounded: the daemon may still be loading its users
+        r = machine.run(["python3", "-c", TLS_PROBE], check=False)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.stdout.strip() == "SIP/2.0 200 OK", r.stdout + r.stderr
 
 
 def test_unix_datagram_queue_is_raised_for_the_daemons(machine: Container) -> None:
