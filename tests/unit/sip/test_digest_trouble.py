@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from softswitch.registrar import ANSWERS, Registrar
+from softswitch.registrar import ANSWERS, RegisterResult, Registrar
 from softswitch.sip.digest import (
     AuthFailure,
     DigestServer,
@@ -242,7 +242,7 @@ class Rig:
             local_hosts=["127.0.0.1"],
         )
 
-    def send(self, data: bytes, now: float = NOW):  # type: ignore[no-untyped-def]
+    def send(self, data: bytes, now: float = NOW) -> RegisterResult:
         from softswitch.sip.transaction import Peer
 
         request = parse(data)
