@@ -1,0 +1,130 @@
+"""Debian 12's own softphones against the switch as shipped: baresip and linphonec.
+
+The switch's configuration sets nothing about digest (the shipped default,
+``[sip] digest_algorithms = ["MD5"]``); each phone is configured only with
+its user, password and the switch's address, as a user would do. It must
+register, then call a pjsua2 phone through the switch, and both sides must
+hear the other's tone and not their own (tests/audio.py). The CDR must say
+answered with packets on both legs.
+
+Before ``["MD5"]`` became the default, baresip 1.0.0 (libre 1.1.0) could
+not register at all: libre gives up on a 401 if any of its challenges is
+not MD5 ("Register: Function not implemented"). The matrix per setting and
+client is in etc/softswitch/softswitch.conf.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.harness.control import DOMAIN
+from tests.audio import assert_hears
+from tests.system.loopback_switch import USERS, CdrMark, E2eSwitch, assert_cdr
+from tests.system.phone import Phone
+from tests.system.softphones import Baresip, Linphonec, heard
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("baresip") and shutil.which("linphonec")),
+    reason="needs Debian's baresip and linphone-cli",
+)
+
+TALK = 2.0  # seconds of conversation
+
+
+@pytest.fixture
+def bob(e2e_phones: Callable[..., list[Phone]]) -> Phone:
+    """A registered pjsua2 phone that answers every call."""
+    (phone,) = e2e_phones({"name": "bob", "user": "bob", "auto_answer": 0.2})
+    return phone
+
+
+def test_the_switch_under_test_sets_no_digest_option(e2e_switch: E2eSwitch) -> None:
+    assert e2e_switch.control is not None
+    conf = (e2e_switch.control.etc / "softswitch.conf").read_text()
+    assert "digest" not in conf, conf
+
+
+def registered_as(sw: E2eSwitch, user: str, agent: str) -> None:
+    rows = [r for r in sw.ctl_json("registrations") if r["aor"] == f"{user}@{DOMAIN}"]
+    assert rows and all(agent in (r.get("user_agent") or "") for r in rows), rows
+
+
+def check_call(
+    sw: E2eSwitch, mark: CdrMark, bob: Phone, cb: int, caller: str, client_heard: Path
+) -> None:
+    """Both ways by ear, then the paperwork."""
+    tone = USERS[caller]["tone"]
+    assert_hears(bob.recording(cb), tone, not_hz=[bob.tone_hz])
+    assert_hears(heard(client_heard), bob.tone_hz, not_hz=[tone])
+    (row,) = sw.wait_cdrs(mark, caller=f"{caller}@", callee="bob@")
+    assert_cdr(row, "answered", 200, answered=True)
+
+
+@pytest.fixture
+def baresip(e2e_switch: E2eSwitch, tmp_path: Path) -> Iterator[Baresip]:
+    user = "alice"
+    phone = Baresip(
+        tmp_path / "baresip",
+        user=user,
+        password=USERS[user]["password"],
+        server=f"{DOMAIN}:{e2e_switch.port}",
+        tone_hz=USERS[user]["tone"],
+    ).start()
+    try:
+        yield phone
+    finally:
+        code = phone.close()
+    assert code == 0, f"baresip exited {code}\n{phone.tail()}"
+
+
+def test_baresip_registers_with_the_default_digest_and_calls_a_pjsua2_phone_both_hear(
+    e2e_switch: E2eSwitch, baresip: Baresip, bob: Phone
+) -> None:
+    sw = e2e_switch
+    try:
+        baresip.wait_registered()
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{sw.logs()}") from None
+    registered_as(sw, "alice", "baresip")
+    mark = sw.cdr_mark()
+    baresip.dial(sw.uri("bob"))
+    baresip.wait_established()
+    cb = bob.incoming(3)
+    bob.pump(TALK)
+    baresip.hangup()
+    assert bob.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"
+    check_call(sw, mark, bob, cb, "alice", baresip.recording())
+
+
+@pytest.fixture
+def linphonec(tmp_path: Path) -> Iterator[Linphonec]:
+    phone = Linphonec(tmp_path / "linphonec", tone_hz=USERS["dave"]["tone"]).start()
+    try:
+        yield phone
+    finally:
+        code = phone.close()
+    assert code == 0, f"linphonec exited {code}\n{phone.tail()}"
+
+
+def test_linphonec_registers_with_the_default_digest_and_calls_a_pjsua2_phone_both_hear(
+    e2e_switch: E2eSwitch, linphonec: Linphonec, bob: Phone
+) -> None:
+    sw = e2e_switch
+    linphonec.register("dave", USERS["dave"]["password"], DOMAIN, f"sip:{DOMAIN}:{sw.port}")
+    try:
+        linphonec.wait_registered()
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{sw.logs()}") from None
+    registered_as(sw, "dave", "Linphone")
+    mark = sw.cdr_mark()
+    linphonec.call(sw.uri("bob"))
+    linphonec.wait_connected()
+    cb = bob.incoming(3)
+    bob.pump(TALK)
+    linphonec.hangup()
+    assert bob.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"
+    check_call(sw, mark, bob, cb, "dave", linphonec.heard_path)
