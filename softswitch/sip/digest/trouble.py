@@ -8,10 +8,13 @@ The switch knows why, so it says so, in words a phone admin can act on:
 - it answered for another realm;
 - it asked for a qop or for ``userhash`` that this switch does not support;
 - it sent credentials that cannot be parsed;
-- it was challenged again and again (``challenges`` times within ``window``
-  seconds, same source and AOR) and never answered with credentials at all:
+- it was challenged again (``challenges`` times within ``window`` seconds,
+  same source and AOR) and never answered with credentials at all:
   typically a phone that knows none of the algorithms offered, such as
-  baresip 1.0 (libre) or SIPp 3.6 facing a SHA-256 challenge.
+  baresip 1.0 (libre) facing a SHA-256 challenge. A working phone answers
+  its first challenge, which clears the count; baresip 1.0 gives up and
+  tries again 30-60 s later (measured), so the default (twice in five
+  minutes) names it within about a minute.
 
 A wrong password or an unknown user is not reported here: both look alike
 on the wire (no username probing), and counting them per source is the
@@ -19,8 +22,8 @@ brute-force defence's job.
 
 Every line names the source address, the user when known and the reason.
 Lines are rate-limited so a scanner cannot flood the log: at most one per
-source and reason every ``quiet`` seconds, and at most ``burst`` lines in
-any ``window`` over all sources; what is held back is counted and the count
+source and reason every ``quiet`` seconds, and at most ``burst`` lines a
+minute over all sources; what is held back is counted and the count
 is appended to the next line that is written. The tables are bounded
 (``max_entries`` each, oldest first out). Sans-I/O: ``now`` is a parameter.
 
@@ -68,8 +71,8 @@ class DigestTrouble:
         offered: Sequence[str],
         realm: str,
         *,
-        challenges: int = 3,
-        window: float = 60.0,
+        challenges: int = 2,
+        window: float = 300.0,
         quiet: float = 300.0,
         burst: int = 20,
         max_entries: int = 10_000,
@@ -177,7 +180,7 @@ class DigestTrouble:
         last = said.get(key)
         if last is not None and now - last < self.quiet:
             return
-        if now - self._burst_start >= self.window:
+        if now - self._burst_start >= 60.0:
             self._burst_start, self._burst_lines = now, 0
         if self._burst_lines >= self.burst:
             self.suppressed += 1

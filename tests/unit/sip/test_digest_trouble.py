@@ -153,33 +153,33 @@ def test_wrong_password_unknown_user_and_stale_nonce_leave_no_line(
 # ------------------------------------------------------------------ no answer at all
 
 
-def test_three_unanswered_challenges_in_a_minute_name_the_offered_algorithms(
+def test_two_unanswered_challenges_in_five_minutes_name_the_offered_algorithms(
     srv: DigestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     t = srv.trouble
     t.challenged(SRC, "alice@example.com", T0)
-    t.challenged(SRC, "alice@example.com", T0 + 20)
     assert lines(caplog) == []
-    t.challenged(SRC, "alice@example.com", T0 + 40)
+    t.challenged(SRC, "alice@example.com", T0 + 45)  # baresip 1.0 retries after 30-60 s
     assert lines(caplog) == [
         'digest auth from 192.0.2.7 (user "alice") cannot succeed: the phone was challenged '
-        "3 times within 60 s and never answered with credentials: it may support none of "
+        "2 times within 300 s and never answered with credentials: it may support none of "
         "the offered algorithms: MD5, SHA-256"
     ]
 
 
-def test_challenges_spread_over_more_than_a_minute_or_answered_are_normal(
+def test_challenges_spread_over_more_than_five_minutes_or_answered_are_normal(
     srv: DigestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     t = srv.trouble
-    for i in range(5):  # a phone refreshing without credentials, every 61 s
-        t.challenged(SRC, "alice@example.com", T0 + 61 * i)
+    for i in range(5):  # a phone refreshing without credentials every 301 s
+        t.challenged(SRC, "alice@example.com", T0 + 301 * i)
     for i in range(5):  # a phone that answers each challenge
         t.challenged(SRC, "bob@example.com", T0 + i)
         t.answered(SRC, "bob@example.com")
-    for i in range(2):  # two sources, two AORs: counted apart
-        t.challenged(SRC, "carol@example.com", T0 + i)
-        t.challenged("192.0.2.8", "alice@example.com", T0 + i)
+    # one challenge each for another AOR from the same source, and the same
+    # AOR from another source: counted apart
+    t.challenged(SRC, "carol@example.com", T0)
+    t.challenged("192.0.2.8", "alice@example.com", T0)
     assert lines(caplog) == []
 
 
@@ -196,7 +196,7 @@ def test_one_line_per_source_and_reason_per_quiet_period(
     attempt(srv, bad, now=T0 + 100, src="192.0.2.8")  # another source
     for i in range(10):
         srv.trouble.challenged(SRC, "alice@example.com", T0 + i)
-    assert len(lines(caplog)) == 4
+    assert len(lines(caplog)) == 4  # algorithm, realm, other source, no credentials
     attempt(srv, bad, now=T0 + 299)
     assert len(lines(caplog)) == 4
     attempt(srv, bad, now=T0 + 300)  # quiet (300 s) has passed since the first
@@ -210,11 +210,9 @@ def test_many_sources_are_capped_per_minute_and_the_rest_counted(
     for i in range(200):  # a scanner on 200 addresses, within a second
         t.challenged(f"198.51.100.{i}", "alice@x", T0 + i / 1000)
         t.challenged(f"198.51.100.{i}", "alice@x", T0 + i / 1000)
-        t.challenged(f"198.51.100.{i}", "alice@x", T0 + i / 1000)
     assert len(lines(caplog)) == 5
     assert t.suppressed == 195
-    t.challenged("203.0.113.1", "bob@x", T0 + 61)
-    t.challenged("203.0.113.1", "bob@x", T0 + 61)
+    t.challenged("203.0.113.1", "bob@x", T0 + 61)  # a minute later: room again
     t.challenged("203.0.113.1", "bob@x", T0 + 61)
     assert lines(caplog)[-1].endswith(" [195 similar lines suppressed]")
     assert t.suppressed == 0
@@ -271,8 +269,8 @@ def test_registrar_logs_a_phone_that_never_answers_the_challenge(
 ) -> None:
     rig = Rig(("SHA-256", "MD5"))
     phone = Phone()
-    for i in range(3):  # e.g. baresip 1.0 (libre) retrying against a SHA-256 challenge
-        assert rig.send(phone.register(auth=False), NOW + i).response.status == 401
+    for i in range(2):  # e.g. baresip 1.0 (libre) retrying against a SHA-256 challenge
+        assert rig.send(phone.register(auth=False), NOW + 45 * i).response.status == 401
     (line,) = lines(caplog)
     assert '203.0.113.9 (user "alice")' in line
     assert "it may support none of the offered algorithms: SHA-256, MD5" in line
