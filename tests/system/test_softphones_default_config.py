@@ -10,12 +10,15 @@ answered with packets on both legs.
 
 Before ``["MD5"]`` became the default, baresip 1.0.0 (libre 1.1.0) could
 not register at all: libre gives up on a 401 if any of its challenges is
-not MD5 ("Register: Function not implemented"). The matrix per setting and
-client is in etc/softswitch/softswitch.conf.
+not MD5 ("Register: Function not implemented"). The last test shows that
+with ``["MD5", "SHA-256"]`` too, and the log line the switch leaves for
+such a phone. The matrix per setting and client is in
+etc/softswitch/softswitch.conf.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -149,3 +152,53 @@ def test_linphonec_registers_with_the_default_digest_and_talks_to_a_pjsua2_phone
     linphonec.hangup()
     assert bob.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"
     check_call(sw, mark, bob, cb, "dave", linphonec.heard_path, calls)
+
+
+# ------------------------------------------------------------------------------ why not MD5 first
+
+
+def test_baresip_gives_up_if_any_challenge_is_not_md5_and_the_switch_log_says_why(
+    tmp_path: Path,
+) -> None:
+    """Why the default is MD5 alone: with ``["MD5", "SHA-256"]`` (MD5 first,
+    which SIPp 3.6 accepts) baresip 1.0.0 still gives up, because libre 1.1
+    refuses a 401 if any of its challenges is not MD5. baresip retries only
+    after 30-60 s; two starts stand in for that, and the switch then logs
+    who never answered and which algorithms it offered."""
+    sw = E2eSwitch(
+        tmp_path / "switch", users={"alice": USERS["alice"]},
+        sip={"digest_algorithms": ["MD5", "SHA-256"]},
+    ).start()  # fmt: skip
+    try:
+        for attempt in range(2):
+            phone = Baresip(
+                tmp_path / f"baresip-{attempt}",
+                user="alice",
+                password=USERS["alice"]["password"],
+                server=f"{DOMAIN}:{sw.port}",
+                tone_hz=USERS["alice"]["tone"],
+            ).start()
+            try:
+                phone.expect("Register: Function not implemented", 10, fail=(" 200 OK ",))
+            finally:
+                phone.close()
+        logged = wait_for_log(sw, "cannot succeed", timeout=5)
+    finally:
+        problems = sw.stop()
+    assert not problems, f"{problems}\n{sw.logs()}"
+    assert f'digest auth from {DOMAIN} (user "alice")' in logged, logged
+    assert "never answered with credentials" in logged, logged
+    assert "it may support none of the offered algorithms: MD5, SHA-256" in logged, logged
+
+
+def wait_for_log(sw: E2eSwitch, text: str, timeout: float) -> str:
+    """The first control log line containing ``text``, polled until ``timeout``."""
+    assert sw.control is not None
+    deadline = time.monotonic() + timeout
+    while True:  # bounded by the deadline
+        found = [ln for ln in sw.control.log().splitlines() if text in ln]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no log line with {text!r}:\n{sw.logs()}")
+        time.sleep(0.1)
