@@ -189,7 +189,6 @@ def start_switch(
     ]
     port = free_sip_port()
     sections: dict[str, dict[str, Any]] = {
-        "sip": {"digest_algorithms": ["MD5", "SHA-256"]},
         "database": {"sync_interval": 2},
     }
     metrics_url = None
