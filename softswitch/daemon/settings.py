@@ -130,7 +130,7 @@ CONTROL_OPTIONS: list[Option] = [
         "digest_algorithms",
         listof(choice("SHA-256", "MD5")),
         ["MD5"],
-        # Measured against the switch (tests/system/test_phones_default_config.py and
+        # Measured against the switch (tests/system/test_softphones_default_config.py and
         # test_sipp_interop.py); see DigestServer.trouble for the log line a refused
         # phone leaves.
         "Digest algorithms challenged, most preferred first (RFC 8760): one WWW-/Proxy-"
