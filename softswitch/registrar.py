@@ -196,7 +196,7 @@ class Registrar:
         username = unescape(to_uri.user) if "%" in to_uri.user else to_uri.user
         host = to_uri.host.strip("[]")
         domain = self.domain if host in self.local_hosts else host
-        user = self._authenticate(request, domain, now)
+        user = self._authenticate(request, peer, f"{username}@{domain}", domain, now)
         if user.username != username:
             raise _Refused(Refusal.USER_MISMATCH)
         if not user.enabled:
@@ -208,11 +208,17 @@ class Registrar:
 
     # ------------------------------------------------------------------ steps
 
-    def _authenticate(self, request: Request, domain: str, now: float) -> User:
-        """§22.4 with DigestServer: the authenticated, existing user, or _Refused."""
+    def _authenticate(
+        self, request: Request, peer: Peer, aor: str, domain: str, now: float
+    ) -> User:
+        """§22.4 with DigestServer: the authenticated, existing user, or _Refused.
+        Attempts that cannot work are logged (``DigestServer.trouble``)."""
+        trouble = self.auth.trouble
         credentials = _digest_credentials(request.get_all("Authorization"), self.auth.realm)
         if credentials is None:
+            trouble.challenged(peer.host, aor, now)
             raise _Refused(Refusal.NO_CREDENTIALS)
+        trouble.answered(peer.host, aor)
         found: list[User] = []
         directory = self.directory
 
@@ -225,6 +231,7 @@ class Registrar:
 
         result = self.auth.verify(credentials, "REGISTER", now, lookup)
         if not result.ok:
+            trouble.refused(peer.host, credentials, result, now)
             raise _Refused(result.reason or AuthFailure.MALFORMED)
         return found[-1]
 

@@ -196,8 +196,11 @@ class Switch:
             secret if secret is not None else secrets.token_bytes(32),
             self.realm,
             nonce_ttl=float(sip.nonce_ttl),
-            # Offered in this order (RFC 8760: preferred first).  Some clients
-            # (SIPp 3.6) read only the first: [sip] digest_algorithms = ["MD5", "SHA-256"].
+            # Offered in this order (RFC 8760: preferred first).  The default is
+            # ["MD5"] alone: baresip 1.0 (libre) gives up on a 401 that carries any
+            # non-MD5 challenge, and SIPp 3.6 reads only the first one.  SHA-256
+            # (first, or alone) is an option for sites whose phones all support it;
+            # etc/softswitch/softswitch.conf has the measured matrix per client.
             algorithms=tuple(sip.digest_algorithms),
             # Salts need uniqueness, not secrecy (the MAC protects the nonce):
             # no getrandom() syscall per 401.

@@ -9,8 +9,8 @@ the configuration is written the way the tests write it), SIP on
 control daemon (every thread of it) runs alone on core 0; the two bearers
 and every SIPp process share core 1.  As root all of them run at nice -20
 (still CFS: other processes on a shared machine keep a share).  The switch
-challenges MD5 first (``[sip] digest_algorithms``): SIPp 3.6.1 only does MD5
-and reads only the first challenge.
+keeps its default digest setting (``[sip] digest_algorithms = ["MD5"]``),
+which SIPp 3.6.1 needs: it does only MD5 and reads only the first challenge.
 
 The load generator is SIPp (Debian ``sip-tester``) with the scenarios in
 bench/sipp/; users and credentials come from ``-inf`` CSV files.  The users

@@ -191,7 +191,6 @@ def start_switch(
     ]
     port = free_sip_port()
     sections: dict[str, dict[str, Any]] = {
-        "sip": {"digest_algorithms": ["MD5", "SHA-256"]},
         "database": {"sync_interval": 2},
     }
     for section, values in (config or {}).items():

@@ -128,7 +128,7 @@ class SetupHandler:
         known = self.table.by_invite.get((request.call_id, request.from_.tag))
         if known is not None and known.a_tx is not tx:
             return self.steps.refuse(tx, request, Refusal.MERGED, now)  # §8.2.2.2
-        caller = self._authenticate(tx, request, now)
+        caller = self._authenticate(tx, request, peer, now)
         if caller is None:
             return None
         aor = self._callee_aor(request)
@@ -234,14 +234,21 @@ class SetupHandler:
             return b
         return None
 
-    def _authenticate(self, tx: ServerTransaction, request: Request, now: float) -> User | None:
-        """The caller, or None once refused (§22.3: 407 and Proxy-Authenticate)."""
+    def _authenticate(
+        self, tx: ServerTransaction, request: Request, peer: Peer, now: float
+    ) -> User | None:
+        """The caller, or None once refused (§22.3: 407 and Proxy-Authenticate).
+        Attempts that cannot work are logged (``DigestServer.trouble``)."""
+        trouble = self.auth.trouble
         credentials = request.get("Proxy-Authorization") or request.get("Authorization")
         if credentials is None:
+            trouble.challenged(peer.host, _from_aor(request), now)
             self._challenge(tx, request, now, stale=False)
             return None
+        trouble.answered(peer.host, _from_aor(request))
         result = self.auth.verify(credentials, "INVITE", now, self.ha1s, body=request.body)
         if not result.ok:
+            trouble.refused(peer.host, credentials, result, now)
             if result.reason is AuthFailure.MALFORMED:
                 self.steps.refuse(tx, request, Refusal.BAD_CREDENTIALS, now)
             else:
@@ -513,3 +520,11 @@ class SetupHandler:
         assert a.sent is not None, "answered in _callee_media, or just above for a room"
         response = self.out.a_response(call, 200, body=bytes(a.sent))
         self.steps.send_2xx(call, CALLER, call.a_tx, response, owed, now)
+
+
+def _from_aor(request: Request) -> str:
+    """user@host of the From URI: who a caller says it is, before authentication."""
+    uri = request.from_.uri
+    if isinstance(uri, SipUri):
+        return f"{uri.user or ''}@{uri.host}"
+    return str(uri)

@@ -593,6 +593,6 @@ def render_defaults(schema: Iterable[Option], header: str) -> str:
                 out.append("")
             out.append(f"[{option.section}]")
             section = option.section
-        out.append(f"# {option.doc}")
+        out.extend(f"# {line}" for line in option.doc.split("\n"))
         out.append(f"{option.key} = {toml_literal(option.default)}")
     return "\n".join(out) + "\n"

@@ -123,6 +123,10 @@ class DigestServer:
         self._nc: dict[str, int] = {}
         self._order: deque[str] = deque()  # the same keys, in first-use order
         self._evicted_upto = -1.0  # issue time of the newest live nonce evicted
+        # Log lines for attempts that cannot work; the callers know the source.
+        from softswitch.sip.digest.trouble import DigestTrouble  # it imports this module
+
+        self.trouble = DigestTrouble(self.algorithms, realm)
 
     def _mac(self, head: bytes) -> bytes:
         """HMAC-SHA256(secret, issued_ms || salt || realm)[:16]; copying a keyed

@@ -564,3 +564,29 @@ def test_the_handlers_claim_disjoint_inputs_and_every_timer() -> None:
     assert set(routes.responses) == {"fork", "reinvite", "relay", "move"}
     assert ("INVITE", False) in routes.requests and ("INVITE", True) in routes.requests
     assert ("REFER", True) not in routes.requests  # room for the transfer handler
+
+
+def test_setup_logs_a_caller_that_never_answers_407_and_one_answering_in_another_realm(
+    w: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DigestServer.trouble on the INVITE path; the answers stay 407 (no new status)."""
+    w.register(BOB)
+    for _ in range(2):
+        w.invite(credentials=False)
+    alice = Switch().phone("alice", ALICE.host)
+    request = alice.invite("bob")
+    challenge = make_response(request, 407)
+    for value in w.auth.challenge(w.now, stale=False):
+        challenge.add("Proxy-Authenticate", value)
+    good = alice.credentials(challenge, request)
+    request.add("Proxy-Authorization", good.replace(f'realm="{DOMAIN}"', 'realm="elsewhere"'))
+    w.setup.invite(FakeTx(ALICE, request), request, ALICE, w.now)  # type: ignore[arg-type]
+    assert [k for k in w.out.kinds() if k[0] == "reply"] == [("reply", 100), ("reply", 407)] * 3
+    assert w.table.sessions == {}
+    unanswered, realm = [
+        r.getMessage() for r in caplog.records if r.name == "softswitch.sip.digest"
+    ]
+    assert unanswered.startswith(f'digest auth from {ALICE.host} (user "alice") cannot succeed')
+    assert "challenged 2 times within 300 s" in unanswered
+    assert "offered algorithms: SHA-256, MD5" in unanswered
+    assert 'answered for realm "elsewhere"' in realm

@@ -469,3 +469,13 @@ def test_digest_algorithm_order_follows_the_config_when_set() -> None:
         "MD5",
         "SHA-256",
     ]
+
+
+def test_default_config_challenges_md5_alone_which_every_phone_tested_accepts() -> None:
+    # baresip 1.0 (libre) gives up if any challenge is not MD5; SIPp 3.6 reads
+    # only the first (etc/softswitch/softswitch.conf has the measured matrix).
+    switch = make_switch()
+    switch.receive_sip(Phone().register(auth=False), NAT, NOW)
+    (r,) = answers(switch)
+    (challenge,) = r.get_all("WWW-Authenticate")
+    assert "algorithm=MD5," in challenge, challenge
