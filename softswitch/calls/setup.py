@@ -61,6 +61,7 @@ from softswitch.sip.transaction import ClientTransaction, Peer, ServerTransactio
 from softswitch.sip.uri import SipUri, parse_uri
 
 if TYPE_CHECKING:
+    from softswitch.guard import Guard
     from softswitch.location import Location
 
 log = logging.getLogger("softswitch.calls.setup")
@@ -81,6 +82,7 @@ class SetupHandler:
         "config",
         "directory",
         "domain",
+        "guard",
         "location",
         "out",
         "steps",
@@ -97,6 +99,7 @@ class SetupHandler:
         location: Location,
         bearers: Any,
         auth: DigestServer,
+        guard: Guard | None = None,
     ) -> None:
         self.table = table
         self.out = out
@@ -107,6 +110,7 @@ class SetupHandler:
         self.location = location
         self.bearers = bearers
         self.auth = auth
+        self.guard = guard  # told every digest check's outcome (softswitch/guard.py)
         self.domain = table.domain
         self.closing = False  # SIGTERM: new calls are refused
 
@@ -128,7 +132,7 @@ class SetupHandler:
         known = self.table.by_invite.get((request.call_id, request.from_.tag))
         if known is not None and known.a_tx is not tx:
             return self.steps.refuse(tx, request, Refusal.MERGED, now)  # §8.2.2.2
-        caller = self._authenticate(tx, request, now)
+        caller = self._authenticate(tx, request, peer, now)
         if caller is None:
             return None
         aor = self._callee_aor(request)
@@ -234,13 +238,17 @@ class SetupHandler:
             return b
         return None
 
-    def _authenticate(self, tx: ServerTransaction, request: Request, now: float) -> User | None:
+    def _authenticate(
+        self, tx: ServerTransaction, request: Request, peer: Peer, now: float
+    ) -> User | None:
         """The caller, or None once refused (§22.3: 407 and Proxy-Authenticate)."""
         credentials = request.get("Proxy-Authorization") or request.get("Authorization")
         if credentials is None:
             self._challenge(tx, request, now, stale=False)
             return None
         result = self.auth.verify(credentials, "INVITE", now, self.ha1s, body=request.body)
+        if self.guard is not None:
+            self.guard.auth_result(peer.host, result.username, result.reason, now)
         if not result.ok:
             if result.reason is AuthFailure.MALFORMED:
                 self.steps.refuse(tx, request, Refusal.BAD_CREDENTIALS, now)
