@@ -349,9 +349,9 @@ class Guard:
         record.failures.clear()
         record.last_ban_end = now + duration
         bans = self._bans
-        if host not in bans and len(bans) >= self.max_sources:
-            oldest = min(bans.values(), key=lambda b: b.until)
-            self._lift(oldest.address, "evicted")
+        bans.pop(host, None)  # an expired one the timer has not lifted yet
+        if len(bans) >= self.max_sources:
+            self._lift(next(iter(bans)), "evicted")  # the oldest (insertion order)
         ban = Ban(host, "auth-failures", now, now + duration, count, record.strikes)
         bans[host] = ban
         heapq.heappush(self._expiries, (ban.until, host))
@@ -392,7 +392,10 @@ class Guard:
         self.unbans_total[how] += 1
         if self.kernel:
             self._changes.append(("del", address, 0.0))
-        log.warning("unbanned %s (%s) after %d failures", address, how, ban.failures)
+        # Evictions come in floods (a scan from many addresses): counted, not logged.
+        (log.debug if how == "evicted" else log.warning)(
+            "unbanned %s (%s) after %d failures", address, how, ban.failures
+        )
 
     def kernel_changes(self) -> list[tuple[str, str, float]]:
         """("add", address, seconds) and ("del", address, 0) since the last call,
