@@ -371,7 +371,8 @@ class Guard:
 
     def bans(self, now: float) -> list[Ban]:
         """Bans in force, oldest first."""
-        return sorted((b for b in self._bans.values() if now < b.until), key=lambda b: b.since)
+        bans = list(self._bans.values())  # one C-level copy: the metrics thread reads too
+        return sorted((b for b in bans if now < b.until), key=lambda b: b.since)
 
     def unban(self, address: str, now: float) -> bool:
         """``softswitchctl bans del``: lift a ban (the repeat count is kept);
@@ -396,6 +397,11 @@ class Guard:
         (log.debug if how == "evicted" else log.warning)(
             "unbanned %s (%s) after %d failures", address, how, ban.failures
         )
+
+    @property
+    def kernel_pending(self) -> bool:
+        """Whether kernel_changes() has anything (a cheap check per flush)."""
+        return bool(self._changes)
 
     def kernel_changes(self) -> list[tuple[str, str, float]]:
         """("add", address, seconds) and ("del", address, 0) since the last call,

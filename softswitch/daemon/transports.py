@@ -94,6 +94,8 @@ class SipTransports:
         self.udp_socks: list[socket.socket] = []
         self.servers: list[asyncio.base_events.Server] = []
         self.tcp: dict[tuple[str, int], SipTcp] = {}
+        #: Whether to close a connection from this host at once (a banned one).
+        self.refuse: Callable[[str], bool] = lambda host: False
 
     async def open(self, hosts: Iterable[str], port: int, transports: Iterable[str]) -> None:
         """Bind every listen address; StartupError names the one that failed."""
@@ -221,6 +223,10 @@ class SipTcp(asyncio.Protocol):
         key = (peername[0], peername[1])
         tcp = self.owner.tcp
         if self.key is None:  # accepted
+            if self.owner.refuse(key[0]):
+                self.owner.drops["tcp_banned"] += 1
+                transport.close()
+                return
             if len(tcp) >= MAX_TCP:
                 self.owner.drops["tcp_too_many"] += 1
                 transport.close()
