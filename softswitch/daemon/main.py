@@ -177,6 +177,11 @@ class ControlDaemon:
         mode = self.cfg.security.nftables
         if mode == "off":
             return
+        if mode == "auto" and "INVOCATION_ID" not in os.environ:
+            # "auto" means the appliance: started by systemd (which sets
+            # INVOCATION_ID for every service), never a checkout or a test.
+            log.info("nftables: not started by systemd, banned addresses are dropped in-process")
+            return
         sip = self.cfg.sip
         ports = [sip.port] + [p for p in [getattr(sip, "tls_port", None)] if p]
         nft = NftBans(ports)

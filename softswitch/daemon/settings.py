@@ -310,8 +310,8 @@ CONTROL_OPTIONS: list[Option] = [
         choice("auto", "on", "off"),
         "auto",
         'Also drop banned addresses in the kernel (table inet softswitch): "auto" when '
-        'permitted (the packaged unit grants CAP_NET_ADMIN), "on" to refuse to start '
-        'without it, "off". Needs a restart to change.',
+        "started by systemd and permitted (the packaged unit grants CAP_NET_ADMIN), "
+        '"on" to refuse to start without it, "off". Needs a restart to change.',
     ),
     # [log]
     Option("log", "level", choice("debug", "info", "warning", "error"), "info", "Log level."),
