@@ -415,6 +415,11 @@ class Guard:
         return len(self._buckets) + len(self._records) + len(self._bans)
 
     @property
+    def active(self) -> int:
+        """Bans held (expired ones leave at their timer, so this is current)."""
+        return len(self._bans)
+
+    @property
     def limited_now(self) -> int:
         return sum(1 for b in self._buckets.values() if b.limited is not None)
 

@@ -39,7 +39,6 @@ import logging
 import socket
 import socketserver
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -93,7 +92,7 @@ class SwitchCollector:
                 ("registrations", lambda: _registrations(sw)),
                 ("sip", lambda: _sip(sw)),
                 ("bearers", lambda: _bearers(sw.bearers)),
-                ("guard", lambda: _guard(sw.guard, time.time())),
+                ("guard", lambda: _guard(sw.guard)),
             ]
             if sw.calls is not None:
                 sections.append(("calls", lambda: _calls(sw, sw.calls)))
@@ -259,7 +258,7 @@ def _sip(sw: Any) -> Iterator[Metric]:
     )
 
 
-def _guard(guard: Any, now: float) -> Iterator[Metric]:
+def _guard(guard: Any) -> Iterator[Metric]:
     """softswitch/guard.py: bans and what the rate limit dropped."""
     yield _labelled(
         CounterMetricFamily,
@@ -275,7 +274,7 @@ def _guard(guard: Any, now: float) -> Iterator[Metric]:
         "how",
         dict(guard.unbans_total),
     )
-    yield _gauge("softswitch_bans_active", "Source addresses banned now.", len(guard.bans(now)))
+    yield _gauge("softswitch_bans_active", "Source addresses banned now.", guard.active)
     yield _labelled(
         CounterMetricFamily,
         "softswitch_guard_dropped",

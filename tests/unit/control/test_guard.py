@@ -4,9 +4,11 @@ the allow-list, bounded memory and the rate limit; then the Switch wired to it."
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 
+from softswitch.daemon.metrics import exposition
 from softswitch.db.messages import Loaded
 from softswitch.guard import COUNTED, Guard
 from softswitch.sip.digest import AuthFailure
@@ -272,3 +274,22 @@ def test_switch_reload_applies_the_security_section() -> None:
     assert switch.guard.max_failures == 2 and switch.guard.allowed(address="192.0.2.9")
     new.security.nftables = "off"
     assert switch.reconfigure(new)[1] == ["security.nftables"]
+
+
+def test_metrics_show_bans_and_drops() -> None:
+    switch = _switch(rate_limit=1, rate_burst=1)
+    for i in range(5):
+        switch.guard.auth_result(ATTACKER, "alice", BAD, NOW + i)
+    switch.receive_sip(b"x", Peer("udp", ATTACKER, 1), NOW + 5)
+    for _ in range(3):
+        switch.receive_sip(b"\r\n\r\n", Peer("udp", "192.0.2.1", 1), NOW + 5)
+    text = exposition(SimpleNamespace(switch=switch)).decode()
+    for line in (
+        'softswitch_bans_total{reason="auth-failures"} 1.0',
+        "softswitch_bans_active 1.0",
+        'softswitch_guard_dropped_total{reason="banned"} 1.0',
+        'softswitch_guard_dropped_total{reason="rate_limited"} 2.0',
+        "softswitch_rate_limited_sources_total 1.0",
+        "softswitch_auth_failures_total 5.0",
+    ):
+        assert line in text.splitlines(), line
