@@ -188,6 +188,8 @@ class Guard:
         #: Whether the daemon applies kernel_changes() (nftables); off: none kept.
         self.kernel = False
         self._changes: list[tuple[str, str, float]] = []
+        self.allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self.rate = self.burst = -1.0  # set by configure
         self.configure(
             max_failures=max_failures,
             failure_window=failure_window,
@@ -234,11 +236,11 @@ class Guard:
         self.window = float(failure_window)
         self.ban_time = float(ban_time)
         self.ban_time_max = max(float(ban_time_max), self.ban_time)
-        self.allow = parse_networks(allow)
-        self.rate = float(rate_limit)  # 0: no rate limit
-        self.burst = max(float(rate_burst), 1.0)
-        # Verdicts cached under the old allow-list and bounds are void.
-        self._buckets.clear()
+        new = (parse_networks(allow), float(rate_limit), max(float(rate_burst), 1.0))
+        if new != (self.allow, self.rate, self.burst):
+            # Verdicts cached under the old allow-list and bounds are void.
+            self._buckets.clear()
+        self.allow, self.rate, self.burst = new  # rate 0: no rate limit
         for record in self._records.values():
             old = list(record.failures)
             record.failures = deque(old[-max_failures:], maxlen=max_failures)
@@ -288,9 +290,10 @@ class Guard:
     def _new_bucket(self, host: str, now: float) -> _Bucket:
         buckets = self._buckets
         if len(buckets) >= self.max_sources:
-            self._sweep(now)
-            if len(buckets) >= self.max_sources:  # all busy: the oldest goes
-                del buckets[next(iter(buckets))]
+            # The oldest goes, in O(1): a sweep here would cost the whole table
+            # per datagram of a flood from spoofed sources.  Idle buckets are
+            # swept on the timer.
+            del buckets[next(iter(buckets))]
         bucket = _Bucket(self.burst, now, self.allowed(address=host))
         buckets[host] = bucket
         self._arm_sweep(now + SWEEP)
@@ -354,7 +357,11 @@ class Guard:
             self._lift(next(iter(bans)), "evicted")  # the oldest (insertion order)
         ban = Ban(host, "auth-failures", now, now + duration, count, record.strikes)
         bans[host] = ban
-        heapq.heappush(self._expiries, (ban.until, host))
+        expiries = self._expiries
+        if len(expiries) > 2 * len(bans) + 1024:  # lifted and evicted bans pile up
+            expiries[:] = [(b.until, a) for a, b in bans.items()]
+            heapq.heapify(expiries)
+        heapq.heappush(expiries, (ban.until, host))
         self.bans_total[ban.reason] += 1
         if self.kernel:
             self._changes.append(("add", host, duration))

@@ -293,3 +293,22 @@ def test_metrics_show_bans_and_drops() -> None:
         "softswitch_auth_failures_total 5.0",
     ):
         assert line in text.splitlines(), line
+
+
+def test_a_flood_from_spoofed_sources_costs_constant_time_per_datagram() -> None:
+    """A full bucket table evicts its oldest entry: no sweep per new source."""
+    guard = Guard(max_sources=1000)
+    sweeps: list[float] = []
+    guard._sweep = sweeps.append  # type: ignore[method-assign]  # the O(table) step
+    for i in range(50_000):
+        guard.admit(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", NOW)
+    assert len(guard._buckets) == 1000 and sweeps == []
+
+
+def test_the_expiry_heap_stays_bounded_when_bans_are_lifted() -> None:
+    guard = Guard()
+    for i in range(5000):
+        host = f"10.0.{i >> 8 & 255}.{i & 255}"
+        fail(guard, 5, host=host)
+        guard.unban(host, NOW + 5)
+    assert len(guard._expiries) <= 1024 + 2
