@@ -299,7 +299,7 @@ def test_a_flood_from_spoofed_sources_costs_constant_time_per_datagram() -> None
     """A full bucket table evicts its oldest entry: no sweep per new source."""
     guard = Guard(max_sources=1000)
     sweeps: list[float] = []
-    guard._sweep = sweeps.append  # type: ignore[method-assign]  # the O(table) step
+    guard._sweep = sweeps.append  # type: ignore[method-assign,assignment]  # the O(table) step
     for i in range(50_000):
         guard.admit(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", NOW)
     assert len(guard._buckets) == 1000 and sweeps == []
