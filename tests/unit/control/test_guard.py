@@ -11,12 +11,12 @@ import pytest
 from softswitch.daemon.metrics import exposition
 from softswitch.db.messages import Loaded
 from softswitch.guard import COUNTED, Guard
-from softswitch.sip.digest import AuthFailure
+from softswitch.sip.digest import AuthFailure, DigestClient
 from softswitch.sip.message import Response, parse
 from softswitch.sip.transaction import Peer
 from softswitch.switch import Switch
 
-from .phones import NOW, Phone, make_user, make_users, sip_config
+from .phones import DOMAIN, NOW, Phone, make_user, make_users, sip_config
 
 BAD = AuthFailure.BAD_RESPONSE
 ATTACKER = "198.51.100.7"
@@ -312,3 +312,38 @@ def test_the_expiry_heap_stays_bounded_when_bans_are_lifted() -> None:
         fail(guard, 5, host=host)
         guard.unban(host, NOW + 5)
     assert len(guard._expiries) <= 1024 + 2
+
+
+def _invite(n: int, auth: str | None) -> bytes:
+    lines = [
+        f"INVITE sip:bob@{DOMAIN} SIP/2.0",
+        f"Via: SIP/2.0/UDP {ATTACKER}:5070;branch=z9hG4bKguess{n}",
+        "Max-Forwards: 70",
+        f"From: <sip:alice@{DOMAIN}>;tag=g{n}",
+        f"To: <sip:bob@{DOMAIN}>",
+        f"Call-ID: guess-{n}@x",
+        "CSeq: 1 INVITE",
+        f"Contact: <sip:alice@{ATTACKER}:5070>",
+        *([f"Proxy-Authorization: {auth}"] if auth else []),
+    ]
+    return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_wrong_passwords_on_invite_count_too() -> None:
+    cfg = sip_config()
+    cfg.bearers.endpoints = [("unix", "/tmp/nonexistent-b0.sock", 0)]
+    switch = Switch(cfg, NOW, secret=b"s" * 32, epoch=7)  # the real CallManager
+    switch.apply_db_result(Loaded(make_users(make_user("alice", "secret")), []), NOW)
+    peer = Peer("udp", ATTACKER, 5070)
+    finals = []
+    for n in range(5):
+        switch.receive_sip(_invite(n, None), peer, NOW + n)
+        (challenge,) = [r for r in _answers(switch) if r.status == 407]  # not a failure
+        client = DigestClient("alice", password=f"guess{n}")
+        client.challenged(challenge.get_all("Proxy-Authenticate"))
+        auth = client.authorization("INVITE", f"sip:bob@{DOMAIN}")
+        switch.receive_sip(_invite(100 + n, auth), peer, NOW + n)
+        finals += [r.status for r in _answers(switch) if r.status >= 200]
+    assert finals == [407] * 5 and switch.guard.banned(ATTACKER, NOW + 5)
+    switch.receive_sip(_invite(6, None), peer, NOW + 6)
+    assert _answers(switch) == []  # not even a 100 Trying
