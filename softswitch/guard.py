@@ -18,10 +18,13 @@ phones behind one NAT address that reboots at once looks like a flood for a
 few seconds, and a ban would cut the whole office off for 15 minutes;
 dropping the excess is enough to protect everyone else, and SIP's
 retransmissions recover what was dropped.  The default, 100 messages/s with
-a burst of 400, fits 400 phones behind one address re-registering at the
-same instant (a power cut), or ~30 simultaneous call set-ups (each costs
-INVITE, ACK, PRACKs/re-INVITEs and a BYE later), while a single source at
-the 5,000/s of a flood gets 2% of that through.
+a burst of 400, is sized for an office of a few hundred phones behind one
+NAT address: 200 of them re-registering at the same instant after a power
+cut (two messages each, with the challenge; the rest get through on SIP's
+retransmissions within seconds), ~50 call set-ups at once or ~12 new calls
+a second sustained (~8 messages each with the digest round and the BYE),
+and keep-alives every 30 s from 400 phones use 13 of the 100.  A single
+source flooding at 5,000/s gets 2% of that through.
 
 **Authentication failures.**  A failure is a verdict on a guessed secret;
 anything else is not one (``COUNTED``, with the reason for each

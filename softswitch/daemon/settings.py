@@ -294,15 +294,15 @@ CONTROL_OPTIONS: list[Option] = [
         number(0, 1_000_000),
         100,
         "SIP messages per second accepted from one address (0: no limit); the excess is "
-        "dropped, never banned. Fits ~400 phones behind one NAT address.",
+        "dropped, never banned. Sized for a few hundred phones behind one NAT address.",
     ),
     Option(
         "security",
         "rate_burst",
         number(1, 10_000_000),
         400,
-        "Messages one address may send at once above rate_limit (all its phones "
-        "re-registering after a power cut).",
+        "Messages one address may send at once before rate_limit holds it back (all its "
+        "phones re-registering after a power cut).",
     ),
     Option(
         "security",
