@@ -370,6 +370,9 @@ class ControlDaemon:
 
     def _admin_status(self) -> dict[str, Any]:
         status = self.switch.admin_status(time.time())
+        status["nftables"] = "on" if self._nft is not None else "off"
+        if self._nft is not None:
+            status["nftables_failures"] = self._nft.failures  # element updates refused
         outbox = self._bearers.outbox if self._bearers is not None else None
         if outbox is not None:  # waited for a bearer's full queue: sent late, not lost
             status["bearer_send_deferred"] = outbox.deferred

@@ -106,22 +106,14 @@ class NftBans:
                 line = f"delete element inet {TABLE} {name} {{ {ip} }}"
             try:
                 self._run(line)
-            except NftError as exc:
+            except Exception as exc:  # NftError, or a surprise from ctypes: never lost silently
+                if not isinstance(exc, NftError):
+                    exc = NftError(f"{type(exc).__name__}: {exc}")
                 if op == "del" and "No such file" in str(exc):
                     continue  # the kernel's timeout got there first
                 self.failures += 1
                 if self.failures == 1:
                     log.warning("nftables refused %r: %s (further failures counted)", line, exc)
-
-    def elements(self) -> list[str]:
-        """Addresses in both sets, for tests and diagnostics."""
-        out: list[str] = []
-        for name in ("banned4", "banned6"):
-            text = self._run(f"list set inet {TABLE} {name}")
-            if "elements = {" in text:
-                body = text.split("elements = {", 1)[1].split("}", 1)[0]
-                out += [e.strip().split()[0] for e in body.split(",") if e.strip()]
-        return out
 
     def close(self) -> None:
         """Delete the table (at stop); errors are logged, never raised."""

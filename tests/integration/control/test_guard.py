@@ -98,6 +98,7 @@ def test_guesser_banned_after_five_then_ignored_listed_and_lifted(
     status = guarded.admin("status")
     assert status["bans"] == 1 and status["guard_dropped_banned"] >= 1
     assert status["drop_tcp_banned"] == 1
+    assert status["nftables"] == "off"  # a test never touches the host's ruleset
 
     bad = guarded.ctl("bans", "del", "not-an-address")
     assert bad.returncode == 2 and "not an IP address" in bad.stderr
@@ -110,3 +111,14 @@ def test_guesser_banned_after_five_then_ignored_listed_and_lifted(
     assert bans(guarded) == []
     assert attempt(port, "secret", GUESSER) == 200
     guarded.wait_log(f"unbanned {GUESSER} (by operator)")
+
+
+def test_reload_allow_lists_a_banned_address(guarded: ControlProcess) -> None:
+    assert [attempt(guarded.port, f"guess{i}", GUESSER) for i in range(6)] == [401] * 5 + [None]
+    conf = guarded.etc / "softswitch.conf"
+    conf.write_text(conf.read_text().replace("allow = []", f'allow = ["{GUESSER}/32"]'))
+    guarded.send_signal(signal.SIGHUP)
+    guarded.wait_log("configuration reloaded: changed security.allow")
+    guarded.wait_log(f"unbanned {GUESSER} (allow-listed)")
+    assert bans(guarded) == []
+    assert [attempt(guarded.port, "wrong", GUESSER) for _ in range(6)] == [401] * 6  # exempt
