@@ -37,6 +37,12 @@ source's failures for U only: a phone that mistypes its password and then
 gets it right is not banned, while an attacker who owns one account cannot
 wash away the failures of its guesses at the others by logging in between.
 
+**IPv6 sources are judged per /64**, rate buckets, failures, bans and the
+allow-list alike: a host is given a whole /64 (RFC 6177), so a guesser
+could otherwise take a new address for every guess, and a /64 is one site,
+as an IPv4 address behind a NAT is.  An allow-list entry narrower than /64
+exempts its /64.
+
 **Allow-list**: CIDRs never banned and never rate-limited.  Empty by
 default: the defence is on wherever the switch runs (``make run`` on
 loopback included); load tests from one address list it there.
@@ -52,6 +58,7 @@ that it was caught, and cost us a send.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import logging
@@ -62,7 +69,7 @@ from typing import Any
 
 from softswitch.sip.digest import AuthFailure
 
-__all__ = ["COUNTED", "Ban", "Guard", "parse_networks"]
+__all__ = ["COUNTED", "Ban", "Guard", "parse_networks", "source_key"]
 
 log = logging.getLogger("softswitch.guard")
 
@@ -97,6 +104,23 @@ COUNTED: dict[AuthFailure, bool] = {
 QUIET = 10.0
 #: Seconds between sweeps of idle rate buckets.
 SWEEP = 30.0
+
+
+@functools.lru_cache(maxsize=4096)
+def _v6_key(host: str) -> str:
+    try:
+        ip = ipaddress.IPv6Address(host.strip("[]").partition("%")[0])
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+
+
+def source_key(host: str) -> str:
+    """What a source is judged as: an IPv4 address itself, an IPv6 one's /64
+    ("2001:db8:1:2::/64"); a cached lookup for IPv6, nothing for IPv4."""
+    return _v6_key(host) if ":" in host else host
 
 
 def parse_networks(
@@ -255,6 +279,8 @@ class Guard:
     def admit(self, host: str, now: float) -> bool:
         """Whether one message from ``host`` may be parsed: a dict lookup and
         some arithmetic (see the module docstring)."""
+        if ":" in host:
+            host = _v6_key(host)
         bucket = self._buckets.get(host)
         if bucket is None:
             bucket = self._new_bucket(host, now)
@@ -303,18 +329,19 @@ class Guard:
         return bucket
 
     def allowed(self, *, address: str) -> bool:
-        """Whether ``address`` is on the allow-list (never banned, never limited)."""
+        """Whether ``address`` (or the /64 it is judged by) is on the
+        allow-list: never banned, never limited."""
         if not self.allow:
             return False
         try:
-            ip = ipaddress.ip_address(address.strip("[]").partition("%")[0])
+            net = ipaddress.ip_network(source_key(address.strip("[]")), strict=False)
         except ValueError:
             return False
-        return any(ip in net for net in self.allow)
+        return any(net.version == a.version and net.overlaps(a) for a in self.allow)
 
     def banned(self, host: str, now: float) -> bool:
         """Whether ``host`` is banned now (the daemon refuses its TCP connections)."""
-        ban = self._bans.get(host)
+        ban = self._bans.get(source_key(host))
         return ban is not None and now < ban.until
 
     # ------------------------------------------------------------------ authentication
@@ -323,6 +350,7 @@ class Guard:
         self, host: str, username: str | None, failure: AuthFailure | None, now: float
     ) -> None:
         """One digest check from ``host``: ``failure`` None for a success."""
+        host = source_key(host)
         if failure is None:
             record = self._records.get(host)
             if record is not None and record.failures:
@@ -386,8 +414,15 @@ class Guard:
 
     def unban(self, address: str, now: float) -> bool:
         """``softswitchctl bans del``: lift a ban (the repeat count is kept);
-        False when ``address`` was not banned.  ValueError for a bad address."""
-        key = str(ipaddress.ip_address(address.strip().strip("[]")))
+        False when ``address`` was not banned.  ValueError for a bad address.
+        For IPv6, any address in the banned /64, or the /64 as listed."""
+        text = address.strip().strip("[]")
+        net = ipaddress.ip_network(text, strict=False)
+        key = source_key(str(net.network_address)) if net.version == 6 else str(net)
+        if net.version == 4:
+            if net.prefixlen != 32:
+                raise ValueError(f"not an address: {address!r}")
+            key = str(net.network_address)
         if not self.banned(key, now):
             return False
         self._lift(key, "by operator")

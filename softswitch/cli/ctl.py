@@ -135,15 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bans_actions = bans.add_subparsers(dest="action", metavar="ACTION")
     lift = bans_actions.add_parser("del", help="lift the ban of an address", parents=[common])
-    lift.add_argument("address", type=_address, metavar="ADDR", help="IPv4 or IPv6 address")
+    lift.add_argument(
+        "address", type=_address, metavar="ADDR", help="IPv4 address, IPv6 address or its /64"
+    )
     return parser
 
 
 def _address(text: str) -> str:
+    """An address, or an IPv6 /64 as ``bans`` lists it."""
+    text = text.strip().strip("[]")
     try:
-        return str(ipaddress.ip_address(text.strip().strip("[]")))
+        return str(ipaddress.ip_address(text))
     except ValueError:
+        pass
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        net = None
+    if net is None or net.version != 6:
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+    return str(net)
 
 
 def _count(text: str) -> int:

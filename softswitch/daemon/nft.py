@@ -7,7 +7,8 @@ the kernel so that a banned address's packets to the SIP ports are dropped
 before they wake the daemon.  One table, ``inet softswitch``, holds two sets
 of addresses (``banned4``, ``banned6``) with per-element timeouts (the
 remaining ban time: the kernel expires them itself) and one input chain that
-drops their TCP and UDP packets to the SIP ports, counting them::
+drops their TCP and UDP packets to the SIP ports, counting them (IPv6
+sources are banned per /64, hence an interval set)::
 
     nft list table inet softswitch
 
@@ -50,7 +51,7 @@ add table inet {TABLE}
 delete table inet {TABLE}
 table inet {TABLE} {{
     set banned4 {{ type ipv4_addr; flags timeout; size {SET_SIZE}; }}
-    set banned6 {{ type ipv6_addr; flags timeout; size {SET_SIZE}; }}
+    set banned6 {{ type ipv6_addr; flags interval, timeout; size {SET_SIZE}; }}
     chain input {{
         type filter hook input priority filter - 10; policy accept;
         ip saddr @banned4 meta l4proto {{ tcp, udp }} th dport {{ {plist} }} counter drop
@@ -96,20 +97,22 @@ class NftBans:
             return
         for op, address, seconds in changes:
             try:
-                ip = ipaddress.ip_address(address)
+                ip = ipaddress.ip_network(address)  # IPv4 address or IPv6 /64
             except ValueError:
                 continue  # not an IP (a scoped IPv6 text, say): kept in-process only
             name = "banned4" if ip.version == 4 else "banned6"
+            ip_text = str(ip.network_address) if ip.prefixlen == ip.max_prefixlen else str(ip)
             if op == "add":
-                line = f"add element inet {TABLE} {name} {{ {ip} timeout {max(1, int(seconds))}s }}"
+                timeout = max(1, int(seconds))
+                line = f"add element inet {TABLE} {name} {{ {ip_text} timeout {timeout}s }}"
             else:
-                line = f"delete element inet {TABLE} {name} {{ {ip} }}"
+                line = f"delete element inet {TABLE} {name} {{ {ip_text} }}"
             try:
                 self._run(line)
             except Exception as exc:  # NftError, or a surprise from ctypes: never lost silently
                 if not isinstance(exc, NftError):
                     exc = NftError(f"{type(exc).__name__}: {exc}")
-                if op == "del" and "No such file" in str(exc):
+                if op == "del" and ("No such file" in str(exc) or "does not exist" in str(exc)):
                     continue  # the kernel's timeout got there first
                 self.failures += 1
                 if self.failures == 1:

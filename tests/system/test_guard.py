@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -133,3 +135,50 @@ def test_bans_go_into_nftables_in_a_namespace(
     assert code == 0 and "Traceback" not in text, text
     assert "bans also go into nftables" in text and f"banned {attacker} for 900 s" in text
     assert "softswitch" not in nft("list", "tables")  # removed at stop
+
+
+#: Run inside a fresh namespace: ban one IPv4 address and one IPv6 /64 in
+#: the switch's table, then send a datagram to the SIP port from a banned and
+#: a free source of each family; print what arrived, the sets, and the
+#: tables left after close.
+KERNEL_DROP = r"""
+import json, socket, subprocess
+from softswitch.daemon.nft import NftBans
+
+def ip(*a): subprocess.run(["ip", *a], check=True)
+def nft(*a): return subprocess.run(["nft", *a], capture_output=True, text=True).stdout
+ip("link", "set", "lo", "up")
+for a in ("2001:db8:1:2::5", "2001:db8:1:3::5"):
+    ip("-6", "addr", "add", a + "/128", "dev", "lo", "nodad")
+bans = NftBans([5060])
+bans.open()
+bans.apply([("add", "127.0.0.2", 60), ("add", "2001:db8:1:2::/64", 60)])
+got = []
+for family, dst, sources in ((socket.AF_INET, "127.0.0.1", ("127.0.0.2", "127.0.0.3")),
+                             (socket.AF_INET6, "::1", ("2001:db8:1:2::5", "2001:db8:1:3::5"))):
+    rx = socket.socket(family, socket.SOCK_DGRAM); rx.bind((dst, 5060)); rx.settimeout(0.3)
+    for src in sources:
+        tx = socket.socket(family, socket.SOCK_DGRAM); tx.bind((src, 0))
+        tx.sendto(src.encode(), (dst, 5060)); tx.close()
+    while True:
+        try: got.append(rx.recv(100).decode())
+        except OSError: break
+    rx.close()
+sets = nft("list", "table", "inet", "softswitch")
+bans.apply([("del", "127.0.0.2", 0), ("del", "2001:db8:1:2::/64", 0), ("del", "127.0.0.9", 0)])
+after = nft("list", "table", "inet", "softswitch")
+bans.close()
+left = nft("list", "tables")
+print(json.dumps(dict(got=got, sets=sets, after=after, failures=bans.failures, left=left)))
+"""
+
+
+def test_the_kernel_drops_banned_sources_of_both_families(net: Topology) -> None:
+    if importlib.util.find_spec("nftables") is None:
+        pytest.fail("python3-nftables is not importable in this venv: run `make nftables-link`")
+    out = net.run("ctl", [sys.executable, "-c", KERNEL_DROP], cwd=ROOT, timeout=30).stdout
+    result = json.loads(out)
+    assert sorted(result["got"]) == ["127.0.0.3", "2001:db8:1:3::5"], result
+    assert "127.0.0.2" in result["sets"] and "2001:db8:1:2::/64" in result["sets"], result
+    assert "127.0.0.2" not in result["after"] and "2001:db8:1:2::" not in result["after"]
+    assert result["failures"] == 0 and "softswitch" not in result["left"], result

@@ -347,3 +347,29 @@ def test_wrong_passwords_on_invite_count_too() -> None:
     assert finals == [407] * 5 and switch.guard.banned(ATTACKER, NOW + 5)
     switch.receive_sip(_invite(6, None), peer, NOW + 6)
     assert _answers(switch) == []  # not even a 100 Trying
+
+
+def test_ipv6_sources_are_judged_per_64() -> None:
+    """A guesser hopping between addresses of its /64 is still one source."""
+    guard = Guard(allow=["2001:db8:ffff::1"], rate_limit=10, rate_burst=10)
+    for i in range(5):
+        guard.auth_result(f"2001:db8:1:2::{i + 1:x}", "alice", BAD, NOW + i)
+    (ban,) = guard.bans(NOW + 5)
+    assert ban.address == "2001:db8:1:2::/64"
+    assert not guard.admit("2001:db8:1:2:abcd::9", NOW + 5)  # another address, same /64
+    assert guard.banned("2001:db8:1:2::77", NOW + 5)
+    assert guard.admit("2001:db8:1:3::1", NOW + 5)  # the next /64 is someone else
+    # The rate limit counts the /64 as one source too.
+    assert sum(guard.admit(f"2001:db8:9:9::{i:x}", NOW) for i in range(1, 100)) == 10
+    # An allow-list entry narrower than /64 exempts its /64.
+    assert all(guard.admit(f"2001:db8:ffff::{i:x}", NOW) for i in range(1, 100))
+    fail(guard, 5, host="2001:db8:ffff::abc")
+    assert not guard.banned("2001:db8:ffff::abc", NOW + 5)
+    # IPv4-mapped addresses are the IPv4 address.
+    assert guard.admit("::ffff:192.0.2.1", NOW) and "192.0.2.1" in guard._buckets
+    # Lifted by any address in it, or by the /64 as listed.
+    assert guard.unban("2001:db8:1:2::/64", NOW + 6)
+    fail(guard, 5, host="2001:db8:1:2::1", at=NOW + 10)
+    assert guard.unban("2001:db8:1:2::ffff", NOW + 15)
+    with pytest.raises(ValueError):
+        guard.unban("192.0.2.0/24", NOW)
