@@ -7,30 +7,42 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration test-system bench lint format deb clean
+.PHONY: run test test-unit test-integration test-system bench lint format deb clean nftables-link
 
 $(STAMP): pyproject.toml requirements-debian12.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-debian12.txt
 	$(PY) -m pip install -q -e '.[test]'
+	$(MAKE) --no-print-directory nftables-link
 	touch $(STAMP)
+
+# python3-nftables is a Debian package (libnftables through ctypes), not on
+# PyPI: when it is installed, link that one package into the venv (not the
+# whole dist-packages, whose versions would shadow the pinned ones). Run on
+# every make so an existing venv picks it up too; without it the daemon
+# keeps its bans in-process and says so in one log line.
+NFT_SYSTEM := /usr/lib/python3/dist-packages/nftables
+nftables-link:
+	@if [ -d $(NFT_SYSTEM) ] && [ -x $(PY) ]; then \
+		ln -sfn $(NFT_SYSTEM) "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nftables"; \
+	fi
 
 # Start the switch in the foreground on 127.0.0.1:5060 with SQLite and
 # recordings under ./var/. Ctrl-C stops everything.
-run: $(STAMP)
+run: $(STAMP) nftables-link
 	$(PY) -m softswitch.cli.devrun
 
-test: $(STAMP)
+test: $(STAMP) nftables-link
 	$(PY) -m pytest -q tests
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) nftables-link
 	$(PY) -m pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) nftables-link
 	$(PY) -m pytest -q tests/integration
 
-test-system: $(STAMP)
+test-system: $(STAMP) nftables-link
 	$(PY) -m pytest -q tests/system
 
 bench: $(STAMP)

@@ -13,6 +13,9 @@ persisted binding expiries are wall-clock too.
 
 Dispatch (RFC 3261 §8.2 for what a UAS checks before the method's own logic):
 
+* before anything else, ``Guard.admit``: a banned source, or one over its
+  rate limit, is dropped unparsed and counted (softswitch/guard.py); every
+  digest check's outcome goes back to the guard (``Guard.auth_result``);
 * parse failures: a ``SipError`` on a request with enough headers to route a
   response is answered statelessly with its status and reason (400, 505,
   416 ...); anything else (responses, garbage, ``drop=True``) is counted by
@@ -56,6 +59,7 @@ from softswitch.db.messages import (
     UsersChanged,
     WriteCdr,
 )
+from softswitch.guard import Guard
 from softswitch.location import LocalAddress, Location
 from softswitch.model.cdr import Cdr
 from softswitch.model.users import UserDirectory
@@ -63,7 +67,7 @@ from softswitch.overload import IN_PROGRESS_METHODS, Admission
 from softswitch.protocol import ProtocolError
 from softswitch.protocol.endpoint import ProtocolClient
 from softswitch.registrar import Registrar, new_tag
-from softswitch.sip.digest import DigestServer
+from softswitch.sip.digest import AuthFailure, DigestServer
 from softswitch.sip.errors import SipError
 from softswitch.sip.message import KNOWN_METHODS, Request, make_response, parse
 from softswitch.sip.message.parser import salvage_request
@@ -104,6 +108,16 @@ _FORWARDED = frozenset({"INVITE", "BYE", "INFO", "UPDATE", "OPTIONS"})
 _COUNTED = KNOWN_METHODS
 
 STUN_COOKIE = b"\x21\x12\xa4\x42"  # RFC 5389 §6 magic cookie
+#: [security] keys applied on reload (nftables needs a restart).
+_GUARD_KEYS = (
+    "max_auth_failures",
+    "failure_window",
+    "ban_time",
+    "ban_time_max",
+    "allow",
+    "rate_limit",
+    "rate_burst",
+)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -184,6 +198,7 @@ class Switch:
         self.trace = bool(config.log.sip_trace)
         self._db: list[DbCommand] = []
 
+        self.guard = Guard.from_config(config.security)
         self.layer = TransactionLayer(Timers(sip.t1, sip.t2, sip.t4), auto_trying=True)
         overload = config.overload
         self.admission = Admission(
@@ -234,6 +249,7 @@ class Switch:
                 local=self.local,
                 on_cdr=self._on_cdr,
                 now=now,
+                guard=self.guard,
             )
 
     # ------------------------------------------------------------------ SIP input
@@ -255,6 +271,8 @@ class Switch:
         progress and for streams; ``answered_challenge`` says it carries
         credentials.  See softswitch/overload.py.
         """
+        if not self.guard.admit(peer.host, now):
+            return  # banned or over its rate: counted by the guard, never parsed
         counters = self.counters
         shed = False
         if age is not None:
@@ -420,6 +438,10 @@ class Switch:
 
     def _register(self, tx: ServerTransaction, request: Request, peer: Peer, now: float) -> None:
         result = self.registrar.handle(request, peer, now)
+        refusal = result.refusal
+        if refusal is None or type(refusal) is AuthFailure:
+            user = getattr(request.to.uri, "user", None)
+            self.guard.auth_result(peer.host, user, refusal, now)
         self._send(tx, result.response, now)
         db = self._db
         for b in result.deleted:
@@ -505,6 +527,7 @@ class Switch:
             self.client.get_timer(),
             self.location.get_timer(),
             self.calls.get_timer() if self.calls is not None else None,
+            self.guard.get_timer(),
         ):
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
@@ -529,6 +552,10 @@ class Switch:
         for b in self.location.expire(now):
             self._db.append(DeleteBinding(b.username, b.domain, b.contact))
             self.counters["bindings_expired"] += 1
+        try:
+            self.guard.handle_timer(now)
+        except Exception:
+            self._internal("the guard timers", None)
 
     # ------------------------------------------------------------------ outputs
 
@@ -644,6 +671,7 @@ class Switch:
             ("overload", "shed_delay"),
             ("overload", "drop_delay"),
             ("overload", "retry_after"),
+            *(("security", k) for k in _GUARD_KEYS),
         }
         for section, values in vars(new).items():
             current = getattr(self.config, section)
@@ -664,6 +692,8 @@ class Switch:
         self.admission.shed_delay = overload.shed_delay
         self.admission.drop_delay = overload.drop_delay
         self.admission.retry_after = int(overload.retry_after)
+        if any(name.startswith("security.") for name in applied):
+            self.guard.reconfigure(self.config.security)
         return applied, restart
 
     # ------------------------------------------------------------------ admin
@@ -676,6 +706,9 @@ class Switch:
 
     def admin_bearers(self) -> list[dict[str, Any]]:
         return self.bearers.snapshot()
+
+    def admin_bans(self, now: float) -> list[dict[str, Any]]:
+        return [b.row() for b in self.guard.bans(now)]
 
     def admin_status(self, now: float) -> dict[str, Any]:
         """``softswitchctl status``: one flat object."""
@@ -696,6 +729,9 @@ class Switch:
             "db_dropped": 0 if db is None else db.dropped,
             "db_spool_errors": 0 if db is None else db.spool_errors,
             "transactions": len(self.layer),
+            "bans": len(self.guard.bans(now)),
+            "guard_dropped_banned": self.guard.drops["banned"],
+            "guard_dropped_rate_limited": self.guard.drops["rate_limited"],
         }
         for name, available in sorted(self.features.items()):
             status[f"feature_{name}"] = available

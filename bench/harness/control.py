@@ -79,6 +79,11 @@ def write_control_config(
         "recording": {"dir": str(tmp / "recordings")},
         # Off unless a test asks: daemons running side by side would all want :9464.
         "metrics": {"listen": ""},
+        # Load from one address (127.0.0.1) at thousands of requests/s, and tests
+        # of wrong passwords, are the point of a test switch: loopback is exempt
+        # from the rate limit and from bans unless a test asks (security={"allow": []}).
+        # Never nftables: a test must not touch the host's ruleset.
+        "security": {"allow": ["127.0.0.0/8", "::1"], "nftables": "off"},
     }
     for section, extra in sections.items():
         values.setdefault(section, {}).update(extra)

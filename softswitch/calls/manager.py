@@ -80,6 +80,7 @@ from softswitch.sip.transaction import (
 
 if TYPE_CHECKING:
     from softswitch.bearerpool import BearerPool
+    from softswitch.guard import Guard
     from softswitch.location import LocalAddress, Location
 
 __all__ = ["ALLOW", "RETRY_AFTER", "CallManager", "DelayHistogram"]
@@ -102,6 +103,7 @@ class CallManager:
         local: LocalAddress,
         on_cdr: Callable[[Cdr], None],
         now: float,
+        guard: Guard | None = None,
     ) -> None:
         self.domain = (config.sip.domain or config.sip.listen[0]).lower()
         self.table = table = CallTable(self.domain)
@@ -115,6 +117,7 @@ class CallManager:
             location=location,
             bearers=bearers,
             auth=auth,
+            guard=guard,
         )
         self.midcall = MidCallHandler(
             table, out, config=config, find_invite=layer.find_server_invite

@@ -61,6 +61,7 @@ from softswitch.sip.transaction import ClientTransaction, Peer, ServerTransactio
 from softswitch.sip.uri import SipUri, parse_uri
 
 if TYPE_CHECKING:
+    from softswitch.guard import Guard
     from softswitch.location import Location
 
 log = logging.getLogger("softswitch.calls.setup")
@@ -81,6 +82,7 @@ class SetupHandler:
         "config",
         "directory",
         "domain",
+        "guard",
         "location",
         "out",
         "steps",
@@ -97,6 +99,7 @@ class SetupHandler:
         location: Location,
         bearers: Any,
         auth: DigestServer,
+        guard: Guard | None = None,
     ) -> None:
         self.table = table
         self.out = out
@@ -107,6 +110,7 @@ class SetupHandler:
         self.location = location
         self.bearers = bearers
         self.auth = auth
+        self.guard = guard  # told every digest check's outcome (softswitch/guard.py)
         self.domain = table.domain
         self.closing = False  # SIGTERM: new calls are refused
 
@@ -247,6 +251,8 @@ class SetupHandler:
             return None
         trouble.answered(peer.host, _from_aor(request))
         result = self.auth.verify(credentials, "INVITE", now, self.ha1s, body=request.body)
+        if self.guard is not None:
+            self.guard.auth_result(peer.host, result.username, result.reason, now)
         if not result.ok:
             trouble.refused(peer.host, credentials, result, now)
             if result.reason is AuthFailure.MALFORMED:

@@ -2,7 +2,7 @@
 
 User and CDR commands talk to the database directly (the daemon need not be
 running; it picks changes up within [database] sync_interval). Live commands
-(registrations, calls, bearers, status, reload) go through the daemon's admin
+(registrations, calls, bearers, status, reload, bans) go through the daemon's admin
 socket (softswitch/daemon/admin.py).
 
 Every failure is one line on stderr and a non-zero exit, never a traceback:
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
+import ipaddress
 import json
 import os
 import pwd
@@ -126,7 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in LIVE_COMMANDS.items():
         commands.add_parser(name, help=text, parents=[common])
+
+    bans = commands.add_parser(
+        "bans",
+        help="addresses banned for failed authentications (live); `bans del ADDR` lifts one",
+        parents=[common],
+    )
+    bans_actions = bans.add_subparsers(dest="action", metavar="ACTION")
+    lift = bans_actions.add_parser("del", help="lift the ban of an address", parents=[common])
+    lift.add_argument(
+        "address", type=_address, metavar="ADDR", help="IPv4 address, IPv6 address or its /64"
+    )
     return parser
+
+
+def _address(text: str) -> str:
+    """An address, or an IPv6 /64 as ``bans`` lists it."""
+    text = text.strip().strip("[]")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        net = None
+    if net is None or net.version != 6:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+    return str(net)
 
 
 def _count(text: str) -> int:
@@ -447,6 +475,17 @@ def cmd_live(ctx: Context, args: argparse.Namespace) -> None:
     _emit(args, result, render(result))
 
 
+def cmd_bans(ctx: Context, args: argparse.Namespace) -> None:
+    """List bans, or lift one (the daemon also removes it from its nftables set)."""
+    client = AdminClient(ctx.cfg.admin.socket)
+    if getattr(args, "action", None) == "del":
+        result = client.call("bans_del", {"address": args.address})
+        _emit(args, result, str(result))
+        return
+    result = client.call("bans")
+    _emit(args, result, render(result) if result else "(no bans)")
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse and run; raises CtlError and friends (main() turns them into lines)."""
     parser = build_parser()
@@ -457,6 +496,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             cmd_user(ctx, args)
         elif args.command == "cdr":
             cmd_cdr(ctx, args)
+        elif args.command == "bans":
+            cmd_bans(ctx, args)
         else:
             cmd_live(ctx, args)
     finally:

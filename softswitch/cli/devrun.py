@@ -106,6 +106,9 @@ def write_dev_config(
                     "admin": {"socket": f"{run}/admin.sock"},
                     "recording": {"dir": str(rec)},
                     "metrics": {"listen": metrics_listen},
+                    # Bans stay in-process: a checkout must not change the
+                    # host's firewall (the appliance's unit may).
+                    "security": {"nftables": "off"},
                 },
                 header=_HEADER.format(name="softswitch.conf"),
             )

@@ -18,7 +18,8 @@ and anything else as it is, so the daemon decides the columns.
 softswitchctl sends these commands with empty args, so the daemon's handler
 table should have them: ``registrations``, ``calls``, ``bearers``, ``status``
 (a list of flat objects each, except status: one object) and ``reload`` (a
-string saying what happened).
+string saying what happened); ``bans`` (a list) and ``bans_del`` with
+``{"address": ADDR}`` (a string, or an error if it was not banned).
 
 The sans-I/O core is `AdminDispatcher.handle_line(bytes) -> bytes`; the
 asyncio edge is `AdminServer`; the blocking client is `AdminClient`.

@@ -18,6 +18,9 @@ moves bytes and time in and out of it (DESIGN.md principles 3 and 5):
 * The DB thread (softswitch/db/thread.py): results come back through
   ``loop.call_soon_threadsafe``; nothing is served before its ``Loaded``.
 * The admin socket (softswitch/daemon/admin.py) for softswitchctl.
+* Bans (softswitch/guard.py decides): with ``[security] nftables`` on or
+  permitted, mirrored into the kernel (softswitch/daemon/nft.py) from one
+  worker thread; TCP connections from a banned address are closed at once.
 * The Prometheus endpoint (softswitch/daemon/metrics.py) on ``[metrics] listen``:
   its own HTTP thread, which reads the Switch's counters at scrape time;
   bound in ``main`` before the loop starts, so a taken port is a one-line
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import importlib.util
 import logging
 import os
@@ -58,6 +62,7 @@ from typing import Any
 
 from softswitch.daemon.admin import AdminError, AdminServer
 from softswitch.daemon.metrics import MetricsServer, make_registry
+from softswitch.daemon.nft import NftBans, NftError
 from softswitch.daemon.settings import load_control_config
 from softswitch.daemon.tls import TlsError, key_mode_warning, server_context
 from softswitch.daemon.transports import BearerLink, SipTransports
@@ -124,6 +129,8 @@ class ControlDaemon:
         self._timer_at = 0.0
         self._last_fire = 0.0
         self._flush_pending = False
+        self._nft: NftBans | None = None
+        self._nft_worker: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -143,6 +150,8 @@ class ControlDaemon:
         # Bound once the users are loaded; until then SIP datagrams to send
         # count as "no_udp_socket_for_family" drops, as they always have.
         self._sip = SipTransports(self.loop, self.switch.receive_sip, self._kick, self.switch.drops)
+        guard = self.switch.guard
+        self._sip.refuse = lambda host: guard.banned(host, time.time())
         for sig, handler in (
             (signal.SIGTERM, self.request_stop),
             (signal.SIGINT, self.request_stop),
@@ -151,6 +160,7 @@ class ControlDaemon:
             self.loop.add_signal_handler(sig, handler)
         try:
             self._open_bearer_socket()
+            self._open_nftables()
             self._start_db()
             self._admin = AdminServer(cfg.admin.socket, self._admin_handlers())
             try:
@@ -171,6 +181,31 @@ class ControlDaemon:
         finally:
             await self._shutdown()
         return self.exit_code
+
+    def _open_nftables(self) -> None:
+        """The kernel's copy of the bans ([security] nftables); see softswitch/daemon/nft.py."""
+        mode = self.cfg.security.nftables
+        if mode == "off":
+            return
+        if mode == "auto" and "INVOCATION_ID" not in os.environ:
+            # "auto" means the appliance: started by systemd (which sets
+            # INVOCATION_ID for every service), never a checkout or a test.
+            log.info("nftables: not started by systemd, banned addresses are dropped in-process")
+            return
+        sip = self.cfg.sip
+        ports = [sip.port] + [p for p in [getattr(sip, "tls_port", None)] if p]
+        nft = NftBans(ports)
+        try:
+            nft.open()
+        except NftError as exc:
+            if mode == "on":
+                raise StartupError(f'[security] nftables = "on": {exc}') from None
+            log.info("nftables unavailable (%s): banned addresses are dropped in-process", exc)
+            return
+        self._nft = nft
+        self._nft_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nft")
+        self.switch.guard.kernel = True
+        log.info("bans also go into nftables table inet softswitch (ports %s)", nft.ports)
 
     def _start_db(self) -> None:
         url = self.cfg.database.url
@@ -267,6 +302,9 @@ class ControlDaemon:
         bearers = self._bearers
         if bearers is not None and bearers.outbox is not None:  # open, not closed yet
             bearers.send(sw.bearer_datagrams_to_send())
+        if self._nft_worker is not None and sw.guard.kernel_pending:
+            assert self._nft is not None
+            self._nft_worker.submit(self._nft.apply, sw.guard.kernel_changes())
         self._hand_to_db()
         self._rearm()
 
@@ -320,10 +358,36 @@ class ControlDaemon:
             "bearers": lambda args: self.switch.admin_bearers(),
             "status": lambda args: self._admin_status(),
             "reload": lambda args: self.reload(from_admin=True),
+            "bans": lambda args: self._admin_bans(),
+            "bans_del": self._admin_unban,
         }
+
+    def _admin_bans(self) -> list[dict[str, Any]]:
+        rows = self.switch.admin_bans(time.time())
+        for row in rows:
+            for key in ("since", "until"):
+                row[key] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row[key]))
+        return rows
+
+    def _admin_unban(self, args: dict[str, Any]) -> str:
+        """``softswitchctl bans del ADDR``: in-process and, at the next flush, nftables."""
+        address = args.get("address")
+        if not isinstance(address, str):
+            raise AdminError('bans_del needs "address"')
+        try:
+            lifted = self.switch.guard.unban(address, time.time())
+        except ValueError:
+            raise AdminError(f"not an IP address: {address!r}") from None
+        if not lifted:
+            raise AdminError(f"{address} is not banned")
+        self._kick()
+        return f"ban of {address} lifted"
 
     def _admin_status(self) -> dict[str, Any]:
         status = self.switch.admin_status(time.time())
+        status["nftables"] = "on" if self._nft is not None else "off"
+        if self._nft is not None:
+            status["nftables_failures"] = self._nft.failures  # element updates refused
         outbox = self._bearers.outbox if self._bearers is not None else None
         if outbox is not None:  # waited for a bearer's full queue: sent late, not lost
             status["bearer_send_deferred"] = outbox.deferred
@@ -407,6 +471,10 @@ class ControlDaemon:
             self._timer.cancel()
         if self._bearers is not None:
             self._bearers.close()
+        if self._nft_worker is not None:
+            self._nft_worker.shutdown(wait=True)
+        if self._nft is not None:
+            self._nft.close()
         db = getattr(self, "db", None)
         if db is not None:
             if sw is not None:

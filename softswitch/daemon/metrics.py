@@ -92,6 +92,7 @@ class SwitchCollector:
                 ("registrations", lambda: _registrations(sw)),
                 ("sip", lambda: _sip(sw)),
                 ("bearers", lambda: _bearers(sw.bearers)),
+                ("guard", lambda: _guard(sw.guard)),
             ]
             if sw.calls is not None:
                 sections.append(("calls", lambda: _calls(sw, sw.calls)))
@@ -262,6 +263,42 @@ def _sip(sw: Any) -> Iterator[Metric]:
         "reason, timeout, closed): counted here, never logged one by one.",
         "reason",
         {k[len("tls_handshake_") :]: v for k, v in drops.items() if k.startswith("tls_handshake_")},
+    )
+
+
+def _guard(guard: Any) -> Iterator[Metric]:
+    """softswitch/guard.py: bans and what the rate limit dropped."""
+    yield _labelled(
+        CounterMetricFamily,
+        "softswitch_bans",
+        "Source addresses banned, by reason (auth-failures: wrong passwords or unknown users).",
+        "reason",
+        {"auth-failures": 0, **dict(guard.bans_total)},
+    )
+    yield _labelled(
+        CounterMetricFamily,
+        "softswitch_unbans",
+        "Bans lifted, by how (expired, by operator, allow-listed, evicted).",
+        "how",
+        dict(guard.unbans_total),
+    )
+    yield _gauge("softswitch_bans_active", "Source addresses banned now.", guard.active)
+    yield _labelled(
+        CounterMetricFamily,
+        "softswitch_guard_dropped",
+        "SIP messages dropped unparsed, by reason (banned source, over its rate limit).",
+        "reason",
+        {"banned": 0, "rate_limited": 0, **dict(guard.drops)},
+    )
+    yield _counter(
+        "softswitch_rate_limited_sources",
+        "Times a source address started being rate-limited.",
+        guard.limited_total,
+    )
+    yield _counter(
+        "softswitch_auth_failures",
+        "Authentication failures counted towards a ban (wrong password, unknown user).",
+        guard.failures_total,
     )
 
 

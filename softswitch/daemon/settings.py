@@ -54,6 +54,17 @@ def _host_port(text: str) -> tuple[str, int]:
 host_port = Value(STRING, _host_port)
 
 
+def _network(text: str) -> str:
+    """A CIDR or a single address (``"10.0.0.0/8"``, ``"2001:db8::/32"``), normalised."""
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise Invalid(f"not an address or CIDR: {toml_literal(text)}") from None
+
+
+network = Value(STRING, _network)
+
+
 CONTROL_OPTIONS: list[Option] = [
     # [sip]
     Option(
@@ -305,6 +316,69 @@ CONTROL_OPTIONS: list[Option] = [
         string,
         "/var/spool/softswitch/recordings",
         "Directory the bearers write call recordings to.",
+    ),
+    # [security]
+    Option(
+        "security",
+        "max_auth_failures",
+        integer(1, 1000),
+        5,
+        "Wrong passwords or unknown users from one address within failure_window that ban "
+        "it. Challenges, stale nonces and malformed credentials never count.",
+    ),
+    Option(
+        "security",
+        "failure_window",
+        number(1, 86400),
+        60,
+        "Seconds over which authentication failures are counted.",
+    ),
+    Option(
+        "security",
+        "ban_time",
+        number(1, 31_536_000),
+        900,
+        "Seconds a first ban lasts; each repeat ban of the same address doubles it.",
+    ),
+    Option(
+        "security",
+        "ban_time_max",
+        number(1, 31_536_000),
+        86400,
+        "Longest ban, in seconds; an address unbanned this long starts again at ban_time.",
+    ),
+    Option(
+        "security",
+        "allow",
+        listof(network),
+        [],
+        'Addresses and CIDRs never banned nor rate-limited, e.g. ["10.0.0.0/8", "::1"]. '
+        "Empty: nobody is exempt (loopback included).",
+    ),
+    Option(
+        "security",
+        "rate_limit",
+        number(0, 1_000_000),
+        100,
+        "SIP messages per second accepted from one address (0: no limit); the excess is "
+        "dropped, never banned. Sized for a few hundred phones behind one NAT address.",
+    ),
+    Option(
+        "security",
+        "rate_burst",
+        number(1, 10_000_000),
+        400,
+        "Messages one address may send at once before rate_limit holds it back (all its "
+        "phones re-registering after a power cut).",
+    ),
+    Option(
+        "security",
+        "nftables",
+        choice("auto", "on", "off"),
+        "auto",
+        'Also drop banned addresses in the kernel (table inet softswitch): "auto" when '
+        "started by systemd and permitted (the packaged unit grants CAP_NET_ADMIN), "
+        '"on" to refuse to start without it, "off". Needs a restart to change.',
     ),
     # [log]
     Option("log", "level", choice("debug", "info", "warning", "error"), "info", "Log level."),

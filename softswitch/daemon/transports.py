@@ -142,6 +142,8 @@ class SipTransports:
         self.tls: dict[tuple[str, int], SipTcp] = {}
         #: What new TLS connections are accepted with; replaced on reload.
         self.tls_context: ssl.SSLContext | None = None
+        #: Whether to close a connection from this host at once (a banned one).
+        self.refuse: Callable[[str], bool] = lambda host: False
 
     async def open(self, hosts: Iterable[str], port: int, transports: Iterable[str]) -> None:
         """Bind every listen address; StartupError names the one that failed."""
@@ -318,6 +320,10 @@ class SipTcp(asyncio.Protocol):
         key = (peername[0], peername[1])
         tcp = self._table()
         if self.key is None:  # accepted
+            if self.owner.refuse(key[0]):
+                self.owner.drops["tcp_banned"] += 1
+                transport.close()
+                return
             if len(tcp) >= MAX_TCP:
                 self.owner.drops[self.kind + "_too_many"] += 1
                 transport.close()

@@ -151,6 +151,14 @@ def test_readme_quick_start_make_run_user_add_and_two_phones_talk(
     listed = json.loads(ctl(clone, "user", "list", "--json").stdout)
     assert {u["username"] for u in listed} == {"alice", "bob"}, listed
 
+    # The daemon loads new users within [database] sync_interval; a phone that
+    # tried before would count as failed logins (make run bans after 5).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # bounded
+        if json.loads(ctl(clone, "status", "--json").stdout).get("users") == 2:
+            break
+        time.sleep(0.3)
+
     # Phones configured as the README's table says: server and realm 127.0.0.1.
     a = make_phone("alice", tone_hz=440.0)
     b = make_phone("bob", tone_hz=1000.0, auto_answer=0.3)

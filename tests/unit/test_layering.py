@@ -38,6 +38,7 @@ CORE_MODULES = (
     "softswitch.location",
     "softswitch.bearerpool",
     "softswitch.switch",
+    "softswitch.guard",
     "softswitch.db.messages",
 )
 #: Top-level modules the core must not load, directly or through another module.

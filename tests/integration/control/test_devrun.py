@@ -61,12 +61,17 @@ def test_devrun_serves_and_softswitchctl_finds_it(tmp_path: Path) -> None:
             [str(CTL_EXE), "user", "add", "dev", "--password", "pw"], env=ctl_env, timeout=30
         )
         assert added.returncode == 0
-        phone = SipClient(port, "dev", "pw")
-        for _ in range(30):  # bounded: the user shows up within one sync interval
-            if phone.register().status == 200:
+        # Wait for the daemon to load the user (one sync interval) before the
+        # phone tries: make run bans an address after 5 failed logins, and an
+        # unknown user is a failed login.
+        for _ in range(50):  # bounded
+            users = subprocess.run(
+                [str(CTL_EXE), "status", "--json"], capture_output=True, text=True, env=ctl_env
+            )
+            if users.returncode == 0 and json.loads(users.stdout)["users"] == 1:
                 break
-            phone.digest = type(phone.digest)("dev", password="pw")
             time.sleep(0.2)
+        phone = SipClient(port, "dev", "pw")
         assert phone.register().status == 200
         phone.close()
         # SIP over TLS with the self-signed certificate make run made, trusted.

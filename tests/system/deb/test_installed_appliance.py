@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -86,6 +88,12 @@ def phones(machine: Container) -> Iterator[dict[str, Phone]]:
     for user, (password, _) in USERS.items():
         record = ["--record"] if user == "alice" else []  # her calls are recorded
         machine.run(["softswitchctl", "user", "add", user, "--password", password, *record])
+    # The daemon loads new users within [database] sync_interval (2 s); a phone
+    # that tried before would be failed logins, and 5 ban its address.
+    deadline = time.monotonic() + 10
+    while json.loads(machine.run(["softswitchctl", "status", "--json"]).stdout)["users"] < 2:
+        assert time.monotonic() < deadline, "users not loaded"
+        time.sleep(0.3)
     with ExitStack() as stack:
         started = {}
         for user, (_, tone) in USERS.items():
@@ -96,7 +104,6 @@ def phones(machine: Container) -> Iterator[dict[str, Phone]]:
         for p in started.values():
             p.wait_ready()
         for user, p in started.items():
-            # The daemon loads new users within [database] sync_interval (2 s).
             deadline = time.monotonic() + 10
             while (code := p.register(REGISTRAR, user, USERS[user][0], DOMAIN)) != 200:
                 assert time.monotonic() < deadline, f"{user}: REGISTER answered {code}"
@@ -371,6 +378,36 @@ def test_journal_shows_the_daemons_log_lines(machine: Container, bearers: list[i
             ["journalctl", "--no-pager", "-o", "cat", "-u", unit, f"SYSLOG_IDENTIFIER={ident}"]
         ).stdout
         assert re.search(r"^(INFO|WARNING|ERROR|DEBUG) \S+: ", out, re.M), (unit, out[-2000:])
+
+
+def test_bans_reach_the_kernel_with_cap_net_admin_and_nothing_more(machine: Container) -> None:
+    """Five wrong passwords from 127.0.0.2 (in the container's network): the
+    address lands in the switch's nftables set, as the hardened unit allows;
+    ``bans del`` takes it out. The daemon holds CAP_NET_ADMIN and no other."""
+    assert "bans also go into nftables table inet softswitch" in machine.journal(CONTROL)
+    pid = machine.show(CONTROL, "MainPID")
+    caps = machine.run(["grep", "^CapEff", f"/proc/{pid}/status"]).stdout.split()[1]
+    assert int(caps, 16) == 1 << 12, caps  # CAP_NET_ADMIN (12) alone
+    guess = (
+        "from tests.integration.control.test_guard import attempt;"
+        "print([attempt(5060, f'guess{i}', '127.0.0.2') for i in range(6)])"
+    )
+    assert machine.netns is not None
+    out = subprocess.run(
+        ["ip", "netns", "exec", machine.netns, sys.executable, "-c", guess],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[3], check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == str([401] * 5 + [None]), out
+    listing = (
+        "import nftables; n = nftables.Nftables();"
+        "print(n.cmd('list set inet softswitch banned4')[1])"
+    )
+    assert "127.0.0.2" in machine.run(["python3", "-c", listing]).stdout
+    machine.run(["softswitchctl", "bans", "del", "127.0.0.2"])
+    deadline = time.monotonic() + 5
+    while "127.0.0.2" in machine.run(["python3", "-c", listing]).stdout:
+        assert time.monotonic() < deadline, "still in the kernel's set"
+        time.sleep(0.2)
 
 
 def test_purge_leaves_no_unit_process_or_file(machine: Container) -> None:

@@ -156,13 +156,17 @@ def test_units_keep_their_hardening(unit: str) -> None:
         "ProtectSystem": ["strict"],
         "PrivateTmp": ["yes"],
         "ProtectHome": ["yes"],
-        "CapabilityBoundingSet": [""],
-        "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
         "SystemCallFilter": ["@system-service", "~@privileged"],
         "ExecReload": ["/bin/kill -HUP $MAINPID"],
         "RuntimeDirectory": ["softswitch"],
         "RuntimeDirectoryPreserve": ["yes"],
     }
+    if unit == "softswitch-control.service":  # CAP_NET_ADMIN for its nftables bans only
+        expect["CapabilityBoundingSet"] = expect["AmbientCapabilities"] = ["CAP_NET_ADMIN"]
+        expect["RestrictAddressFamilies"] = ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
+    else:
+        expect["CapabilityBoundingSet"] = expect["AmbientCapabilities"] = [""]
+        expect["RestrictAddressFamilies"] = ["AF_UNIX AF_INET AF_INET6"]
     for key, value in expect.items():
         assert directives.get(key) == value, (key, directives.get(key))
     assert "WatchdogSec" in directives and "LimitNOFILE" in directives

@@ -161,7 +161,7 @@ def test_admin_connections_leave_no_cyclic_garbage(tmp_path: Path, collector_off
 
 def test_sip_tcp_connections_leave_no_cyclic_garbage(collector_off: None) -> None:
     """Phones on TCP come and go; each closed connection must free itself."""
-    transports = SimpleNamespace(tcp={}, drops=Counter())
+    transports = SimpleNamespace(tcp={}, drops=Counter(), refuse=lambda host: False)
 
     def ping(port: int) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
