@@ -202,7 +202,10 @@ class Switch:
         self.layer = TransactionLayer(Timers(sip.t1, sip.t2, sip.t4), auto_trying=True)
         overload = config.overload
         self.admission = Admission(
-            overload.shed_delay, overload.drop_delay, int(overload.retry_after)
+            overload.shed_delay,
+            overload.drop_delay,
+            int(overload.retry_after),
+            float(overload.shed_rate),
         )
         self._jitter = random.Random(secrets.token_bytes(8))
         self.directory = UserDirectory()
@@ -671,6 +674,7 @@ class Switch:
             ("overload", "shed_delay"),
             ("overload", "drop_delay"),
             ("overload", "retry_after"),
+            ("overload", "shed_rate"),
             *(("security", k) for k in _GUARD_KEYS),
         }
         for section, values in vars(new).items():
@@ -692,6 +696,7 @@ class Switch:
         self.admission.shed_delay = overload.shed_delay
         self.admission.drop_delay = overload.drop_delay
         self.admission.retry_after = int(overload.retry_after)
+        self.admission.shed_rate = float(overload.shed_rate)
         if any(name.startswith("security.") for name in applied):
             self.guard.reconfigure(self.config.security)
         return applied, restart

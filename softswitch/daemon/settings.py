@@ -295,6 +295,14 @@ CONTROL_OPTIONS: list[Option] = [
     ),
     Option(
         "overload",
+        "shed_rate",
+        number(0, 100000),
+        200,
+        "503s sent at most per second for late requests; the other late requests are "
+        "dropped (a 503 costs about what serving the first step of a request does).",
+    ),
+    Option(
+        "overload",
         "retry_after",
         integer(1, 3600),
         5,

@@ -154,3 +154,21 @@ def test_thresholds_are_reloadable() -> None:
     assert "overload.shed_delay" in applied and restart == []
     switch.receive_sip(request("OPTIONS"), PEER, 1000.0, age=0.5)
     assert [r.status for r in answers(switch)] == [200]
+
+
+def test_503s_are_rationed_and_the_rest_of_late_work_dropped() -> None:
+    a = Admission(shed_delay=0.1, drop_delay=0.3, shed_rate=5)
+    assert [a.judge(0.2, 100.0) for _ in range(8)] == [1] * 5 + [2] * 3
+    assert [a.judge(0.2, 100.4) for _ in range(3)] == [1, 1, 2]  # 0.4 s refills two
+    assert a.judge(0.05, 100.4) == 0  # fresh work is served whatever the allowance
+
+
+def test_switch_drops_late_work_beyond_the_503_allowance() -> None:
+    switch = make_switch()
+    switch.admission.shed_rate = 3
+    for n in range(5):
+        data = request("INVITE").replace(b"core-test@", f"ration{n}@".encode())
+        switch.receive_sip(data, PEER, 1000.0, age=0.2)
+    assert [r.status for r in answers(switch)] == [503, 503, 503]
+    assert switch.counters["overload_shed"] == 3
+    assert switch.drops["overload_dropped"] == 2
