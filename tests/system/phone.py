@@ -69,7 +69,9 @@ class Phone:
     ``auto_reject`` refuses every incoming call with that status.
     ``nat_rewrite`` enables pjsua's Contact/Via/SDP fix-ups from
     received/rport; off by default so phones behave like simple devices
-    that leave NAT traversal to the switch.
+    that leave NAT traversal to the switch.  ``srtp`` is pjsua's SRTP use:
+    "off" (the default), "optional" (RTP/AVP with a=crypto) or "mandatory"
+    (RTP/SAVP); SDES over plain SIP (srtpSecureSignaling 0), so UDP works.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Phone:
         markers: bool = True,
         amplitude: float = 0.3,
         nat_rewrite: bool = False,
+        srtp: str = "off",
         log_level: int = 3,
         rpc_timeout: float = 10.0,
     ) -> None:
@@ -128,6 +131,7 @@ class Phone:
             "markers": markers,
             "amplitude": amplitude,
             "nat_rewrite": nat_rewrite,
+            "srtp": srtp,
             "log_level": log_level,
         }
         self.log_path = self.workdir / f"{name}.log"
