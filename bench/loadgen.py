@@ -23,6 +23,14 @@ would measure the generator.  So:
   what follows is filler.  The receiver vectorises over a batch: window
   filter, latency histogram, per-stream counts.
 
+* With ``set_srtp`` the streams are real SRTP (pylibsrtp): every packet is
+  protected with its stream's key just before ``sendmmsg`` (into a second
+  array the message vector then points at), and every packet received is
+  authenticated and decrypted with the key of the bearer leg it came out
+  of, looked up by SSRC (one libsrtp stream per SSRC); a packet that fails
+  is counted in ``srtp_errors`` and, like a packet whose payload is not what
+  was sent, is lost as far as the figures go.
+
 A measurement is valid only if the generator kept up: ``Result`` reports its
 own CPU use and its schedule lag, and ``saturated`` says when not to trust it.
 """
@@ -185,6 +193,9 @@ class Generator:
         # made the schedule worse, not better.  Its *work* CPU is reported apart.
         self.spin = spin
         self.pt = pt
+        self.srtp: tuple[Any, ...] | None = None
+        self.srtp_errors = 0  # received packets that failed SRTP authentication
+        self.payload_errors = 0  # decrypted packets whose payload is not what was sent
         self._recv_setup()
         self.set_streams(dests)
 
@@ -223,10 +234,32 @@ class Generator:
         msgs["iov"] = iov.ctypes.data + np.arange(n, dtype=np.uint64) * _IOVEC.itemsize
         msgs["iovlen"] = 1
         self.msgs = msgs
+        self.srtp = None
+
+    def set_srtp(self, send_keys: list[bytes], recv_keys: list[bytes], profile: int = 1) -> None:
+        """Make every stream SRTP: stream i is protected with ``send_keys[i]`` (the
+        key its phone offered) and received back with ``recv_keys[i]`` (the
+        bearer's key for the leg stream i leaves from).  Call after set_streams."""
+        import pylibsrtp
+
+        P = pylibsrtp.Policy
+        tx, rx = pylibsrtp.Session(), pylibsrtp.Session()
+        for sid, ssrc in zip(self.pk["sid"].tolist(), self.pk["ssrc"].tolist(), strict=True):
+            tx.add_stream(P(send_keys[sid], P.SSRC_SPECIFIC, ssrc, profile))
+            rx.add_stream(P(recv_keys[sid], P.SSRC_SPECIFIC, ssrc, profile))
+        n = self.n
+        self.srtp_size = PACKET.itemsize + (10 if profile == 1 else 4)
+        self.spk = np.zeros(n * self.srtp_size, dtype=np.uint8)
+        self.spk_mv = self.spk.data  # memoryview(), as numpy's stubs allow
+        self.pk_mv = self.pk.view(np.uint8).reshape(-1).data
+        self.iov["base"] = self.spk.ctypes.data + np.arange(n, dtype=np.uint64) * self.srtp_size
+        self.iov["len"] = self.srtp_size
+        self.srtp = (tx.protect, rx.unprotect, pylibsrtp.Error)
 
     def _recv_setup(self) -> None:
         b = _RECV_BATCH
         self.rbuf = np.zeros((b, _RECV_SIZE), dtype=np.uint8)
+        self.rbuf_mv = self.rbuf.reshape(-1).data
         self.cbuf = np.zeros((b, _CMSG_SIZE), dtype=np.uint8)
         riov = np.zeros(b, dtype=_IOVEC)
         riov["base"] = self.rbuf.ctypes.data + np.arange(b, dtype=np.uint64) * _RECV_SIZE
@@ -248,6 +281,11 @@ class Generator:
         rows["seq"] += 1
         rows["ts"] += PAYLOAD
         rows["stamp"] = stamp
+        if self.srtp is not None:
+            protect, size, plain, out = self.srtp[0], self.srtp_size, self.pk_mv, self.spk_mv
+            psize = PACKET.itemsize
+            for r in range(lo, hi):
+                out[r * size : (r + 1) * size] = protect(bytes(plain[r * psize : (r + 1) * psize]))
         fd = self.sock.fileno()
         base = self.msgs.ctypes.data + lo * _MMSG.itemsize
         sent = 0
@@ -282,6 +320,8 @@ class Generator:
             if r <= 0:
                 break
             total += r
+            if self.srtp is not None:
+                self._unprotect(r)
             pk = self.rbuf[:r, : PACKET.itemsize].copy().view(PACKET).reshape(r)
             sec = self.cbuf[:r, 16:24].copy().view(np.int64).reshape(r)
             nsec = self.cbuf[:r, 24:32].copy().view(np.int64).reshape(r)
@@ -297,6 +337,10 @@ class Generator:
                 continue
             stamp = pk["stamp"].astype(np.int64)
             ok = (rm["len"][:r] >= PACKET.itemsize) & (stamp >= t0) & (stamp < t1)
+            if self.srtp is not None:  # decrypted: the payload must be what was sent
+                bad = ok & ~(pk["fill"] == 0xFF).all(axis=1)
+                self.payload_errors += int(bad.sum())
+                ok &= ~bad
             if ok.any():
                 rx = sec[ok] * 1_000_000_000 + nsec[ok]
                 lat.append(rx - stamp[ok])
@@ -307,6 +351,25 @@ class Generator:
             if r < _RECV_BATCH:
                 break
         return in_window, total
+
+    def _unprotect(self, r: int) -> None:
+        """Authenticate and decrypt the first ``r`` received packets in place;
+        a failure sets the packet's length to 0 (not counted as received)."""
+        assert self.srtp is not None
+        _protect, unprotect, error = self.srtp
+        lens = self.rmsgs["len"]
+        buf = self.rbuf_mv
+        for j in range(r):
+            n = int(lens[j])
+            at = j * _RECV_SIZE
+            try:
+                plain = unprotect(bytes(buf[at : at + n]))
+            except (error, ValueError):
+                self.srtp_errors += 1
+                lens[j] = 0
+                continue
+            buf[at : at + len(plain)] = plain
+            lens[j] = len(plain)
 
     def run(
         self,
