@@ -340,8 +340,15 @@ class Generator:
         lat: list[np.ndarray],
         counts: np.ndarray,
         foreign: list[tuple[np.ndarray, ...]] | None = None,
+        deadline: float | None = None,
     ) -> tuple[int, int]:
-        """Read everything queued; (packets in window, total packets).
+        """Read everything queued (or until ``deadline``, perf_counter seconds);
+        (packets in window, total packets).
+
+        With SRTP every packet costs a decryption, so the reads are in small
+        batches and stop when a send is due: the kernel's receive stamps keep
+        the latency figure exact however late the packets are read, and the
+        send schedule (the traffic's shape) is what must not slip.
 
         With ``foreign`` set, every packet is taken as someone else's stream
         (the bearer's conference mix): its SSRC and kernel receive time are kept.
@@ -349,9 +356,12 @@ class Generator:
         fd = self.sock.fileno()
         rm = self.rmsgs
         in_window = total = 0
-        for _ in range(1000):  # bounded: at most 512k packets per call
+        vlen = _RECV_BATCH if self.srtp is None else 32
+        for _ in range(1000 * _RECV_BATCH // vlen):  # bounded: at most 512k packets per call
+            if deadline is not None and total and time.perf_counter() >= deadline:
+                break
             rm["controllen"] = _CMSG_SIZE
-            r = _recvmmsg(fd, rm.ctypes.data, _RECV_BATCH, MSG_DONTWAIT, None)
+            r = _recvmmsg(fd, rm.ctypes.data, vlen, MSG_DONTWAIT, None)
             if r <= 0:
                 break
             total += r
@@ -367,7 +377,7 @@ class Generator:
                     (pk["ssrc"][ok].astype(np.int64), rx[ok], pk["seq"][ok].astype(np.int64))
                 )
                 in_window += int(ok.sum())
-                if r < _RECV_BATCH:
+                if r < vlen:
                     break
                 continue
             stamp = pk["stamp"].astype(np.int64)
@@ -383,7 +393,7 @@ class Generator:
                 sids = sids[sids < len(counts)]
                 counts += np.bincount(sids, minlength=len(counts))[: len(counts)]
                 in_window += int(ok.sum())
-            if r < _RECV_BATCH:
+            if r < vlen:
                 break
         return in_window, total
 
@@ -483,7 +493,8 @@ class Generator:
                 k += 1
                 next_at = start + k * slot_dt
                 burst += 1
-            got, _ = self._drain(w0, w1, lat, counts, foreign)
+            due = next_at if self.srtp is not None else None
+            got, _ = self._drain(w0, w1, lat, counts, foreign, due)
             received += got
             if on_idle is not None and now >= next_idle:
                 next_idle = now + 0.1
