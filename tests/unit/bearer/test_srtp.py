@@ -200,3 +200,46 @@ def _reader(data: bytes) -> Any:
     from softswitch.protocol.primitives import _Reader
 
     return _Reader(data)
+
+
+class RtcpSocket:
+    """A leg's RTCP socket: hands out one datagram, records what is sent."""
+
+    def __init__(self, incoming: bytes = b"") -> None:
+        self.incoming = incoming
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def recvfrom_into(self, buf: bytearray) -> tuple[int, tuple[str, int]]:
+        buf[: len(self.incoming)] = self.incoming
+        return len(self.incoming), (PHONE_A[0], PHONE_A[1] + 1)
+
+    def sendto(self, data: bytes, dest: Any) -> None:
+        self.sent.append((bytes(data), dest))
+
+    def fileno(self) -> int:
+        return id(self)
+
+    def close(self) -> None:
+        pass
+
+
+def test_srtcp_is_decrypted_for_the_stats_and_reencrypted_for_the_other_phone() -> None:
+    s, delivery, _entry, _wire = relay_path(
+        srtp_spec(PHONE_A, KEY_A, S80), srtp_spec(PHONE_B, KEY_B, S32)
+    )
+    a, b = s.legs
+    # An RTCP receiver report (RFC 3550 §6.4.2) with one block: 2% lost.
+    block = struct.pack("!IB3sIIII", 0x99, 5, (7).to_bytes(3, "big"), 1000, 20, 0, 0)
+    rr = struct.pack("!BBHI", 0x81, 201, 7, 0x1234) + block
+    a.rtcp = RtcpSocket(phone(KEY_A, outbound=True).protect_rtcp(rr))  # type: ignore[assignment]
+    b.rtcp = RtcpSocket()  # type: ignore[assignment]
+    delivery.rtcp(a, T0)
+    assert a.rtcp_stats["rtcp_cumulative_lost"] == 7  # read after decryption
+    ((sent, dest),) = b.rtcp.sent  # type: ignore[attr-defined]
+    assert dest == (PHONE_B[0], PHONE_B[1] + 1) and rr not in sent
+    kb = s.keys()[1]
+    assert kb is not None
+    assert phone(kb, outbound=False).unprotect_rtcp(sent) == rr  # SRTCP keeps its 80-bit tag
+    a.rtcp.incoming = rr  # type: ignore[attr-defined]
+    delivery.rtcp(a, T0)  # plain RTCP on an SRTP leg: dropped and counted
+    assert len(b.rtcp.sent) == 1 and a.c[S.SRTP] == 1  # type: ignore[attr-defined]
