@@ -9,7 +9,7 @@ and unprotects with the key the bearer made for its leg (ALLOCATED).
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, cast
 
 import pylibsrtp
 import pytest
@@ -231,15 +231,15 @@ def test_srtcp_is_decrypted_for_the_stats_and_reencrypted_for_the_other_phone() 
     # An RTCP receiver report (RFC 3550 §6.4.2) with one block: 2% lost.
     block = struct.pack("!IB3sIIII", 0x99, 5, (7).to_bytes(3, "big"), 1000, 20, 0, 0)
     rr = struct.pack("!BBHI", 0x81, 201, 7, 0x1234) + block
-    a.rtcp = RtcpSocket(phone(KEY_A, outbound=True).protect_rtcp(rr))  # type: ignore[assignment]
-    b.rtcp = RtcpSocket()  # type: ignore[assignment]
+    a_rtcp, b_rtcp = RtcpSocket(phone(KEY_A, outbound=True).protect_rtcp(rr)), RtcpSocket()
+    a.rtcp, b.rtcp = cast(Any, a_rtcp), cast(Any, b_rtcp)
     delivery.rtcp(a, T0)
     assert a.rtcp_stats["rtcp_cumulative_lost"] == 7  # read after decryption
-    ((sent, dest),) = b.rtcp.sent  # type: ignore[attr-defined]
+    ((sent, dest),) = b_rtcp.sent
     assert dest == (PHONE_B[0], PHONE_B[1] + 1) and rr not in sent
     kb = s.keys()[1]
     assert kb is not None
     assert phone(kb, outbound=False).unprotect_rtcp(sent) == rr  # SRTCP keeps its 80-bit tag
-    a.rtcp.incoming = rr  # type: ignore[attr-defined]
+    a_rtcp.incoming = rr
     delivery.rtcp(a, T0)  # plain RTCP on an SRTP leg: dropped and counted
-    assert len(b.rtcp.sent) == 1 and a.c[S.SRTP] == 1  # type: ignore[attr-defined]
+    assert len(b_rtcp.sent) == 1 and a.c[S.SRTP] == 1
