@@ -323,9 +323,7 @@ def test_recorded_users_call_is_a_stereo_wav_caller_left_callee_right(
     )
     mark = sw.cdr_mark()
     ca, cb = talk(sw, a, b, "bob")
-    live = [c for c in sw.ctl_json("calls") if c["caller"].startswith("alice@")]
     hang_up(a, ca, b, cb)
-    assert len(live) == 1 and live[0]["srtp"] == ["AES_CM_128_HMAC_SHA1_80", None], live
     assert_two_way(a, ca, b, cb)
     (row,) = sw.wait_cdrs(mark, caller="rita@", callee="bob@")
     assert_cdr(row, "answered", 200, answered=True, recorded=True)
