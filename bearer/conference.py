@@ -9,6 +9,7 @@ import numpy as np
 
 from bearer.leg import OUT_BYTES, OUT_PKTS, SEND_ERROR, Leg
 from bearer.mixer import FRAME_SAMPLES, Mixer
+from bearer.srtp import protecting
 from softswitch.protocol import JoinFlags
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class ConferenceOut:
                 d[0], d[1] = leg.rtp.sendto, leg.destination
             else:
                 d[0], d[1] = None, None
+            crypto = leg.srtp
+            if crypto is not None and d[0] is not None:  # the mix is encrypted last
+                d[0] = None if crypto.tx is None else protecting(crypto.tx, d[0])
         self.pids = None  # realign at the next tick
 
     def push(self, s: Session, leg: Leg, seq: int, ts: int, payload: memoryview) -> None:

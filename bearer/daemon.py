@@ -259,10 +259,11 @@ class BearerDaemon:
                         relay.delete(msg.session_id)  # all or nothing: control may retry
                         raise
                 addr = self.cfg.bearer.advertised_address
-                return Allocated(msg.session_id, addr, tuple(ports))
+                keys = relay.keys(msg.session_id)
+                return Allocated(msg.session_id, addr, tuple(ports), keys if any(keys) else ())
             if type(msg) is Update:
                 relay.update(msg.session_id, msg.leg, msg.spec)
-                return Updated(msg.session_id)
+                return Updated(msg.session_id, relay.keys(msg.session_id)[msg.leg])
             if type(msg) is Delete:
                 return Deleted(msg.session_id, relay.delete(msg.session_id))
             if type(msg) is Record:

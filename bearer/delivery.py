@@ -13,7 +13,9 @@ the byte count already read into the relay's one preallocated buffer:
 * ``deliver``: the RFC 3550 accounting, then whatever the packet needs:
   DTMF detection (RFC 4733), recording, the mixer, G.711 transcoding, the
   payload-type rewrite, the send;
-* RTCP (parsed for statistics, relayed) and the catcher (bleed).
+* RTCP (parsed for statistics, relayed) and the catcher (bleed);
+* SRTP legs (bearer.srtp): ``unprotect`` decrypts in the buffer before any
+  of the above, SRTCP both ways in ``rtcp``.
 
 Still per packet: no objects beyond what parsing needs, the shared buffer.
 """
@@ -28,6 +30,7 @@ from bearer import leg as S
 from bearer.conference import ConferenceOut
 from bearer.leg import SRC_BLEED, SRC_FINAL, SRC_OK, Leg
 from bearer.rtp import parse_header, parse_rtcp, payload_end
+from bearer.srtp import SrtpError, protecting_rtcp
 from softswitch.protocol import Dtmf, Event, JoinFlags
 
 __all__ = ["Delivery"]
@@ -41,6 +44,7 @@ K_CATCH = 3  # the catcher socket of a final leg: bleed counting
 K_RTCP = 4
 K_READER = 5  # a callback (control socket, signal fd)
 K_CONF = 6  # final latch, in a room (not recorded): inlined, frames go to the mixer
+K_SCONF = 7  # K_CONF for an SRTP leg: decrypted, then Delivery.deliver_conf
 
 _MUTED = int(JoinFlags.MUTED)
 
@@ -84,6 +88,10 @@ class Delivery:
         if n < 12 or buf[0] & 0xC0 != 0x80:
             leg.c[S.INVALID] += 1
             return
+        if leg.srtp is not None:  # authenticated before it may latch anything
+            n = self.unprotect(leg, n)
+            if n < 0:
+                return
         verdict = leg.judge_source(src[:2], now)  # IPv6 sources come with flow info, scope
         if verdict == SRC_BLEED:
             return
@@ -96,11 +104,31 @@ class Delivery:
 
     # ------------------------------------------------------------------ delivery
 
+    def unprotect(self, leg: Leg, n: int) -> int:
+        """Decrypt an SRTP packet of ``leg`` in the buffer; its new length, or -1 (counted).
+
+        Called before anything reads the packet (bearer.srtp); failed
+        authentication, a replay, or no key from the phone yet is a drop.
+        """
+        crypto = leg.srtp
+        rx = crypto.rx if crypto is not None else None
+        if rx is None or n < 12:
+            leg.c[S.SRTP] += 1
+            return -1
+        try:
+            plain = rx.unprotect(bytes(self._mv[:n]))
+        except (SrtpError, ValueError):
+            leg.c[S.SRTP] += 1
+            return -1
+        m = len(plain)
+        self._buf[:m] = plain
+        return m
+
     def deliver(self, e: tuple[Any, ...], n: int, now: float) -> None:
         """Everything a packet from a phone may need besides the plain relay."""
         kind, _recv, out, c, dest, tev, _clk, remap, leg = e
         buf = self._buf
-        if kind == K_CONF:
+        if kind in (K_CONF, K_SCONF):
             self.deliver_conf(e, n, now)
             return
         if kind == K_FAST:
@@ -209,6 +237,16 @@ class Delivery:
         if not leg.rtcp_source_ok(src[:2]):
             return
         data = bytes(self._buf[:n])
+        crypto = leg.srtp
+        if crypto is not None:  # SRTCP (RFC 3711 §3.4): authenticated, decrypted
+            if crypto.rx is None:
+                leg.c[S.SRTP] += 1
+                return
+            try:
+                data = crypto.rx.unprotect_rtcp(data)
+            except (SrtpError, ValueError):
+                leg.c[S.SRTP] += 1
+                return
         try:
             packets = parse_rtcp(data)
         except ValueError:
@@ -220,6 +258,10 @@ class Delivery:
             dest = other.rtcp_destination
             if dest is not None:
                 try:
+                    if other.srtp is not None:
+                        if other.srtp.tx is None:
+                            return  # SRTP towards that phone, no key yet: nothing to send
+                        data = protecting_rtcp(other.srtp.tx, data)
                     other.rtcp.sendto(data, dest)
                 except OSError:
                     leg.c[S.SEND_ERROR] += 1
@@ -232,6 +274,10 @@ class Delivery:
         if n < 12 or self._buf[0] & 0xC0 != 0x80:
             leg.c[S.INVALID] += 1
         elif src == leg.latched:
+            if leg.srtp is not None:
+                n = self.unprotect(leg, n)
+                if n < 0:
+                    return
             self.deliver(self._fdmap[leg.rtp.fileno()], n, now)
         else:
             leg.c[S.BLEED] += 1

@@ -26,6 +26,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from bearer.rtp import DtmfDetector
+from bearer.srtp import LegCrypto
 from softswitch.protocol import Direction, LegSpec
 
 if TYPE_CHECKING:
@@ -69,7 +70,8 @@ UNSUPPORTED = 12  # a payload type the other leg cannot take (no transcoder, no 
 SEND_ERROR = 13  # sendto failed (buffer full, ICMP unreachable reported)
 RECV_ERROR = 14  # recv failed (ICMP port unreachable on a connected socket)
 RTCP_INVALID = 15  # RTCP that did not parse
-NCOUNTERS = 16
+SRTP = 16  # SRTP/SRTCP that failed authentication or replay check, or arrived with no key
+NCOUNTERS = 17
 MAX_DROPOUT = 3000
 """Sequence jumps larger than this are a restarted stream, not loss (RFC 3550 A.1)."""
 
@@ -82,6 +84,7 @@ DROP_REASONS = {
     "send_error": SEND_ERROR,
     "recv_error": RECV_ERROR,
     "rtcp_invalid": RTCP_INVALID,
+    "srtp": SRTP,
 }
 """Drop reason (counter name suffix) -> counter slot."""
 # Valid packets dropped after being counted: these reduce what is forwarded.
@@ -124,6 +127,7 @@ class Leg:
         "session",
         "spec",
         "sr_forwarded",
+        "srtp",
     )
 
     def __init__(self, session: Session, index: int, port: int, spec: LegSpec) -> None:
@@ -150,6 +154,7 @@ class Leg:
         self.remote: tuple[str, int] | None = None
         self.clock = 8000
         self.dtmf = DtmfDetector()
+        self.srtp: LegCrypto | None = None  # SRTP keys and sessions (bearer.srtp), None: RTP
         self.set_spec(spec)
 
     @property
@@ -162,8 +167,15 @@ class Leg:
 
         Returns True when the phone moved (a re-INVITE from a new signalled
         address) away from the source the leg is latched to: the latch must
-        be forgotten (``forget_latch``) and learnt afresh.
+        be forgotten (``forget_latch``) and learnt afresh.  Raises ValueError
+        for malformed SRTP TLVs, before anything else changes.
         """
+        if spec.srtp:
+            crypto = self.srtp if self.srtp is not None else LegCrypto()
+            crypto.apply(spec)
+            self.srtp = crypto
+        else:
+            self.srtp = None
         old = self.remote
         self.spec = spec
         unspecified = spec.port == 0 or spec.address in ("0.0.0.0", "::")

@@ -25,7 +25,10 @@ unpacks the tuple.  Two kinds are inlined in the loop:
   mixer's push, ``dest`` the participant id).
 
 Everything else (latching, transcoding, DTMF, recording, RTCP, bleed on the
-catcher) goes through ``_slow`` to bearer.delivery.
+catcher, and every SRTP leg: bearer.srtp) goes through ``_slow`` to
+bearer.delivery.  An SRTP leg's packets are decrypted on arrival
+(``Delivery.unprotect``) and the other leg's ``out`` is wrapped to encrypt
+(``bearer.srtp.protecting``), so the paths between see plain RTP.
 
 Measured on the 2-vCPU development VM, per relayed packet in a batch: about
 5.3 us for the two syscalls alone (recv 1.4, send 4: a loopback send also
@@ -66,6 +69,7 @@ from bearer.delivery import (
     K_PATH,
     K_READER,
     K_RTCP,
+    K_SCONF,
     Delivery,
 )
 from bearer.leg import LATCH_GRACE, Leg
@@ -74,6 +78,7 @@ from bearer.mixer import Mixer
 from bearer.ports import PortPool, PortsExhausted
 from bearer.remap import IDENTITY, remap_table
 from bearer.session import Session
+from bearer.srtp import protecting
 from softswitch.protocol import (
     AllocFlags,
     ErrorCode,
@@ -81,6 +86,7 @@ from softswitch.protocol import (
     JoinFlags,
     LegSpec,
     LegStats,
+    SrtpKey,
 )
 
 __all__ = ["LATCH_GRACE", "TICK", "Relay", "RelayError"]
@@ -210,6 +216,10 @@ class Relay:
     def update(self, session_id: int, leg_index: int, spec: LegSpec) -> None:
         """Replace one leg's description (the SDP answer, a re-INVITE)."""
         self._session(session_id).update(leg_index, spec, self.clock())
+
+    def keys(self, session_id: int) -> tuple[SrtpKey | None, ...]:
+        """Per leg, the bearer's own SRTP key, for control's SDP (ALLOCATED, UPDATED)."""
+        return self._session(session_id).keys()
 
     def delete(self, session_id: int) -> tuple[LegStats, ...]:
         """End a session, release its ports; returns its final per-leg counters."""
@@ -387,6 +397,12 @@ class Relay:
                 out, dest = other.rtp.send, None
             elif other.destination is not None:
                 out, dest = other.rtp.sendto, other.destination
+            crypto = other.srtp
+            if crypto is not None and out is not None:
+                if crypto.tx is None:  # SRTP towards that phone, but no key yet
+                    out, dest = None, S.SRTP
+                else:
+                    out = protecting(crypto.tx, out)
         remap: tuple[Any, ...]  # remap_table's, or (audio PT, codec name) for K_CONF
         recv: Callable[..., Any]  # recvfrom_into (K_LATCH) or recv_into
         if other is not None:
@@ -411,6 +427,8 @@ class Relay:
                 and remap[3]
                 and s.recording is None
                 and s.room is None
+                and leg.srtp is None
+                and (other is None or other.srtp is None)
             )
             kind = K_FAST if plain else K_PATH
             if plain:
@@ -423,6 +441,8 @@ class Relay:
                 dest = (s.id, leg.index)
                 sel = leg.spec.selected
                 remap = (sel.pt if sel else -1, sel.name.upper() if sel else "PCMU")
+                if leg.srtp is not None:
+                    kind = K_SCONF  # decrypted first, so not the loop's inlined K_CONF
         return (kind, recv, out, leg.c, dest, tev, float(leg.clock), remap, leg)
 
     # ------------------------------------------------------------------ loop
@@ -521,7 +541,15 @@ class Relay:
             leg = e[8]
             if kind == K_PATH:
                 n = e[1](self._buf)
+                if leg.srtp is not None:
+                    n = self.delivery.unprotect(leg, n)
+                    if n < 0:
+                        return
                 self.delivery.deliver(e, n, now)
+            elif kind == K_SCONF:
+                n = self.delivery.unprotect(leg, e[1](self._buf))
+                if n >= 0:
+                    self.delivery.deliver_conf(e, n, now)
             elif kind == K_LATCH:
                 n, src = e[1](self._buf)
                 self.delivery.sourced(e, leg, n, src, now)

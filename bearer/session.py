@@ -47,6 +47,7 @@ from softswitch.protocol import (
     LegSpec,
     LegStats,
     MediaTimeout,
+    SrtpKey,
 )
 
 __all__ = [
@@ -119,6 +120,9 @@ class Session:
         except PortsExhausted as e:
             self.close()
             raise RelayError(ErrorCode.NO_PORTS, str(e)) from None
+        except ValueError as e:  # a malformed SRTP TLV
+            self.close()
+            raise RelayError(ErrorCode.BAD_REQUEST, f"leg {len(self.legs)}: {e}") from None
         except Exception:
             self.close()  # all or nothing: no leg's sockets outlive a refused ALLOCATE
             raise
@@ -129,7 +133,11 @@ class Session:
     def update(self, leg_index: int, spec: LegSpec, now: float) -> None:
         """Replace one leg's description (the SDP answer, a re-INVITE)."""
         leg = self._leg(leg_index)
-        if leg.set_spec(spec):
+        try:
+            moved = leg.set_spec(spec)
+        except ValueError as e:  # a malformed SRTP TLV
+            raise RelayError(ErrorCode.BAD_REQUEST, f"leg {leg_index}: {e}") from None
+        if moved:
             self._unlatch(leg, now)  # the phone moved (re-INVITE to a new address)
         self.update_answered(now)
         if leg.can_finalize:
@@ -137,6 +145,10 @@ class Session:
         self.host.wire(self)
         if self.room is not None:
             self.host.conference.update(self)
+
+    def keys(self) -> tuple[SrtpKey | None, ...]:
+        """Per leg, the bearer's own SRTP key (None: the leg is not SRTP towards its phone)."""
+        return tuple(leg.srtp.local if leg.srtp is not None else None for leg in self.legs)
 
     def stop(self, now: float) -> tuple[LegStats, ...]:
         """Leave the room, stop recording, close the sockets; returns the final counters."""

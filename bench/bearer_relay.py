@@ -20,6 +20,11 @@ and does not count.  Steps stop at the first that does not fit (loss > 0 or
 p99 >= 5 ms) or at the end of the list.  Scenarios:
 
 * ``relay``: plain calls;
+* ``srtp``: the same calls with SRTP (SDES keys, AES_CM_128_HMAC_SHA1_80) on
+  both legs: each "phone" stream is protected with its own key, the bearer
+  decrypts it with that key and re-encrypts it with the key it made for the
+  other leg, and the generator authenticates, decrypts and checks every
+  packet it gets back (bench.loadgen ``set_srtp``);
 * ``recorded``: the same with one call in ten recorded (WAV files in a
   temporary directory, written by the bearer's writer thread);
 * ``conference``: rooms of ten participants; each participant sends 50
@@ -53,6 +58,8 @@ from softswitch.protocol import (
     LegSpec,
     PayloadType,
     Record,
+    SrtpKey,
+    SrtpSuite,
     Update,
 )
 
@@ -63,10 +70,12 @@ P99_LIMIT_MS = 5.0
 
 FULL_STEPS = {
     "relay": [100, 250, 500, 750, 1000, 1250, 1500, 1750, 2000],
+    "srtp": [100, 150, 200, 250, 300, 350, 400, 500],
     "recorded": [100, 250, 500, 750, 1000, 1250, 1500],
     "conference": [10, 25, 50, 75, 100, 125, 150],
 }
-QUICK_STEPS = {"relay": [50], "recorded": [20], "conference": [2]}
+QUICK_STEPS = {"relay": [50], "srtp": [20], "recorded": [20], "conference": [2]}
+S80 = SrtpSuite.AES_CM_128_HMAC_SHA1_80
 
 
 def _spec(addr: tuple[str, int] | None) -> LegSpec:
@@ -147,6 +156,8 @@ class Scenario:
         self.ctl = bearer.control
         self.dests: list[tuple[str, int]] = []
         self.sessions = 0
+        self.send_keys: list[bytes] = []  # per stream: the key its "phone" offered
+        self.recv_keys: list[bytes] = []  # per stream: the bearer's key where it comes out
 
     def grow(self, n: int) -> None:
         """Bring the bearer to n calls (or n rooms of ten)."""
@@ -165,6 +176,38 @@ class Scenario:
                 assert isinstance(r, Allocated), r
                 self.dests.append(("127.0.0.1", r.ports[0]))
             self.sessions = want
+        elif self.kind == "srtp":
+            new = list(range(self.sessions, n))
+            keys = {i: (os.urandom(30), os.urandom(30)) for i in new}
+            allocs = [
+                Allocate(
+                    i + 1,
+                    f"call-{i}",
+                    (
+                        _spec(me).with_srtp(SrtpKey(S80, keys[i][0]), S80),
+                        _spec(None).with_srtp(None, S80),
+                    ),
+                )
+                for i in new
+            ]
+            replies = self.ctl.many(allocs)
+            updates = [
+                Update(i + 1, 1, _spec(me).with_srtp(SrtpKey(S80, keys[i][1]), S80)) for i in new
+            ]
+            for r in self.ctl.many(updates):
+                assert type(r).__name__ == "Updated", r
+            for i, r in zip(new, replies, strict=True):
+                assert isinstance(r, Allocated) and len(r.keys) == 2, r
+                k0, k1 = r.keys
+                assert k0 is not None and k1 is not None
+                self.dests.extend(("127.0.0.1", p) for p in r.ports)
+                # Stream 2i goes into leg 0 and comes out of leg 1, and the other way round.
+                self.send_keys += [keys[i][0], keys[i][1]]
+                self.recv_keys += [k1.key, k0.key]
+            self.sessions = n
+            self.gen.set_streams(self.dests)
+            self.gen.set_srtp(self.send_keys, self.recv_keys)
+            return
         else:
             new = list(range(self.sessions, n))
             allocs = [Allocate(i + 1, f"call-{i}", (_spec(me), _spec(None))) for i in new]
@@ -232,6 +275,9 @@ class Scenario:
         else:
             row["sent"] = r.sent
             row["received"] = r.received
+            if self.kind == "srtp":
+                row["srtp_auth_failures"] = self.gen.srtp_errors
+                row["payload_errors"] = self.gen.payload_errors
             row["loss_percent"] = round(r.loss_percent, 4)
             row["latency_p50_ms"] = round(r.latency_ms(50), 3)
             row["latency_p99_ms"] = round(r.latency_ms(99), 3)
@@ -349,7 +395,7 @@ def _run(
     if args.window:
         window = args.window
     table = QUICK_STEPS if args.quick else FULL_STEPS
-    kinds = args.scenario or ["relay", "recorded", "conference"]
+    kinds = args.scenario or ["relay", "srtp", "recorded", "conference"]
     load_before = _loadavg()
     pressure_before = _cpu_pressure()
     wakeup = cross_core_rtt(bearer_cpu, gen_cpu, 300 if args.quick else 2000)

@@ -23,6 +23,14 @@ would measure the generator.  So:
   what follows is filler.  The receiver vectorises over a batch: window
   filter, latency histogram, per-stream counts.
 
+* With ``set_srtp`` the streams are real SRTP (pylibsrtp): every packet is
+  protected with its stream's key just before ``sendmmsg`` (into a second
+  array the message vector then points at), and every packet received is
+  authenticated and decrypted with the key of the bearer leg it came out
+  of, looked up by SSRC (one libsrtp stream per SSRC); a packet that fails
+  is counted in ``srtp_errors`` and, like a packet whose payload is not what
+  was sent, is lost as far as the figures go.
+
 A measurement is valid only if the generator kept up: ``Result`` reports its
 own CPU use and its schedule lag, and ``saturated`` says when not to trust it.
 """
@@ -185,6 +193,9 @@ class Generator:
         # made the schedule worse, not better.  Its *work* CPU is reported apart.
         self.spin = spin
         self.pt = pt
+        self.srtp: tuple[Any, ...] | None = None
+        self.srtp_errors = 0  # received packets that failed SRTP authentication
+        self.payload_errors = 0  # decrypted packets whose payload is not what was sent
         self._recv_setup()
         self.set_streams(dests)
 
@@ -223,10 +234,70 @@ class Generator:
         msgs["iov"] = iov.ctypes.data + np.arange(n, dtype=np.uint64) * _IOVEC.itemsize
         msgs["iovlen"] = 1
         self.msgs = msgs
+        self.srtp = None
+
+    def set_srtp(self, send_keys: list[bytes], recv_keys: list[bytes], profile: int = 1) -> None:
+        """Make every stream SRTP: stream i is protected with ``send_keys[i]`` (the
+        key its phone offered) and received back with ``recv_keys[i]`` (the
+        bearer's key for the leg stream i leaves from).  Call after set_streams.
+
+        The generator must not be what limits the figure, so it calls libsrtp
+        through pylibsrtp's cffi binding on its own arrays, in place (no copy,
+        no allocation per packet); pylibsrtp's public API is the fallback.
+        """
+        import pylibsrtp
+
+        P = pylibsrtp.Policy
+        tx, rx = pylibsrtp.Session(), pylibsrtp.Session()
+        for sid, ssrc in zip(self.pk["sid"].tolist(), self.pk["ssrc"].tolist(), strict=True):
+            tx.add_stream(P(send_keys[sid], P.SSRC_SPECIFIC, ssrc, profile))
+            rx.add_stream(P(recv_keys[sid], P.SSRC_SPECIFIC, ssrc, profile))
+        n = self.n
+        size = PACKET.itemsize + (10 if profile == 1 else 4)
+        self.srtp_size = size
+        self.spk = np.zeros((n, size), dtype=np.uint8)
+        self.iov["base"] = self.spk.ctypes.data + np.arange(n, dtype=np.uint64) * size
+        self.iov["len"] = size
+        self.srtp_sessions = (tx, rx)  # kept alive: the raw calls below use their contexts
+        try:
+            from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]
+
+            raw = (
+                lib.srtp_protect,
+                lib.srtp_unprotect,
+                tx._srtp[0],
+                rx._srtp[0],
+                ffi.from_buffer(self.spk),
+                ffi.from_buffer(self.rbuf),
+                ffi.new("int *"),
+            )
+        except (ImportError, AttributeError):
+            raw = None
+        self.srtp = (tx.protect, rx.unprotect, pylibsrtp.Error, raw)
+        self.spk_mv = self.spk.reshape(-1).data
+        self.pk_mv = self.pk.view(np.uint8).reshape(-1).data
+
+    def _protect(self, lo: int, hi: int) -> None:
+        """SRTP-protect rows lo..hi of the packets into the send array."""
+        assert self.srtp is not None
+        protect, _unprotect, _error, raw = self.srtp
+        size, psize = self.srtp_size, PACKET.itemsize
+        if raw is not None:
+            self.spk[lo:hi, :psize] = self.pk[lo:hi].view(np.uint8).reshape(hi - lo, psize)
+            c_protect, _c_unprotect, ctx, _rx, out, _rbuf, n_p = raw
+            for r in range(lo, hi):
+                n_p[0] = psize
+                if c_protect(ctx, out + r * size, n_p) != 0:
+                    raise RuntimeError("srtp_protect failed")
+            return
+        out, plain = self.spk_mv, self.pk_mv
+        for r in range(lo, hi):
+            out[r * size : (r + 1) * size] = protect(bytes(plain[r * psize : (r + 1) * psize]))
 
     def _recv_setup(self) -> None:
         b = _RECV_BATCH
         self.rbuf = np.zeros((b, _RECV_SIZE), dtype=np.uint8)
+        self.rbuf_mv = self.rbuf.reshape(-1).data
         self.cbuf = np.zeros((b, _CMSG_SIZE), dtype=np.uint8)
         riov = np.zeros(b, dtype=_IOVEC)
         riov["base"] = self.rbuf.ctypes.data + np.arange(b, dtype=np.uint64) * _RECV_SIZE
@@ -248,6 +319,8 @@ class Generator:
         rows["seq"] += 1
         rows["ts"] += PAYLOAD
         rows["stamp"] = stamp
+        if self.srtp is not None:
+            self._protect(lo, hi)
         fd = self.sock.fileno()
         base = self.msgs.ctypes.data + lo * _MMSG.itemsize
         sent = 0
@@ -267,8 +340,15 @@ class Generator:
         lat: list[np.ndarray],
         counts: np.ndarray,
         foreign: list[tuple[np.ndarray, ...]] | None = None,
+        deadline: float | None = None,
     ) -> tuple[int, int]:
-        """Read everything queued; (packets in window, total packets).
+        """Read everything queued (or until ``deadline``, perf_counter seconds);
+        (packets in window, total packets).
+
+        With SRTP every packet costs a decryption, so the reads are in small
+        batches and stop when a send is due: the kernel's receive stamps keep
+        the latency figure exact however late the packets are read, and the
+        send schedule (the traffic's shape) is what must not slip.
 
         With ``foreign`` set, every packet is taken as someone else's stream
         (the bearer's conference mix): its SSRC and kernel receive time are kept.
@@ -276,12 +356,17 @@ class Generator:
         fd = self.sock.fileno()
         rm = self.rmsgs
         in_window = total = 0
-        for _ in range(1000):  # bounded: at most 512k packets per call
+        vlen = _RECV_BATCH if self.srtp is None else 32
+        for _ in range(1000 * _RECV_BATCH // vlen):  # bounded: at most 512k packets per call
+            if deadline is not None and total and time.perf_counter() >= deadline:
+                break
             rm["controllen"] = _CMSG_SIZE
-            r = _recvmmsg(fd, rm.ctypes.data, _RECV_BATCH, MSG_DONTWAIT, None)
+            r = _recvmmsg(fd, rm.ctypes.data, vlen, MSG_DONTWAIT, None)
             if r <= 0:
                 break
             total += r
+            if self.srtp is not None:
+                self._unprotect(r)
             pk = self.rbuf[:r, : PACKET.itemsize].copy().view(PACKET).reshape(r)
             sec = self.cbuf[:r, 16:24].copy().view(np.int64).reshape(r)
             nsec = self.cbuf[:r, 24:32].copy().view(np.int64).reshape(r)
@@ -292,11 +377,15 @@ class Generator:
                     (pk["ssrc"][ok].astype(np.int64), rx[ok], pk["seq"][ok].astype(np.int64))
                 )
                 in_window += int(ok.sum())
-                if r < _RECV_BATCH:
+                if r < vlen:
                     break
                 continue
             stamp = pk["stamp"].astype(np.int64)
             ok = (rm["len"][:r] >= PACKET.itemsize) & (stamp >= t0) & (stamp < t1)
+            if self.srtp is not None:  # decrypted: the payload must be what was sent
+                bad = ok & ~(pk["fill"] == 0xFF).all(axis=1)
+                self.payload_errors += int(bad.sum())
+                ok &= ~bad
             if ok.any():
                 rx = sec[ok] * 1_000_000_000 + nsec[ok]
                 lat.append(rx - stamp[ok])
@@ -304,9 +393,40 @@ class Generator:
                 sids = sids[sids < len(counts)]
                 counts += np.bincount(sids, minlength=len(counts))[: len(counts)]
                 in_window += int(ok.sum())
-            if r < _RECV_BATCH:
+            if r < vlen:
                 break
         return in_window, total
+
+    def _unprotect(self, r: int) -> None:
+        """Authenticate and decrypt the first ``r`` received packets in place;
+        a failure sets the packet's length to 0 (not counted as received)."""
+        assert self.srtp is not None
+        _protect, unprotect, error, raw = self.srtp
+        lens = self.rmsgs["len"]
+        if raw is not None:
+            _c_protect, c_unprotect, _tx, ctx, _out, rbuf, n_p = raw
+            got = lens[:r].tolist()
+            for j in range(r):
+                n_p[0] = got[j]
+                if c_unprotect(ctx, rbuf + j * _RECV_SIZE, n_p) != 0:
+                    self.srtp_errors += 1
+                    got[j] = 0
+                else:
+                    got[j] = n_p[0]
+            lens[:r] = got
+            return
+        buf = self.rbuf_mv
+        for j in range(r):
+            n = int(lens[j])
+            at = j * _RECV_SIZE
+            try:
+                plain = unprotect(bytes(buf[at : at + n]))
+            except (error, ValueError):
+                self.srtp_errors += 1
+                lens[j] = 0
+                continue
+            buf[at : at + len(plain)] = plain
+            lens[j] = len(plain)
 
     def run(
         self,
@@ -373,7 +493,8 @@ class Generator:
                 k += 1
                 next_at = start + k * slot_dt
                 burst += 1
-            got, _ = self._drain(w0, w1, lat, counts, foreign)
+            due = next_at if self.srtp is not None else None
+            got, _ = self._drain(w0, w1, lat, counts, foreign, due)
             received += got
             if on_idle is not None and now >= next_idle:
                 next_idle = now + 0.1

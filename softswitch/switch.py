@@ -71,6 +71,7 @@ from softswitch.sip.digest import AuthFailure, DigestServer
 from softswitch.sip.errors import SipError
 from softswitch.sip.message import KNOWN_METHODS, Request, make_response, parse
 from softswitch.sip.message.parser import salvage_request
+from softswitch.sip.sdes import redact
 from softswitch.sip.transaction import (
     AckReceived,
     ClientTransaction,
@@ -669,6 +670,7 @@ class Switch:
             ("calls", "conference_prefix"),
             ("calls", "max_calls_per_user"),
             ("calls", "codecs"),
+            ("calls", "srtp"),
             ("log", "level"),
             ("log", "sip_trace"),
             ("overload", "shed_delay"),
@@ -765,4 +767,5 @@ def _peer_text(peer: Peer) -> str:
 
 
 def _text(data: bytes) -> str:
-    return data[:4096].decode("utf-8", "replace")
+    """A message for the SIP trace, SDES keys (a=crypto inline:) redacted."""
+    return redact(data[:4096]).decode("utf-8", "replace")

@@ -128,6 +128,10 @@ class FailoverHandler:
         call.step(CallInput.ALLOCATED)
         call.address = reply.address
         call.ports = reply.ports
+        if not media.take_keys(call.legs, reply.keys):  # new keys: the re-INVITEs carry them
+            log.warning("call %s: the new bearer made no SRTP keys", call.a_request.call_id)
+            self.steps.hangup(call, now, refusal=Refusal.BEARER_FAILED)
+            return
         if call.record:
             previous = call.recording
             self.steps.start_recording(call, now)
@@ -146,7 +150,7 @@ class FailoverHandler:
             if te is not None and media.telephone_event(leg.sent.media[leg.index].codecs):
                 keep.append(te)
             offer = media.offer_for(
-                leg.sent, leg.index, keep, reply.address, reply.ports[n], leg.origin
+                leg.sent, leg.index, keep, reply.address, reply.ports[n], leg.origin, leg.sdes
             )
             leg.sent = offer
             call.moving[n] = self.steps.send_reinvite(call, n, offer, "move", n, now)
@@ -180,12 +184,15 @@ class FailoverHandler:
         try:
             sd = media.parse_sdp(response.body, response.content_type, "answer")
             codecs = media.answered_codecs(sd, leg.index)
+            sdes = media.answer_sdes(sd.media[leg.index], leg.sdes)
         except SdpError as err:
             log.warning("call %s: leg %d's answer unusable: %s", call.a_request.call_id, n, err)
             return self.steps.hangup(call, now, refusal=Refusal.BEARER_FAILED)
         md = sd.media[leg.index]
         leg.sdp, leg.codecs, leg.selected = sd, codecs, media.real_codec(codecs)
+        leg.sdes = sdes
         spec = media.leg_spec(md, codecs, leg.selected, media.direction_of(md))
+        spec = media.with_sdes(spec, sdes)
         if _media_of(spec) != _media_of(leg.spec):  # the bearer was ALLOCATEd with leg.spec
             self.steps.update(call, n, spec, now)
         return self.move_settled(call, now)
@@ -219,7 +226,8 @@ class FailoverHandler:
 
 
 def _media_of(spec: Any) -> tuple:
-    """What of a LegSpec a phone's answer can change: address, port, codec, events, direction."""
+    """What of a LegSpec a phone's answer can change: address, port, codec, events,
+    direction, and its SRTP key (a phone may re-key when it answers)."""
     if spec is None:
         return ()
-    return (spec.address, spec.port, spec.selected, spec.dtmf_pt, spec.direction)
+    return (spec.address, spec.port, spec.selected, spec.dtmf_pt, spec.direction, spec.extensions)

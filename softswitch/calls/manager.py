@@ -337,6 +337,7 @@ class CallManager:
                     ],
                     "dtmf": "".join(call.dtmf),
                     "recording": call.recording,
+                    "srtp": [None if leg.sdes is None else leg.sdes.suite.name for leg in (a, b)],
                 }
             )
         return out

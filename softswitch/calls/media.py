@@ -22,13 +22,36 @@ Directions are the phone's own (RFC 3264 §5.1, "as seen from the phone of
 the leg"), with a legacy c=0.0.0.0 hold (RFC 3264 §8.4) read as "not
 receiving".  Errors are ``SdpError``: 400 for a body that does not parse, 488
 for one with nothing we can use.
+
+SRTP (SDES, RFC 4568; the policy is ``srtp_policy``).  Each leg's crypto is
+its own (``Sdes``): the phone's key from its a=crypto, the bearer's key for
+that leg from ALLOCATED; the bearer decrypts and re-encrypts, so a phone's
+a=crypto is never forwarded to the other phone (``offer_for`` drops every
+a=crypto line it copies).  Per user or globally, srtp is:
+
+* ``optional`` (the default): a phone that offers usable crypto (RTP/SAVP,
+  or a best-effort a=crypto in RTP/AVP) gets SRTP, one that does not gets
+  RTP; calls *to* the user are offered plain RTP/AVP, because a phone's
+  acceptance of a=crypto in RTP/AVP varies and RTP/SAVP is refused outright
+  by phones without SRTP -- a user who wants SRTP both ways says mandatory;
+* ``mandatory``: the user's leg is SRTP: an offer without usable crypto
+  gets 488, calls to the user are offered RTP/SAVP (AES_CM_128_HMAC_SHA1_80),
+  and an answer without matching crypto fails the call;
+* ``off``: never SRTP; an RTP/SAVP offer gets 488, best-effort crypto in
+  RTP/AVP is ignored (answered plain, as RFC 4568 §7.1.1 allows).
+
+Whatever the policy, an RTP/SAVP offer with no usable crypto gets 488 at
+once: answering it could only give the phone an SDP it cannot use.
+A re-INVITE keeps a leg's SRTP state and suite (the phone may re-key).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from softswitch.protocol import Direction, LegSpec, PayloadType
+from softswitch.protocol import Direction, LegSpec, PayloadType, SrtpKey, SrtpSuite
 from softswitch.sip.offeranswer import (
     AUXILIARY_CODECS,
     LegOrigin,
@@ -38,9 +61,12 @@ from softswitch.sip.offeranswer import (
     intersect_codecs,
     rewrite_for_relay,
 )
+from softswitch.sip.sdes import Crypto, format_crypto, is_secure_proto, parse_crypto
 from softswitch.sip.sdp import Codec, MediaDescription, SdpError, SessionDescription
 
 __all__ = [
+    "SRTP_POLICIES",
+    "Sdes",
     "answer_for",
     "audio_index",
     "callee_codecs",
@@ -175,11 +201,27 @@ def offer_for(
     address: str,
     port: int,
     origin: LegOrigin,
+    sdes: Sdes | None = None,
 ) -> SessionDescription:
-    """``sd`` as offered on the other leg: ``codecs`` only, media on the bearer."""
+    """``sd`` as offered on the other leg: ``codecs`` only, media on the bearer.
+
+    Every a=crypto of ``sd`` goes (they are the other phone's keys); with
+    ``sdes`` the audio m-line is RTP/SAVP with the bearer's key for this leg,
+    without it plain RTP/AVP.
+    """
     out = sd.copy()
     out.media[index] = out.adopt(filter_codecs(sd.media[index], codecs))
-    return rewrite_for_relay(out, address, {index: port}, origin=origin)
+    out = rewrite_for_relay(out, address, {index: port}, origin=origin)
+    for md in out.media:
+        md.attributes = [(k, v) for k, v in md.attributes if k != "crypto"]
+    md = out.media[index]
+    if sdes is None:
+        md.proto = md.proto.replace("SAVP", "AVP")
+    else:
+        if not is_secure_proto(md.proto):
+            md.proto = md.proto.replace("AVP", "SAVP")
+        md.attributes.append(("crypto", sdes.line()))
+    return out
 
 
 def answer_for(
@@ -189,10 +231,12 @@ def answer_for(
     port: int,
     origin: LegOrigin,
     direction: str,
+    sdes: Sdes | None = None,
 ) -> SessionDescription:
-    """Our answer to a phone's ``offer``: ``codecs`` (its numbering), media on the bearer."""
+    """Our answer to a phone's ``offer``: ``codecs`` (its numbering), media on the bearer,
+    and with ``sdes`` the a=crypto of the bearer's key under the tag the phone's key had."""
     index = audio_index(offer)
-    return create_answer(
+    answer = create_answer(
         offer,
         address=address,
         ports={index: port},
@@ -201,6 +245,9 @@ def answer_for(
         direction=direction,
         protos=(offer.media[index].proto,),
     )
+    if sdes is not None:
+        answer.media[index].attributes.append(("crypto", sdes.line()))
+    return answer
 
 
 def answered_codecs(answer: SessionDescription, index: int) -> tuple[Codec, ...]:
@@ -211,3 +258,118 @@ def answered_codecs(answer: SessionDescription, index: int) -> tuple[Codec, ...]
     if real_codec(codecs) is None:
         raise SdpError(488, "Not Acceptable Here: no codec in the answer")
     return codecs
+
+
+# ---------------------------------------------------------------------- SRTP (SDES)
+
+SRTP_POLICIES = ("optional", "mandatory", "off")
+_OFFERED_SUITE = SrtpSuite.AES_CM_128_HMAC_SHA1_80
+"""What the switch offers a phone: the suite every SDES phone implements."""
+
+
+@dataclass(slots=True)
+class Sdes:
+    """One leg's SRTP: the suite and a=crypto tag agreed with the phone, the
+    phone's key (``remote``) and the bearer's (``local``, from ALLOCATED).
+    Neither key is in the repr."""
+
+    suite: SrtpSuite
+    tag: int = 1
+    remote: SrtpKey | None = field(default=None, repr=False)
+    local: SrtpKey | None = field(default=None, repr=False)
+
+    def line(self) -> str:
+        """Our a=crypto value for this leg (the bearer's key)."""
+        assert self.local is not None, "the bearer's key arrives with ALLOCATED"
+        return format_crypto(self.tag, self.suite.name, self.local.key)
+
+    def spec(self, spec: LegSpec) -> LegSpec:
+        """``spec`` with this leg's SRTP TLVs for the bearer."""
+        return spec.with_srtp(self.remote, self.suite)
+
+
+def take_keys(legs: Sequence[Any], keys: Sequence[SrtpKey | None]) -> bool:
+    """Give each SRTP leg (a calls.state.Leg) the bearer's key from ALLOCATED;
+    False when one is missing (a bearer without SRTP ignores the TLVs)."""
+    for n, leg in enumerate(legs):
+        sdes = leg.sdes
+        if sdes is not None:
+            key = keys[n] if n < len(keys) else None
+            if key is None or key.suite is not sdes.suite:
+                return False
+            sdes.local = key
+    return True
+
+
+def with_sdes(spec: LegSpec, sdes: Sdes | None) -> LegSpec:
+    return spec if sdes is None else sdes.spec(spec)
+
+
+def srtp_policy(user_policy: str, default: str) -> str:
+    """The policy of a user: its own, else the configured default ("" = inherit)."""
+    return user_policy if user_policy in SRTP_POLICIES else default
+
+
+def _cryptos(md: MediaDescription) -> list[Crypto]:
+    found = []
+    for key, value in md.attributes:
+        if key == "crypto" and value is not None:
+            crypto = parse_crypto(value)
+            if crypto is not None:
+                found.append(crypto)
+    return found
+
+
+def _sdes_of(crypto: Crypto) -> Sdes:
+    suite = SrtpSuite[crypto.suite]
+    return Sdes(suite, crypto.tag, SrtpKey(suite, crypto.key))
+
+
+def offer_sdes(md: MediaDescription, policy: str) -> Sdes | None:
+    """The SRTP of a leg from the phone's offer under its policy; 488 when impossible."""
+    cryptos = _cryptos(md)
+    secure = is_secure_proto(md.proto)
+    if secure and not cryptos:
+        raise SdpError(488, "Not Acceptable Here: no supported SRTP crypto suite")
+    if policy == "off":
+        if secure:
+            raise SdpError(488, "Not Acceptable Here: SRTP is off for this user")
+        return None
+    if not cryptos:
+        if policy == "mandatory":
+            raise SdpError(488, "Not Acceptable Here: SRTP required")
+        return None
+    return _sdes_of(cryptos[0])  # the offerer's preference (RFC 4568 §7.1.2)
+
+
+def callee_offer_sdes(policy: str) -> Sdes | None:
+    """What the switch offers a user (see the module docstring): SRTP only if mandatory."""
+    return Sdes(_OFFERED_SUITE) if policy == "mandatory" else None
+
+
+def answer_sdes(md: MediaDescription, offered: Sdes | None) -> Sdes | None:
+    """The SRTP of a leg from the phone's answer to our offer; 488 if it has no
+    crypto matching ours (tag and suite, RFC 4568 §7.1.3)."""
+    if offered is None:
+        return None
+    for crypto in _cryptos(md):
+        if crypto.tag == offered.tag and crypto.suite == offered.suite.name:
+            sdes = _sdes_of(crypto)
+            sdes.local = offered.local
+            return sdes
+    raise SdpError(488, "Not Acceptable Here: the answer has no matching SRTP crypto")
+
+
+def reoffer_sdes(md: MediaDescription, current: Sdes | None) -> Sdes | None:
+    """A re-INVITE's offer on a leg: its SRTP stays as it is (the phone may re-key)."""
+    cryptos = _cryptos(md)
+    if current is None:
+        if is_secure_proto(md.proto):
+            raise SdpError(488, "Not Acceptable Here: SRTP cannot start in a re-INVITE")
+        return None
+    for crypto in cryptos:
+        if crypto.suite == current.suite.name:
+            sdes = _sdes_of(crypto)
+            sdes.local = current.local
+            return sdes
+    raise SdpError(488, "Not Acceptable Here: a re-INVITE must keep the SRTP suite")

@@ -223,8 +223,11 @@ class MidCallHandler:
         sd = media.parse_sdp(request.body, request.content_type)
         index = media.audio_index(sd)
         codecs = media.usable_codecs(sd.media[index], self.config.calls.codecs)
+        sdes = media.reoffer_sdes(sd.media[index], x.sdes)
         call.step(CallInput.REINVITE)
-        call.reinvite = Reinvite(source=leg, tx=tx, request=request, offer=sd, codecs=codecs)
+        call.reinvite = Reinvite(
+            source=leg, tx=tx, request=request, offer=sd, codecs=codecs, sdes=sdes
+        )
         if call.room is not None:  # nobody to ask: the bearer is the other side
             self._reinvite_apply_source(call, "sendrecv", now)
             if not call.pending:
@@ -234,7 +237,9 @@ class MidCallHandler:
         assert y.dialog is not None and y.peer is not None, "a confirmed call has both dialogs"
         assert call.address is not None and y.origin is not None, "allocated"
         keep = [c for c in (y.selected, media.telephone_event(y.codecs)) if c is not None]
-        offer = media.offer_for(sd, index, keep, call.address, call.ports[1 - leg], y.origin)
+        offer = media.offer_for(
+            sd, index, keep, call.address, call.ports[1 - leg], y.origin, y.sdes
+        )
         call.reinvite.out = self.steps.send_reinvite(call, 1 - leg, offer, "reinvite", None, now)
         return None
 
@@ -263,15 +268,17 @@ class MidCallHandler:
         try:
             sd = media.parse_sdp(response.body, response.content_type, "answer")
             codecs = media.answered_codecs(sd, index)
+            y_sdes = media.answer_sdes(sd.media[index], y.sdes)
         except SdpError as err:
             log.info("call %s: re-INVITE answer unusable: %s", call.a_request.call_id, err)
             self.steps.send_ack(call, other, response.cseq)
             return self.steps.hangup(call, now, refusal=Refusal.CALLEE_FAILED)
         md = sd.media[index]
-        y.sdp, y.index, y.codecs = sd, index, codecs
+        y.sdp, y.index, y.codecs, y.sdes = sd, index, codecs, y_sdes
         y.selected = media.real_codec(codecs)
         direction = media.direction_of(md)
-        self.steps.update(call, other, media.leg_spec(md, codecs, y.selected, direction), now)
+        spec = media.leg_spec(md, codecs, y.selected, direction)
+        self.steps.update(call, other, media.with_sdes(spec, y_sdes), now)
         self._reinvite_apply_source(call, direction, now)
         if not call.pending:
             self.reinvite_answer(call, now)
@@ -295,13 +302,13 @@ class MidCallHandler:
         te = media.telephone_event(codecs)
         if te is not None:
             answer.append(te)
+        x.sdes = ri.sdes
         x.sent = media.answer_for(
-            sd, answer, call.address, call.ports[ri.source], x.origin, direction
+            sd, answer, call.address, call.ports[ri.source], x.origin, direction, x.sdes
         )
         md = sd.media[index]  # its rtpmap list is the whole offer, as at set-up
-        self.steps.update(
-            call, ri.source, media.leg_spec(md, codecs, x.selected, media.direction_of(md)), now
-        )
+        spec = media.leg_spec(md, codecs, x.selected, media.direction_of(md))
+        self.steps.update(call, ri.source, media.with_sdes(spec, x.sdes), now)
 
     def reinvite_answer(self, call: Call, now: float) -> None:
         ri = call.reinvite

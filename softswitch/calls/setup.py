@@ -160,6 +160,7 @@ class SetupHandler:
             sd = media.parse_sdp(request.body, request.content_type)
             index = media.audio_index(sd)
             codecs = media.usable_codecs(sd.media[index], self.config.calls.codecs)
+            a_sdes = media.offer_sdes(sd.media[index], self.srtp_policy(caller))
         except SdpError as err:
             refusal = Refusal.MALFORMED if err.status == 400 else Refusal.NOT_ACCEPTABLE
             return self.steps.refuse(tx, request, refusal, now, caller, aor, reason=err.reason)
@@ -183,7 +184,10 @@ class SetupHandler:
         a.dialog = Dialog.from_uas(
             request, a_tag, local_target=self.out.contact_for(peer), early=True
         )
-        a.spec = media.leg_spec(md, codecs, a.selected, media.direction_of(md))
+        a.sdes = a_sdes
+        a.spec = media.with_sdes(
+            media.leg_spec(md, codecs, a.selected, media.direction_of(md)), a_sdes
+        )
         call = Call(
             session_id=self.table.new_session_id(),
             a_tx=tx,
@@ -211,6 +215,9 @@ class SetupHandler:
             b_spec = LegSpec(
                 payload_types=media.payload_types(offered), dtmf_pt=None if te is None else te.pt
             )
+            b_sdes = media.callee_offer_sdes(self.srtp_policy(dest.user))
+            b_spec = media.with_sdes(b_spec, b_sdes)
+            call.legs[CALLEE].sdes = b_sdes
             call.legs[CALLEE].spec = b_spec
             specs = (a.spec, b_spec)
             # Not AllocFlags.RECORD: the bearer would start a file under a name of
@@ -220,6 +227,10 @@ class SetupHandler:
         self.table.add(call)
         self.steps.bearer(call, Allocate(call.session_id, request.call_id, specs, flags), now)
         return None
+
+    def srtp_policy(self, user: User) -> str:
+        """A user's SRTP policy: its own, else [calls] srtp (calls.media)."""
+        return media.srtp_policy(user.srtp, self.config.calls.srtp)
 
     def _room_bearer(self, room: str) -> Any:
         """The bearer for a new member of ``room``: the one hosting it, else the least loaded.
@@ -297,6 +308,9 @@ class SetupHandler:
         call.ports = reply.ports
         for leg in call.legs:
             leg.origin = LegOrigin(reply.address, sess_id=secrets.randbits(31))
+        if not media.take_keys(call.legs, reply.keys):
+            log.warning("call %s: the bearer made no SRTP keys", call.a_request.call_id)
+            return self.steps.hangup(call, now, refusal=Refusal.NOT_ACCEPTABLE)
         if call.record:
             self.steps.start_recording(call, now)
         if call.room is not None:
@@ -318,7 +332,7 @@ class SetupHandler:
         b = call.legs[CALLEE]
         assert a.sdp is not None and call.address is not None and b.origin is not None, "allocated"
         offer = media.offer_for(
-            a.sdp, a.index, b.codecs, call.address, call.ports[CALLEE], b.origin
+            a.sdp, a.index, b.codecs, call.address, call.ports[CALLEE], b.origin, b.sdes
         )
         body = bytes(offer)
         b.sent = offer
@@ -427,6 +441,7 @@ class SetupHandler:
             try:
                 sd = media.parse_sdp(response.body, response.content_type, "answer")
                 codecs = media.answered_codecs(sd, call.legs[CALLER].index)
+                media.answer_sdes(sd.media[call.legs[CALLER].index], call.legs[CALLEE].sdes)
             except SdpError:
                 pass
             else:
@@ -454,6 +469,7 @@ class SetupHandler:
         b.codecs = codecs
         b.selected = media.real_codec(codecs)
         md = sd.media[a.index]
+        b.sdes = media.answer_sdes(md, b.sdes)  # checked by the caller: no SdpError here
         b_direction = media.direction_of(md)
         assert b.selected is not None, "answered_codecs returns at least one real codec"
         if a.sent is None:  # the caller's answer is given once (§13.2.1)
@@ -464,13 +480,15 @@ class SetupHandler:
             if a_te is not None and media.telephone_event(codecs) is not None:
                 answer.append(a_te)
             a.sent = media.answer_for(
-                a.sdp, answer, call.address, call.ports[CALLER], a.origin, b_direction
+                a.sdp, answer, call.address, call.ports[CALLER], a.origin, b_direction, a.sdes
             )
             # Its rtpmap list stays the whole offer: only a changed codec needs an UPDATE.
             a_md = a.sdp.media[a.index]
             spec = media.leg_spec(a_md, a.codecs, a.selected, media.direction_of(a_md))
+            spec = media.with_sdes(spec, a.sdes)
             self.steps.update(call, CALLER, spec, now)
-        self.steps.update(call, CALLEE, media.leg_spec(md, codecs, b.selected, b_direction), now)
+        b_spec = media.leg_spec(md, codecs, b.selected, b_direction)
+        self.steps.update(call, CALLEE, media.with_sdes(b_spec, b.sdes), now)
 
     def _callee_answered(self, call: Call, fork: Fork, response: Response, now: float) -> None:
         """The first 2xx: this fork wins, the others stop, the bearer learns its media."""
@@ -492,6 +510,7 @@ class SetupHandler:
             if response.body:
                 sd = media.parse_sdp(response.body, response.content_type, "answer")
                 codecs = media.answered_codecs(sd, call.legs[CALLER].index)
+                media.answer_sdes(sd.media[call.legs[CALLER].index], b.sdes)
             elif call.early is fork:
                 assert b.sdp is not None, "_callee_media took its 183's answer"
                 sd, codecs = b.sdp, b.codecs  # the answer came in its 183 already
@@ -515,7 +534,7 @@ class SetupHandler:
             call.step(CallInput.JOINED)
             answer = [c for c in (a.selected, media.telephone_event(a.codecs)) if c is not None]
             a.sent = media.answer_for(
-                a.sdp, answer, call.address, call.ports[CALLER], a.origin, "sendrecv"
+                a.sdp, answer, call.address, call.ports[CALLER], a.origin, "sendrecv", a.sdes
             )
             owed = None
         else:

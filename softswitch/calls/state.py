@@ -60,6 +60,7 @@ from softswitch.model.cdr import Disposition
 from softswitch.sip.transaction import TransitionError
 
 if TYPE_CHECKING:
+    from softswitch.calls.media import Sdes
     from softswitch.model.users import Binding, User
     from softswitch.protocol import LegSpec, LegStats
     from softswitch.sip.dialog import Dialog
@@ -350,6 +351,7 @@ class Leg:
     selected: Codec | None = None
     sent: SessionDescription | None = None  # our last description to the phone
     spec: LegSpec | None = None  # what the bearer has for this leg
+    sdes: Sdes | None = None  # its SRTP (keys kept out of the repr), None: plain RTP
 
 
 @dataclass(slots=True, eq=False)
@@ -382,6 +384,7 @@ class Reinvite:
     request: Request
     offer: SessionDescription
     codecs: tuple[Codec, ...]  # the usable codecs of the offer
+    sdes: Sdes | None = None  # the source leg's SRTP as the offer has it
     out: ClientTransaction | None = None
     answer: Response | None = None  # the other leg's 2xx, its ACK waits for ours
 

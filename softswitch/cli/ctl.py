@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="concurrent-call limit (0 = unlimited; default [calls] max_calls_per_user)",
     )
+    add.add_argument("--srtp", choices=_SRTP_CHOICES, help=_SRTP_HELP)
 
     rm = actions.add_parser("del", help="delete a user and its registrations", parents=[common])
     rm.add_argument("name", metavar="NAME")
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-calls", type=_count, metavar="N", help="concurrent-call limit (0 = unlimited)"
     )
     st.add_argument("--display", metavar="NAME", help="display name")
+    st.add_argument("--srtp", choices=_SRTP_CHOICES, help=_SRTP_HELP)
 
     cdr = commands.add_parser("cdr", help="recent call detail records", parents=[common])
     cdr.add_argument(
@@ -355,6 +357,15 @@ def _password(given: str | None) -> str:
     return first
 
 
+_SRTP_CHOICES = ("optional", "mandatory", "off", "default")
+_SRTP_HELP = "SRTP policy: optional, mandatory, off, or default ([calls] srtp)"
+
+
+def _srtp_value(choice: str | None) -> str:
+    """The users.srtp column for a --srtp choice ("" = the configured default)."""
+    return "" if choice in (None, "default") else str(choice)
+
+
 def cmd_user(ctx: Context, args: argparse.Namespace) -> None:
     """user add/del/list/passwd/set."""
     if args.action == "list":
@@ -368,11 +379,12 @@ def cmd_user(ctx: Context, args: argparse.Namespace) -> None:
                 "enabled": bool(r.enabled),
                 "record_calls": bool(r.record_calls),
                 "max_calls": r.max_calls,
+                "srtp": r.srtp or "default",
             }
             for r in rows
         ]
         table = format_table(
-            ["USER", "DOMAIN", "DISPLAY NAME", "ENABLED", "RECORD", "MAX CALLS"],
+            ["USER", "DOMAIN", "DISPLAY NAME", "ENABLED", "RECORD", "MAX CALLS", "SRTP"],
             [list(d.values()) for d in data],
         )
         _emit(args, data, table if data else "(no users)")
@@ -401,6 +413,7 @@ def cmd_user(ctx: Context, args: argparse.Namespace) -> None:
                 display_name=args.display,
                 record_calls=args.record,
                 max_calls=max_calls,
+                srtp=_srtp_value(args.srtp),
             )
         _emit(args, {"added": f"{username}@{domain}"}, f"added {username}@{domain}")
     elif args.action == "del":
@@ -425,10 +438,12 @@ def cmd_user(ctx: Context, args: argparse.Namespace) -> None:
             values["max_calls"] = args.max_calls
         if args.display is not None:
             values["display_name"] = args.display
+        if args.srtp is not None:
+            values["srtp"] = _srtp_value(args.srtp)
         if not values:
             raise CtlError(
                 "nothing to change: give --enable/--disable, --record/--no-record, "
-                "--max-calls or --display",
+                "--max-calls, --display or --srtp",
                 code=2,
             )
         with ctx.engine.begin() as conn:

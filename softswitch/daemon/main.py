@@ -26,7 +26,7 @@ moves bytes and time in and out of it (DESIGN.md principles 3 and 5):
   bound in ``main`` before the loop starts, so a taken port is a one-line
   error (exit 2).  It stays where it is on SIGHUP (the log says a changed
   ``listen`` needs a restart).
-* Optional packages (uvloop, aiortc for Opus/SRTP) are found at start and
+* Optional packages (uvloop, aiortc for Opus) are found at start and
   said in one log line, as ``softswitchctl status`` reports them; a missing
   one is never an ImportError.
 * One timer handle, re-armed from ``Switch.get_timer()`` after every input.
@@ -563,14 +563,14 @@ def _features() -> dict[str, bool]:
 
 
 #: What each optional package brings, for the start-up log line.
-FEATURE_USES = {"uvloop": "faster event loop", "aiortc": "Opus and SRTP"}
+FEATURE_USES = {"uvloop": "faster event loop", "aiortc": "Opus"}
 
 
 def features_text(features: dict[str, bool]) -> str:
     """One line on the optional packages, as ``softswitchctl status`` reports them.
 
     >>> features_text({"uvloop": True, "aiortc": False})
-    'optional features: uvloop available (faster event loop); aiortc absent (no Opus and SRTP)'
+    'optional features: uvloop available (faster event loop); aiortc absent (no Opus)'
     """
     parts = []
     for name, available in features.items():

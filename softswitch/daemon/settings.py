@@ -213,6 +213,16 @@ CONTROL_OPTIONS: list[Option] = [
         ["PCMU", "PCMA", "telephone-event"],
         "Codecs the switch offers and can transcode between, in preference order.",
     ),
+    Option(
+        "calls",
+        "srtp",
+        choice("optional", "mandatory", "off"),
+        "optional",
+        "SRTP (SDES) policy for users without their own (softswitchctl user set --srtp): "
+        '"optional" = SRTP with phones that offer it, plain RTP otherwise and in calls to '
+        'the user; "mandatory" = the user\'s leg must be SRTP (plain offers get 488, calls '
+        'to it offer RTP/SAVP); "off" = never (RTP/SAVP offers get 488).',
+    ),
     # [database]
     Option(
         "database",

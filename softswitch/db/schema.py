@@ -43,7 +43,8 @@ from softswitch.model.users import MAX_CONTACT, MAX_DOMAIN, MAX_USERNAME, Bindin
 
 #: Bumped whenever a table changes; `create_schema` refuses a newer database.
 #: 2: ``cdrs.uid``, so a CDR replayed from the DB thread's journal is not written twice.
-SCHEMA_VERSION = 2
+#: 3: ``users.srtp``, the per-user SRTP policy ("" = the configured default).
+SCHEMA_VERSION = 3
 
 #: Seconds of re-read overlap for ``updated_at`` polling (see module doc).
 OVERLAP = 5.0
@@ -78,6 +79,8 @@ users = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False, default=True),
     sa.Column("record_calls", sa.Boolean, nullable=False, default=False),
     sa.Column("max_calls", sa.Integer, nullable=False, default=0),  # 0 = unlimited
+    # SRTP policy: optional | mandatory | off; "" (or NULL, rows from before) = [calls] srtp
+    sa.Column("srtp", sa.String(16), nullable=True, default=""),
     sa.Column("updated_at", _double(), nullable=False, index=True),
     sa.UniqueConstraint("username", "domain", name="uq_users_username_domain"),
     **_MYSQL,
@@ -229,6 +232,8 @@ def create_schema(engine: Engine) -> int:
         elif found < SCHEMA_VERSION:
             if found < 2:
                 _add_cdr_uid(conn)
+            if found < 3:
+                _add_user_srtp(conn)
             conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION, updated_at=now))
     return SCHEMA_VERSION
 
@@ -243,6 +248,14 @@ def _add_cdr_uid(conn: Connection) -> None:
     for index in cdrs.indexes:
         if index.name == "uq_cdrs_uid":
             index.create(conn)
+
+
+def _add_user_srtp(conn: Connection) -> None:
+    """Migration 2 -> 3: ``users.srtp`` (NULL for the old rows: the configured default)."""
+    if "srtp" in {c["name"] for c in sa.inspect(conn).get_columns("users")}:
+        return
+    kind = users.c.srtp.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE users ADD COLUMN srtp {kind} NULL"))
 
 
 #: users columns in `User` field order, then updated_at: what the DB thread selects.
@@ -263,6 +276,7 @@ def user_from_row(row: Any) -> User:
         bool(row[6]),
         bool(row[7]),
         row[8],
+        row[9] or "",
     )
 
 

@@ -58,6 +58,7 @@ def add_user(
     record_calls: bool = False,
     max_calls: int = 0,
     enabled: bool = True,
+    srtp: str = "",
 ) -> int:
     """Insert a user (HA1 for MD5 and SHA-256, never the password); return its id."""
     username, domain = check_name(username, domain)
@@ -76,6 +77,7 @@ def add_user(
             enabled=enabled,
             record_calls=record_calls,
             max_calls=max_calls,
+            srtp=srtp,
             updated_at=time.time(),
         )
     )
@@ -103,7 +105,15 @@ def update_user(conn: Connection, username: str, domain: str, **values: Any) -> 
     """Change columns of a user (ha1_md5, ha1_sha256, enabled, record_calls, ...)."""
     username, domain = check_name(username, domain)
     row = find_user(conn, username, domain)
-    allowed = {"ha1_md5", "ha1_sha256", "display_name", "enabled", "record_calls", "max_calls"}
+    allowed = {
+        "ha1_md5",
+        "ha1_sha256",
+        "display_name",
+        "enabled",
+        "record_calls",
+        "max_calls",
+        "srtp",
+    }
     unknown = set(values) - allowed
     if unknown:
         raise ValueError(f"not a user setting: {', '.join(sorted(unknown))}")

@@ -31,6 +31,7 @@ class User:
     enabled: bool
     record_calls: bool
     max_calls: int  # 0 = unlimited
+    srtp: str = ""  # "optional" | "mandatory" | "off", "" = [calls] srtp (softswitch.calls.media)
 
     def ha1(self, algorithm: str = "MD5") -> str | None:
         """The stored HA1 for a digest algorithm ('MD5' or 'SHA-256'), else None."""

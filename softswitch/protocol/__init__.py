@@ -11,7 +11,8 @@ separate interfaces:
 
 * ``constants`` -- header constants, the enums, ``Header``, ``ProtocolError``;
 * ``primitives`` -- field encodings every body shares (strings, addresses, PTs);
-* ``legs`` -- ``PayloadType``, ``LegSpec`` and ``LegStats``;
+* ``legs`` -- ``PayloadType``, ``LegSpec`` (with its SRTP TLVs: ``SrtpKey``,
+  ``SrtpSuite``) and ``LegStats``;
 * ``messages`` -- the ``Message`` base, control's requests and their replies;
 * ``events`` -- the bearer's events and their acknowledgement;
 * ``auth`` -- the key file and the HMAC tag;
@@ -87,7 +88,17 @@ from softswitch.protocol.events import (
     MediaTimeout,
     RecordingDone,
 )
-from softswitch.protocol.legs import LegSpec, LegStats, PayloadType, needs_transcoding
+from softswitch.protocol.legs import (
+    EXT_SRTP_LOCAL,
+    EXT_SRTP_REMOTE,
+    SRTP_KEY_LEN,
+    LegSpec,
+    LegStats,
+    PayloadType,
+    SrtpKey,
+    SrtpSuite,
+    needs_transcoding,
+)
 from softswitch.protocol.messages import (
     Allocate,
     Allocated,
@@ -111,9 +122,12 @@ from softswitch.protocol.messages import (
 
 __all__ = [
     "DTMF_DIGITS",
+    "EXT_SRTP_LOCAL",
+    "EXT_SRTP_REMOTE",
     "HEADER",
     "MAGIC",
     "MAX_DATAGRAM",
+    "SRTP_KEY_LEN",
     "TAG_LEN",
     "VERSION",
     "AllocFlags",
@@ -151,6 +165,8 @@ __all__ = [
     "Record",
     "RecordReply",
     "RecordingDone",
+    "SrtpKey",
+    "SrtpSuite",
     "Stats",
     "StatsReply",
     "Update",

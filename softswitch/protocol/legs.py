@@ -9,7 +9,8 @@ twice per ALLOCATE, so it lives apart from the messages that carry it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
 
 from softswitch.protocol.constants import Direction
 from softswitch.protocol.primitives import (
@@ -37,6 +38,49 @@ _PT_FIXED = struct.Struct("!BIB")
 _LEG_FIXED = struct.Struct("!HBBBBH")
 
 
+class SrtpSuite(IntEnum):
+    """The SDES crypto suites the bearer implements (RFC 4568 §6.2).
+
+    The numbers are libsrtp's srtp_profile_t values, so the bearer hands
+    them to pylibsrtp as they are.  Both use a 128-bit AES-CM master key
+    and a 112-bit master salt; _32 shortens the SRTP tag only (SRTCP keeps
+    80 bits, RFC 4568 §6.2.2).
+    """
+
+    AES_CM_128_HMAC_SHA1_80 = 1
+    AES_CM_128_HMAC_SHA1_32 = 2
+
+
+SRTP_KEY_LEN = 30
+"""Master key (16 bytes) followed by master salt (14 bytes): the SDES inline: value."""
+
+EXT_SRTP_REMOTE = 1
+"""LegSpec TLV: the phone's crypto (suite u8 + 30-byte key||salt) the bearer unprotects with."""
+EXT_SRTP_LOCAL = 2
+"""LegSpec TLV: suite u8; the bearer protects towards the phone with a key it makes itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpKey:
+    """One SRTP master key and salt with its suite.  The key is never in the repr."""
+
+    suite: SrtpSuite
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key) != SRTP_KEY_LEN:
+            raise ValueError(f"an SRTP key||salt is {SRTP_KEY_LEN} bytes, not {len(self.key)}")
+
+    def pack(self) -> bytes:
+        return bytes((self.suite,)) + self.key
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> SrtpKey:
+        if len(raw) != 1 + SRTP_KEY_LEN:
+            raise ValueError(f"SRTP key TLV of {len(raw)} bytes")
+        return cls(SrtpSuite(raw[0]), bytes(raw[1:]))
+
+
 @dataclass(frozen=True, slots=True)
 class LegSpec:
     """Everything the bearer needs to serve one leg, from control's state alone.
@@ -59,8 +103,43 @@ class LegSpec:
     """The telephone-event payload type (RFC 4733), None when not negotiated."""
     direction: Direction = Direction.SENDRECV
     ptime: int = 20
-    extensions: tuple[tuple[int, bytes], ...] = ()
-    """Fields added later (SRTP keys ...) as (type u8, value) TLVs, kept verbatim."""
+    extensions: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
+    """Fields added later (SRTP keys ...) as (type u8, value) TLVs, kept verbatim.
+
+    Not in the repr: the SRTP TLVs carry master keys, and a LegSpec is the
+    kind of object that ends up in a debug log line."""
+
+    @property
+    def srtp_remote(self) -> SrtpKey | None:
+        """The phone's SRTP key (what it protects with), from EXT_SRTP_REMOTE."""
+        for t, v in self.extensions:
+            if t == EXT_SRTP_REMOTE:
+                return SrtpKey.unpack(v)
+        return None
+
+    @property
+    def srtp_local(self) -> SrtpSuite | None:
+        """The suite the bearer must protect towards the phone with (EXT_SRTP_LOCAL)."""
+        for t, v in self.extensions:
+            if t == EXT_SRTP_LOCAL:
+                if len(v) != 1:
+                    raise ValueError(f"SRTP local request of {len(v)} bytes")
+                return SrtpSuite(v[0])
+        return None
+
+    @property
+    def srtp(self) -> bool:
+        """The leg is SRTP in either direction."""
+        return any(t in (EXT_SRTP_REMOTE, EXT_SRTP_LOCAL) for t, _ in self.extensions)
+
+    def with_srtp(self, remote: SrtpKey | None, local: SrtpSuite | None) -> LegSpec:
+        """This spec with its SRTP TLVs replaced (other extensions kept)."""
+        exts = [(t, v) for t, v in self.extensions if t not in (EXT_SRTP_REMOTE, EXT_SRTP_LOCAL)]
+        if remote is not None:
+            exts.append((EXT_SRTP_REMOTE, remote.pack()))
+        if local is not None:
+            exts.append((EXT_SRTP_LOCAL, bytes((local,))))
+        return replace(self, extensions=tuple(exts))
 
     @property
     def selected(self) -> PayloadType | None:

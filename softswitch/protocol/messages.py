@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from softswitch.protocol.constants import AllocFlags, ErrorCode, JoinFlags, MsgType
-from softswitch.protocol.legs import _LEG_STATS, LegSpec, LegStats
+from softswitch.protocol.legs import _LEG_STATS, SRTP_KEY_LEN, LegSpec, LegStats, SrtpKey
 from softswitch.protocol.primitives import (
     _ALLOC_FLAGS,
     _JOIN_FLAGS,
@@ -157,25 +157,35 @@ class Allocate(Message):
 
 @dataclass(frozen=True, slots=True)
 class Allocated(Message):
-    """The bearer's media address and the RTP port of each leg (RTCP = RTP+1).
-    Wire: session u64, addr, n u8 (1|2), n x port u16."""
+    """The bearer's media address and the RTP port of each leg (RTCP = RTP+1),
+    and the SRTP key the bearer made for each leg that asked for one.
+
+    Wire: session u64, addr, n u8 (1|2), n x port u16, then only when some
+    leg has a key: n x (suite u8, 0 = none, then 30 bytes key||salt if not
+    0).  A reply without SRTP is byte for byte what it was before keys existed.
+    """
 
     TYPE = MsgType.ALLOCATE
     REPLY = True
     session_id: int
     address: str
     ports: tuple[int, ...]
+    keys: tuple[SrtpKey | None, ...] = field(default=(), repr=False)
+    """Per leg, the bearer's own key (what it protects towards that phone with)."""
 
     def pack_body(self) -> bytes:
         n = len(self.ports)
         if n != 1 and n != 2:
             raise ValueError(f"an ALLOCATED has 1 or 2 ports, not {n}")
+        if self.keys and len(self.keys) != n:
+            raise ValueError(f"{len(self.keys)} keys for {n} legs")
         return b"".join(
             (
                 _Q.pack(self.session_id),
                 _pack_addr(self.address),
                 bytes((n,)),
                 *[_U16.pack(p) for p in self.ports],
+                *([_pack_key(k) for k in self.keys] if any(self.keys) else []),
             )
         )
 
@@ -186,7 +196,22 @@ class Allocated(Message):
         (n,) = r.unpack(_U8)
         if n != 1 and n != 2:
             raise ValueError(f"an ALLOCATED has 1 or 2 ports, not {n}")
-        return cls(session_id, address, r.unpack(_PORTS[n]))
+        ports = r.unpack(_PORTS[n])
+        keys: tuple[SrtpKey | None, ...] = ()
+        if r.pos < len(r.data):
+            keys = tuple(_unpack_key(r) for _ in range(n))
+        return cls(session_id, address, ports, keys)
+
+
+def _pack_key(key: SrtpKey | None) -> bytes:
+    return b"\0" if key is None else key.pack()
+
+
+def _unpack_key(r: _Reader) -> SrtpKey | None:
+    (suite,) = r.unpack(_U8)
+    if suite == 0:
+        return None
+    return SrtpKey.unpack(bytes((suite,)) + r.take(SRTP_KEY_LEN))
 
 
 _PORTS = (struct.Struct("!"), struct.Struct("!H"), struct.Struct("!HH"))
@@ -214,10 +239,24 @@ class Update(Message):
 
 @dataclass(frozen=True, slots=True)
 class Updated(Message):
+    """Done; with the leg's SRTP key when it has one (it is new when the
+    UPDATE asked for SRTP the first time, or for another suite).
+    Wire: session u64, then only with a key: suite u8 + 30 bytes."""
+
     TYPE = MsgType.UPDATE
     REPLY = True
-    _FIXED, _NAMES = _Q, _SESSION
     session_id: int
+    key: SrtpKey | None = field(default=None, repr=False)
+
+    def pack_body(self) -> bytes:
+        body = _Q.pack(self.session_id)
+        return body if self.key is None else body + self.key.pack()
+
+    @classmethod
+    def unpack_body(cls, r: _Reader) -> Updated:
+        (session_id,) = r.unpack(_Q)
+        key = _unpack_key(r) if r.pos < len(r.data) else None
+        return cls(session_id, key)
 
 
 @dataclass(frozen=True, slots=True)

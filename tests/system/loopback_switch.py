@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 
 #: The suite's users: password, own tone (Hz, < 2200 so the delay markers
-#: stay clear) and whether their calls are recorded.
+#: stay clear), whether their calls are recorded and their SRTP policy.
 USERS: dict[str, dict[str, Any]] = {
     "alice": {"password": "alice-pw-1", "tone": 440.0},
     "bob": {"password": "bob-pw-2", "tone": 1000.0},
@@ -53,6 +53,8 @@ USERS: dict[str, dict[str, Any]] = {
     "dave": {"password": "dave-pw-4", "tone": 700.0},
     "erin": {"password": "erin-pw-5", "tone": 1300.0},
     "rita": {"password": "rita-pw-6", "tone": 600.0, "record": True},
+    "sam": {"password": "sam-pw-7", "tone": 1500.0, "srtp": "mandatory"},
+    "olga": {"password": "olga-pw-8", "tone": 850.0, "srtp": "off"},
 }
 
 #: Short enough to test "callee doesn't answer" in a few seconds.
@@ -126,6 +128,8 @@ class E2eSwitch:
         def argv(name: str) -> list[str]:
             u = self.users[name]
             extra = ["--record"] if u.get("record") else []
+            if u.get("srtp"):
+                extra += ["--srtp", u["srtp"]]
             return ["user", "add", name, "--password", u["password"], *extra]
 
         done = self.control.ctl(*argv(names[0]))

@@ -71,7 +71,10 @@ class Phone:
     received/rport; off by default so phones behave like simple devices
     that leave NAT traversal to the switch.  ``tls_ca`` (a PEM file) gives
     the phone a SIP over TLS transport, verifying the server against it,
-    which its registration (and the calls it makes) then use.
+    which its registration (and the calls it makes) then use.  ``srtp`` is
+    pjsua's SRTP use: "off" (the default), "optional" (RTP/AVP with a=crypto)
+    or "mandatory" (RTP/SAVP); SDES without requiring TLS (srtpSecureSignaling
+    0), so UDP works.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class Phone:
         markers: bool = True,
         amplitude: float = 0.3,
         nat_rewrite: bool = False,
+        srtp: str = "off",
         log_level: int = 3,
         rpc_timeout: float = 10.0,
         tls_ca: str | None = None,
@@ -131,6 +135,7 @@ class Phone:
             "markers": markers,
             "amplitude": amplitude,
             "nat_rewrite": nat_rewrite,
+            "srtp": srtp,
             "log_level": log_level,
             "tls_ca": tls_ca,
         }

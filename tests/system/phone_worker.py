@@ -375,6 +375,13 @@ class Worker:
         nc.contactRewriteUse = 1 if rewrite else 0
         nc.viaRewriteUse = 1 if rewrite else 0
         nc.sdpNatRewriteUse = 1 if rewrite else 0
+        srtp = cfg.get("srtp", "off")
+        ac.mediaConfig.srtpUse = {
+            "off": pj.PJMEDIA_SRTP_DISABLED,
+            "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+            "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+        }[srtp]
+        ac.mediaConfig.srtpSecureSignaling = 0
         mt = ac.mediaConfig.transportConfig
         mt.boundAddress = cfg["bind"]
         mt.port = cfg["rtp_port"]

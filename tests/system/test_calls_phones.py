@@ -418,3 +418,57 @@ def test_wrong_password_is_refused_never_registered_never_connected(
     time.sleep(1.0)  # a batch of CDRs, had the attempt left one
     # A 407 challenge is not a call: nothing was set up, so nothing to bill.
     assert sw.cdrs_since(mark) == [], "a refused caller left a CDR"
+
+
+# ------------------------------------------------------------------------------ SRTP
+
+
+def test_srtp_mandatory_phones_hear_each_other_through_the_rekeying_bearer(
+    e2e_switch: E2eSwitch, e2e_phones
+) -> None:
+    """alice's phone and sam's both insist on SRTP (RTP/SAVP); sam's user is
+    mandatory, so the switch offers it RTP/SAVP with the bearer's own key."""
+    sw = e2e_switch
+    a, b = e2e_phones(
+        {"name": "alice", "user": "alice", "srtp": "mandatory"},
+        {"name": "sam", "user": "sam", "srtp": "mandatory", "auto_answer": 0.3},
+    )
+    mark = sw.cdr_mark()
+    ca, cb = talk(sw, a, b, "sam")
+    live = [c for c in sw.ctl_json("calls") if c["caller"].startswith("alice@")]
+    hang_up(a, ca, b, cb)
+    srtp = ["AES_CM_128_HMAC_SHA1_80"] * 2
+    assert len(live) == 1 and live[0]["srtp"] == srtp, live
+    assert_two_way(a, ca, b, cb)
+    (row,) = sw.wait_cdrs(mark, caller="alice@", callee="sam@")
+    assert_cdr(row, "answered", 200, answered=True)
+    assert "inline:" not in sw.logs()
+
+
+def test_srtp_phone_calls_a_plain_rtp_phone(e2e_switch: E2eSwitch, e2e_phones) -> None:
+    """SRTP on alice's leg, plain RTP on bob's (bob's user is optional, its phone plain)."""
+    sw = e2e_switch
+    a, b = e2e_phones(
+        {"name": "alice", "user": "alice", "srtp": "mandatory"},
+        {"name": "bob", "user": "bob", "auto_answer": 0.3},
+    )
+    ca, cb = talk(sw, a, b, "bob")
+    live = [c for c in sw.ctl_json("calls") if c["caller"].startswith("alice@")]
+    hang_up(a, ca, b, cb)
+    assert len(live) == 1 and live[0]["srtp"] == ["AES_CM_128_HMAC_SHA1_80", None], live
+    assert_two_way(a, ca, b, cb)
+
+
+def test_srtp_offer_from_a_user_with_srtp_off_gets_488_at_once(
+    e2e_switch: E2eSwitch, e2e_phones
+) -> None:
+    """Not a 200 the phone cannot use and a 488 from the phone afterwards: 488 from the switch."""
+    sw = e2e_switch
+    a, b = e2e_phones(
+        {"name": "olga", "user": "olga", "srtp": "mandatory"},
+        {"name": "bob", "user": "bob", "auto_answer": 0.3},
+    )
+    ca = a.call(sw.uri("bob"))
+    info = a.wait_state("DISCONNECTED", 5, call=ca)
+    assert info["state"] == "DISCONNECTED" and info["last_status"] == 488, info
+    assert b.calls() == []

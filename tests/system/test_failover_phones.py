@@ -15,6 +15,7 @@ the one problem its teardown forgives.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -113,8 +114,9 @@ def gap(rec: Recording, hz: float, since: float) -> tuple[float, float]:
     )
 
 
+@pytest.mark.parametrize("srtp", [False, True], ids=["rtp", "srtp"])
 def test_bearer_killed_mid_call_phones_are_moved_to_the_other_and_hear_each_other_again(
-    e2e_switch: FailoverSwitch, e2e_phones
+    e2e_switch: FailoverSwitch, e2e_phones, srtp: bool
 ) -> None:
     """Kill the call's bearer: both phones are re-INVITEd to the other one within
     three heartbeats and a bit, hear each other again, and the CDR is the call's.
@@ -125,16 +127,23 @@ def test_bearer_killed_mid_call_phones_are_moved_to_the_other_and_hear_each_othe
     control marks the bearer down after three missed heartbeats (~3.2 s), then
     the re-INVITEs, and the tone is back within ~20 ms of each phone taking the
     new SDP.
+
+    With ``srtp`` both phones insist on SRTP (the callee's user is mandatory):
+    the new bearer makes new keys and the re-INVITEs carry them; the SIP
+    trace shows every a=crypto with its key redacted.
     """
     sw = e2e_switch
+    callee = "sam" if srtp else "bob"
+    phone_srtp = "mandatory" if srtp else "off"
     a, b = e2e_phones(
-        {"name": "alice", "user": "alice"}, {"name": "bob", "user": "bob", "auto_answer": 0.2}
+        {"name": "alice", "user": "alice", "srtp": phone_srtp},
+        {"name": callee, "user": callee, "auto_answer": 0.2, "srtp": phone_srtp},
     )
     assert sw.endpoint(0) != sw.endpoint(1), "the CDR could not tell the bearers apart"
     mark = sw.cdr_mark()
-    ca = a.call(sw.uri("bob"))
+    ca = a.call(sw.uri(callee))
     info = a.wait_state("CONFIRMED", 8, call=ca)
-    assert info["state"] == "CONFIRMED", f"alice -> bob: {info}\n{sw.logs()}"
+    assert info["state"] == "CONFIRMED", f"alice -> {callee}: {info}\n{sw.logs()}"
     cb = b.incoming(2)
     a.pump(TALK)
 
@@ -202,12 +211,18 @@ def test_bearer_killed_mid_call_phones_are_moved_to_the_other_and_hear_each_othe
             not_hz=[me.tone_hz],
         )
 
-    (row,) = sw.wait_cdrs(mark, caller="alice@", callee="bob@")
+    (row,) = sw.wait_cdrs(mark, caller="alice@", callee=f"{callee}@")
     assert_cdr(row, "answered", 200, answered=True)
+    if srtp:
+        assert live[0]["srtp"] == ["AES_CM_128_HMAC_SHA1_80"] * 2, live
+        trace = sw.control.log() if sw.control else ""
+        # set-up (2) and move (2): offers and answers both ways, each key redacted
+        assert trace.count("inline:<redacted>") >= 8, trace[-3000:]
+        assert re.search(r"inline:(?!<redacted>)", trace) is None
     answer = row["answer_time"].replace(tzinfo=dt.UTC).timestamp()
     assert abs(answer - before["answer"]) < 0.01, (row, before)
     assert row["bearer"] == sw.endpoint(y), (row["bearer"], sw.endpoint(x), sw.endpoint(y))
     print(
-        f"audio gap: alice {gaps['alice']:.2f} s, bob {gaps['bob']:.2f} s; CDR on "
+        f"audio gap: alice {gaps['alice']:.2f} s, {callee} {gaps[callee]:.2f} s; CDR on "
         f"{row['bearer']}, packets a/b {row['a_packets']}/{row['b_packets']} (the new session's)"
     )

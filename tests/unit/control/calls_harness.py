@@ -12,6 +12,7 @@ exact sequence of a call flow.
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -32,10 +33,12 @@ from softswitch.protocol import (
     Joined,
     Leave,
     Left,
+    LegSpec,
     LegStats,
     Message,
     Record,
     RecordReply,
+    SrtpKey,
     Update,
     Updated,
 )
@@ -167,7 +170,10 @@ class FakeBearerPool:
     def _reply(self, bearer: FakeBearer, m: Any) -> Message:
         if isinstance(m, Allocate):
             bearer.sessions += 1
-            return Allocated(m.session_id, bearer.address, bearer.ports[: len(m.legs)])
+            keys = tuple(_bearer_key(leg) for leg in m.legs)
+            return Allocated(
+                m.session_id, bearer.address, bearer.ports[: len(m.legs)], keys if any(keys) else ()
+            )
         if isinstance(m, Update):
             return Updated(m.session_id)
         if isinstance(m, Delete):
@@ -186,6 +192,12 @@ class FakeBearerPool:
 
     def rid_of(self, kind: type) -> int:
         return next(rid for _, m, rid in reversed(self.sent) if isinstance(m, kind))
+
+
+def _bearer_key(spec: LegSpec) -> SrtpKey | None:
+    """What a bearer makes for a leg that asks for SRTP: a fresh random key."""
+    suite = spec.srtp_local
+    return None if suite is None else SrtpKey(suite, os.urandom(30))
 
 
 # --------------------------------------------------------------------------- phones
@@ -382,6 +394,8 @@ class Switch:
         recording_users: tuple[str, ...] = (),
         max_calls: dict[str, int] | None = None,
         disabled: tuple[str, ...] = (),
+        srtp: str = "optional",
+        srtp_users: dict[str, str] | None = None,
     ) -> None:
         self.now = T0
         self.trace: list[tuple[str, Any]] = []
@@ -396,6 +410,7 @@ class Switch:
                 ("sip", "domain"): DOMAIN,
                 ("calls", "no_answer_timeout"): no_answer_timeout,
                 ("calls", "codecs"): list(codecs),
+                ("calls", "srtp"): srtp,
                 ("recording", "dir"): "/var/spool/softswitch/recordings",
             },
         )
@@ -412,6 +427,7 @@ class Switch:
                 enabled=name not in disabled,
                 record_calls=name in recording_users,
                 max_calls=(max_calls or {}).get(name, 0),
+                srtp=(srtp_users or {}).get(name, ""),
             )
         self.directory.load(users)
         self.location = Location()

@@ -28,6 +28,7 @@ from softswitch.db.cdrs import from_row
 from softswitch.db.cdrs import to_row as cdr_row
 from softswitch.db.messages import DbFatal, DbStatus, Loaded, UsersChanged
 from softswitch.db.schema import (
+    SCHEMA_VERSION,
     binding_row,
     cdrs,
     create_schema,
@@ -244,7 +245,15 @@ class DbThreadCases:
     def test_loaded_snapshot_has_every_user_and_only_live_registrations(self, engine, start):
         with engine.begin() as conn:
             add_user(conn, "alice", DOMAIN, ("1" * 32, "2" * 64), display_name="Alice")
-            add_user(conn, "bob", DOMAIN, ("3" * 32, "4" * 64), record_calls=True, max_calls=2)
+            add_user(
+                conn,
+                "bob",
+                DOMAIN,
+                ("3" * 32, "4" * 64),
+                record_calls=True,
+                max_calls=2,
+                srtp="off",
+            )
             conn.execute(sa.insert(registrations), [binding_row(binding(1))])
             expired = binding(2, expires_at=time.time() - 10)
             conn.execute(sa.insert(registrations), [binding_row(expired)])
@@ -258,6 +267,7 @@ class DbThreadCases:
         )
         bob = loaded.users[("bob", DOMAIN)]
         assert (bob.record_calls, bob.max_calls, bob.enabled) == (True, 2, True)
+        assert (bob.srtp, alice.srtp) == ("off", "")
         assert loaded.registrations == [binding(1)]
 
     def test_notify_wakes_an_asyncio_main_loop(self, db):
@@ -640,11 +650,24 @@ class DbThreadCases:
         thread.flush()
         eventually(lambda: count(engine, cdrs) == 2)
         with engine.connect() as conn:
-            assert conn.execute(sa.select(schema_version.c.version)).scalar() == 2
+            assert conn.execute(sa.select(schema_version.c.version)).scalar() == SCHEMA_VERSION
             rows = conn.execute(sa.select(cdrs.c.call_id, cdrs.c.uid).order_by(cdrs.c.id)).all()
         assert rows[0] == ("call-1@example.com", None) and len(rows[1].uid) == 32
         with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
             conn.execute(sa.insert(cdrs), [{**cdr_row(a_cdr(3)), "uid": rows[1].uid}])
+
+    def test_a_database_of_schema_version_2_gets_users_srtp_and_keeps_its_users(
+        self, engine, start
+    ):
+        with engine.begin() as conn:  # what softswitch with schema version 2 left
+            add_user(conn, "alice", DOMAIN, ("1" * 32, "2" * 64))
+            conn.execute(sa.text("ALTER TABLE users DROP COLUMN srtp"))
+            conn.execute(sa.update(schema_version).values(version=2))
+        loaded = next_message(start(), Loaded)
+        assert loaded.users[("alice", DOMAIN)].srtp == ""
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(schema_version.c.version)).scalar() == SCHEMA_VERSION
+            assert conn.execute(sa.select(users.c.srtp)).scalar() is None
 
 
 def _mysql(conn: Any) -> bool:

@@ -109,7 +109,7 @@ def test_usernames_are_case_sensitive_and_checked(config, capsys):
 
 def test_user_list_is_an_aligned_table_or_json(config, capsys):
     softswitchctl(config, "user", "add", "alice", "--password", "a", "--display", "Alice A.")
-    softswitchctl(config, "user", "add", "bob", "--password", "b", "--record")
+    softswitchctl(config, "user", "add", "bob", "--password", "b", "--record", "--srtp", "off")
     capsys.readouterr()
     assert softswitchctl(config, "user", "list") == 0
     lines = capsys.readouterr().out.splitlines()
@@ -122,14 +122,28 @@ def test_user_list_is_an_aligned_table_or_json(config, capsys):
         "RECORD",
         "MAX",
         "CALLS",
+        "SRTP",
     ]
-    assert lines[1].split() == ["alice", DOMAIN, "Alice", "A.", "yes", "no", "4"]
-    assert lines[2].split() == ["bob", DOMAIN, "yes", "yes", "4"]
+    assert lines[1].split() == ["alice", DOMAIN, "Alice", "A.", "yes", "no", "4", "default"]
+    assert lines[2].split() == ["bob", DOMAIN, "yes", "yes", "4", "off"]
     assert lines[1].index(DOMAIN) == lines[2].index(DOMAIN) == lines[0].index("DOMAIN")
     assert softswitchctl(config, "user", "list", "--json") == 0
     listed = json.loads(capsys.readouterr().out)
     assert [u["username"] for u in listed] == ["alice", "bob"]
     assert listed[1]["record_calls"] is True and "ha1_md5" not in listed[1]
+    assert listed[1]["srtp"] == "off" and listed[0]["srtp"] == "default"
+
+
+def test_user_set_srtp_policy_and_back_to_the_default(config, engine, capsys):
+    softswitchctl(config, "user", "add", "alice", "--password", "a")
+    assert user_row(engine, "alice").srtp == ""
+    assert softswitchctl(config, "user", "set", "alice", "--srtp", "mandatory") == 0
+    assert user_row(engine, "alice").srtp == "mandatory"
+    assert softswitchctl(config, "user", "set", "alice", "--srtp", "default") == 0
+    assert user_row(engine, "alice").srtp == ""
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        softswitchctl(config, "user", "set", "alice", "--srtp", "sometimes")
 
 
 def test_user_passwd_replaces_both_ha1s(config, engine):

@@ -12,7 +12,7 @@ from softswitch.daemon import main as daemon
 def test_features_text_names_each_package_and_what_it_brings() -> None:
     text = daemon.features_text({"uvloop": True, "aiortc": False})
     assert text == (
-        "optional features: uvloop available (faster event loop); aiortc absent (no Opus and SRTP)"
+        "optional features: uvloop available (faster event loop); aiortc absent (no Opus)"
     )
 
 
@@ -31,4 +31,4 @@ def test_start_logs_one_line_on_optional_features(
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if "optional features" in line]
     assert len(lines) == 1, err
-    assert "uvloop absent (no faster event loop); aiortc absent (no Opus and SRTP)" in lines[0]
+    assert "uvloop absent (no faster event loop); aiortc absent (no Opus)" in lines[0]
