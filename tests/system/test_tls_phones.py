@@ -5,7 +5,9 @@ makes it; each phone trusts exactly that certificate (pjsua2's CaListFile,
 verifyServer on), registers over TLS and is reached through its own TLS
 connection.  The call is judged by ear (each side hears the other's tone)
 and by its CDR; the certificate is renewed and reloaded in the middle of
-the call, which carries on.  SRTP on the same call is another test's.
+the call, which carries on.  Another call is SRTP on both legs over TLS
+(the configuration the issue asks a company to be able to run: signalling
+and audio both encrypted).
 """
 
 from __future__ import annotations
@@ -109,6 +111,57 @@ def test_two_phones_register_and_call_over_tls_and_hear_each_other(
         # The switch saw the whole call over TLS: no SIP from the phones on UDP/TCP.
         status = sw.control.admin("status") if sw.control else {}
         assert status.get("drop_tls_no_connection", 0) == 0, status
+    finally:
+        for p in (a, b):
+            p.close()
+
+
+def test_srtp_mandatory_phones_over_tls_hear_each_other(
+    tls_switch: TlsSwitch, tmp_path: Path
+) -> None:
+    """alice and sam: SIP over TLS, SRTP mandatory (RTP/SAVP) on both phones;
+    sam's user is mandatory, so both legs are SRTP with the bearer's keys."""
+    sw = tls_switch
+    a, b = start_phones(
+        [
+            {
+                "name": "alice",
+                "tone_hz": USERS["alice"]["tone"],
+                "tls_ca": str(sw.cert),
+                "srtp": "mandatory",
+            },
+            {
+                "name": "sam",
+                "tone_hz": USERS["sam"]["tone"],
+                "tls_ca": str(sw.cert),
+                "srtp": "mandatory",
+                "auto_answer": 0.3,
+            },
+        ],
+        tmp_path,
+    )
+    try:
+        for phone in (a, b):
+            user = phone.name
+            code = phone.register(
+                sw.tls_registrar, user, USERS[user]["password"], DOMAIN, timeout=8
+            )
+            assert code == 200, f"{user}: {code} {phone.last_reason}\n{sw.logs()}"
+        mark = sw.cdr_mark()
+        ca = a.call(sw.tls_uri("sam"))
+        info = a.wait_state("CONFIRMED", 8, call=ca)
+        assert info["state"] == "CONFIRMED", f"{info}\n{sw.logs()}\n{a.log_tail()}"
+        cb = b.incoming(2)
+        live = [c for c in sw.ctl_json("calls") if c["caller"].startswith("alice@")]
+        a.pump(TALK)
+        a.hangup(ca)
+        assert a.wait_state("DISCONNECTED", 5, call=ca)["state"] == "DISCONNECTED"
+        assert b.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"
+        assert len(live) == 1 and live[0]["srtp"] == ["AES_CM_128_HMAC_SHA1_80"] * 2, live
+        assert_two_way(a, ca, b, cb)
+        (row,) = sw.wait_cdrs(mark, caller="alice@", callee="sam@")
+        assert_cdr(row, "answered", 200, answered=True)
+        assert "inline:" not in sw.logs()
     finally:
         for p in (a, b):
             p.close()
