@@ -45,6 +45,7 @@ K_RTCP = 4
 K_READER = 5  # a callback (control socket, signal fd)
 K_CONF = 6  # final latch, in a room (not recorded): inlined, frames go to the mixer
 K_SCONF = 7  # K_CONF for an SRTP leg: decrypted, then Delivery.deliver_conf
+K_SFAST = 8  # K_FAST with SRTP on either leg: decrypted and re-encrypted in place, inlined
 
 _MUTED = int(JoinFlags.MUTED)
 
@@ -131,8 +132,8 @@ class Delivery:
         if kind in (K_CONF, K_SCONF):
             self.deliver_conf(e, n, now)
             return
-        if kind == K_FAST:
-            dest = None  # that slot holds the PT table (remap[0]); out is connected
+        if kind in (K_FAST, K_SFAST):
+            dest = None  # that slot holds the PT table (and SRTP contexts); out is connected
         if n < 12 or buf[0] & 0xC0 != 0x80:
             c[S.INVALID] += 1
             return

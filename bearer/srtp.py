@@ -39,9 +39,57 @@ import pylibsrtp
 
 from softswitch.protocol import SRTP_KEY_LEN, LegSpec, SrtpKey, SrtpSuite
 
-__all__ = ["LegCrypto", "SrtpSendError", "new_key", "protecting"]
+__all__ = ["InPlace", "LegCrypto", "SrtpSendError", "in_place", "new_key", "protecting"]
 
 SrtpError = pylibsrtp.Error
+
+try:  # libsrtp itself, through pylibsrtp's cffi module (same in the wheel and Debian's)
+    from pylibsrtp._binding import (  # type: ignore[import-not-found]
+        ffi as _ffi,
+    )
+    from pylibsrtp._binding import (
+        lib as _lib,
+    )
+except ImportError:  # another layout: the copying public API only (the slow path)
+    _ffi = _lib = None
+
+#: Room a packet needs after it in the buffer for libsrtp's trailer (pylibsrtp's bound).
+TRAILER_ROOM = pylibsrtp.SRTP_MAX_TRAILER_LEN
+
+
+class InPlace:
+    """libsrtp on the relay's own packet buffer, in place: no copy, no allocation.
+
+    pylibsrtp's ``protect``/``unprotect`` take and return ``bytes``, copying
+    each packet three times; on the relay's fast path for SRTP calls the
+    packet is decrypted and re-encrypted where ``recv_into`` put it, with
+    libsrtp's own functions (``ctx`` of a session: ``InPlace.ctx``).
+    """
+
+    __slots__ = ("len_p", "protect", "ptr", "unprotect")
+
+    def __init__(self, buf: bytearray) -> None:
+        assert _ffi is not None and _lib is not None
+        self.ptr = _ffi.from_buffer(buf)
+        self.len_p = _ffi.new("int *")
+        self.protect = _lib.srtp_protect
+        self.unprotect = _lib.srtp_unprotect
+
+    @staticmethod
+    def ctx(session: pylibsrtp.Session | None) -> Any:
+        """libsrtp's ``srtp_t`` of a session (None for None); valid while the session lives."""
+        return None if session is None else session._srtp[0]
+
+
+def in_place(buf: bytearray) -> InPlace | None:
+    """An InPlace on ``buf``, or None when libsrtp's binding is not reachable."""
+    if _lib is None:
+        return None
+    try:
+        InPlace.ctx(pylibsrtp.Session())  # the private attribute this relies on
+    except (AttributeError, TypeError, IndexError, pylibsrtp.Error):
+        return None
+    return InPlace(buf)
 
 
 class SrtpSendError(OSError):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bearer import leg as S
 from bearer.codecs import ULAW_TO_ALAW
 from bearer.ports import PortPool, PortsExhausted
 from bearer.relay import Relay, RelayError
@@ -174,3 +175,78 @@ def test_busy_polling_relays_the_same() -> None:
         a.close()
         b.close()
         r.close()
+
+
+def test_srtp_calls_run_on_the_in_place_fast_path_once_latched(
+    relay: tuple[Relay, list[Event]],
+) -> None:
+    """SRTP on both legs (re-keyed) and SRTP to plain: once latched, each
+    leg's entry is K_SFAST (decrypt and re-encrypt in the buffer), and what
+    arrives is what the other phone sent, under the right key."""
+    import pylibsrtp
+
+    from bearer.delivery import K_FAST, K_SFAST
+    from softswitch.protocol import SrtpKey, SrtpSuite
+
+    s80, s32 = SrtpSuite.AES_CM_128_HMAC_SHA1_80, SrtpSuite.AES_CM_128_HMAC_SHA1_32
+    key_a, key_b = SrtpKey(s80, bytes(range(30))), SrtpKey(s32, bytes(range(40, 70)))
+
+    def session(key: SrtpKey, outbound: bool) -> pylibsrtp.Session:
+        P = pylibsrtp.Policy
+        kind = P.SSRC_ANY_OUTBOUND if outbound else P.SSRC_ANY_INBOUND
+        return pylibsrtp.Session(P(key=key.key, ssrc_type=kind, srtp_profile=int(key.suite)))
+
+    r, _ = relay
+    a, b, c = Phone(), Phone(), Phone()
+    try:
+        both = (
+            leg_spec(a.addr).with_srtp(key_a, s80),
+            leg_spec(b.addr).with_srtp(key_b, s32),
+        )
+        pa, pb = r.allocate(1, "srtp", both, AllocFlags.NONE)
+        pa2, pc = r.allocate(
+            2, "mixed", (leg_spec(a.addr).with_srtp(key_a, s80), leg_spec(c.addr)), AllocFlags.NONE
+        )
+        legs = r.sessions[1].legs
+        local_a, local_b = (leg.srtp.local for leg in legs if leg.srtp is not None)
+        a_tx, b_tx = session(key_a, True), session(key_b, True)
+        a2_tx = session(key_a, True)
+        seq = 0
+
+        def rtp(payload: bytes, ssrc: int) -> bytes:
+            nonlocal seq
+            seq += 1
+            return (
+                bytes([0x80, 0, seq >> 8, seq & 0xFF])
+                + (seq * 160).to_bytes(4, "big")
+                + ssrc.to_bytes(4, "big")
+                + payload
+            )
+
+        a.send_raw(pa, a_tx.protect(rtp(b"\x01" * 160, 1)))
+        b.send_raw(pb, b_tx.protect(rtp(b"\x02" * 160, 2)))
+        a.send_raw(pa2, a2_tx.protect(rtp(b"\x03" * 160, 3)))
+        c.send(pc, b"\x04" * 160)
+        _spin(r, 0.1)
+        for sid in (1, 2):
+            kinds = {r._fdmap[_open(leg.rtp).fileno()][0] for leg in r.sessions[sid].legs}
+            assert kinds == {K_SFAST}, (sid, kinds)
+        assert K_FAST != K_SFAST
+        b.recv_all(0.2), a.recv_all(0.2), c.recv_all(0.2)  # the latching packets
+        for i in range(10):
+            a.send_raw(pa, a_tx.protect(rtp(bytes([10 + i]) * 160, 1)))
+            b.send_raw(pb, b_tx.protect(rtp(bytes([30 + i]) * 160, 2)))
+            a.send_raw(pa2, a2_tx.protect(rtp(bytes([50 + i]) * 160, 3)))
+        a.send_raw(pa, b"\x80" + b"\x00" * 180)  # forged: fails authentication
+        _spin(r, 0.1)
+        assert local_a is not None and local_b is not None
+        b_rx, a_rx = session(local_b, False), session(local_a, False)
+        got_b = [b_rx.unprotect(p)[12] for p in b.recv_all(0.2)]
+        got_a = [a_rx.unprotect(p)[12] for p in a.recv_all(0.2)]
+        assert got_b == list(range(10, 20)) and got_a == list(range(30, 40))
+        assert [p[12] for p in c.recv_all(0.2)] == list(range(50, 60))  # plain towards c
+        assert legs[0].c[S.SRTP] == 1 and r.internal_errors == 0
+    finally:
+        a.close()
+        b.close()
+        c.close()
