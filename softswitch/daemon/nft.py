@@ -72,7 +72,7 @@ class NftBans:
     def open(self) -> None:
         """Create the table; NftError says why it cannot be."""
         try:
-            import nftables  # type: ignore[import-not-found,unused-ignore]  # python3-nftables
+            import nftables  # python3-nftables (pyproject: no hints, maybe absent)
         except ImportError:
             raise NftError("python3-nftables is not installed") from None
         try:
