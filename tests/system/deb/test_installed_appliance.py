@@ -410,6 +410,27 @@ def test_bans_reach_the_kernel_with_cap_net_admin_and_nothing_more(machine: Cont
         time.sleep(0.2)
 
 
+def test_nftables_off_leaves_control_with_no_capability(machine: Container) -> None:
+    """[security] nftables = "off" and a daemon-reload: the generator's
+    drop-in takes CAP_NET_ADMIN away; back to "auto", the daemon has it again."""
+    conf = "/etc/softswitch/softswitch.conf"
+
+    def switch_to(value: str) -> int:
+        machine.sh(f"sed -i 's/^nftables = .*/nftables = \"{value}\"/' {conf}")
+        machine.run(["systemctl", "daemon-reload"])
+        machine.run(["systemctl", "restart", CONTROL], timeout=60)
+        machine.wait_for(CONTROL, "SubState", "running")
+        pid = machine.show(CONTROL, "MainPID")
+        return int(machine.run(["grep", "^CapEff", f"/proc/{pid}/status"]).stdout.split()[1], 16)
+
+    try:
+        assert switch_to("off") == 0
+        shown = machine.run(["systemctl", "cat", CONTROL]).stdout
+        assert "50-no-nftables.conf" in shown, shown
+    finally:
+        assert switch_to("auto") == 1 << 12  # CAP_NET_ADMIN again
+
+
 def test_purge_leaves_no_unit_process_or_file(machine: Container) -> None:
     machine.run(["apt-get", "purge", "-y", "-q", "softswitch"], timeout=120)
     units = machine.run(

@@ -27,11 +27,18 @@ COMMANDS = {
 }
 
 
-def generate(tmp_path: Path, conf_text: str | None, nproc: int = 2) -> tuple[list[str], str]:
-    """Run the generator on a bearer.conf: the instances it wants, and its stderr."""
+def generate(
+    tmp_path: Path, conf_text: str | None, nproc: int = 2, control_text: str | None = None
+) -> tuple[list[str], str]:
+    """Run the generator on a bearer.conf (and a softswitch.conf): the
+    instances it wants, and its stderr."""
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ)
+    control = tmp_path / "softswitch.conf"
+    if control_text is not None:
+        control.write_text(control_text)
+    env["SOFTSWITCH_CONTROL_CONF"] = str(control)
     if conf_text is not None:
         conf = tmp_path / "bearer.conf"
         conf.write_text(conf_text)
@@ -87,6 +94,34 @@ def test_generator_wants_the_instances_bearer_conf_lists(
     tmp_path: Path, conf: str | None, nproc: int, expect: list[str]
 ) -> None:
     assert generate(tmp_path, conf, nproc) == (expect, "")
+
+
+@pytest.mark.parametrize(
+    ("control", "dropin"),
+    [
+        (None, False),  # no softswitch.conf: the default, "auto"
+        ('[security]\nnftables = "auto"\n', False),
+        ('[security]\nnftables = "on"\n', False),
+        ('[security]\nnftables = "off"\n', True),
+        ("[ security ]\nnftables='Off'  # no kernel bans here\n", True),
+        ('[sip]\nnftables = "off"\n[security]\nban_time = 60\n', False),  # not ours
+        ('[security]\n# nftables = "off"\n', False),
+    ],
+)
+def test_generator_takes_the_capability_away_when_nftables_is_off(
+    tmp_path: Path, control: str | None, dropin: bool
+) -> None:
+    """[security] nftables = "off": control needs no CAP_NET_ADMIN, so a
+    drop-in empties the unit's capability sets and its netlink family."""
+    assert generate(tmp_path, None, 2, control) == (["0", "1"], "")
+    path = tmp_path / "out" / "softswitch-control.service.d" / "50-no-nftables.conf"
+    assert path.exists() is dropin
+    unit = (UNITS / "softswitch-control.service").read_text()
+    assert "AmbientCapabilities=CAP_NET_ADMIN" in unit and "AF_NETLINK" in unit
+    if dropin:
+        lines = path.read_text().splitlines()
+        assert "CapabilityBoundingSet=" in lines and "AmbientCapabilities=" in lines
+        assert lines[-1] == "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"
 
 
 def test_generator_starts_no_bearer_on_a_bad_value_and_says_why(tmp_path: Path) -> None:
