@@ -30,7 +30,7 @@ from bearer import leg as S
 from bearer.conference import ConferenceOut
 from bearer.leg import SRC_BLEED, SRC_FINAL, SRC_OK, Leg
 from bearer.rtp import parse_header, parse_rtcp, payload_end
-from bearer.srtp import SrtpError, protecting_rtcp
+from bearer.srtp import InPlace, SrtpError, in_place, protecting_rtcp
 from softswitch.protocol import Dtmf, Event, JoinFlags
 
 __all__ = ["Delivery"]
@@ -64,6 +64,7 @@ class Delivery:
     ) -> None:
         self._buf = buf
         self._mv = memoryview(buf)
+        self._in_place = in_place(buf)  # libsrtp on the buffer (None: pylibsrtp's API)
         self._fdmap = fdmap
         self.conference = conference
         self.on_event = on_event
@@ -116,6 +117,13 @@ class Delivery:
         if rx is None or n < 12:
             leg.c[S.SRTP] += 1
             return -1
+        ip = self._in_place
+        if ip is not None:  # in the buffer, as the relay's K_SFAST does
+            ip.len_p[0] = n
+            if ip.unprotect(InPlace.ctx(rx), ip.ptr, ip.len_p):
+                leg.c[S.SRTP] += 1
+                return -1
+            return int(ip.len_p[0])
         try:
             plain = rx.unprotect(bytes(self._mv[:n]))
         except (SrtpError, ValueError):

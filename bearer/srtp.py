@@ -142,7 +142,35 @@ class LegCrypto:
 
 
 def protecting(tx: pylibsrtp.Session, send: Callable[..., Any]) -> Callable[..., Any]:
-    """``send`` (a socket's send or sendto) that protects each packet first."""
+    """``send`` (a socket's send or sendto) that protects each packet first.
+
+    With libsrtp's binding reachable the packet is copied once into a
+    buffer of this sender's and protected there (pylibsrtp's ``protect``
+    copies three times and allocates); the session is kept alive by the
+    closure, so its context stays valid while the sender exists.
+    """
+    if _lib is not None and _ffi is not None:
+        scratch = bytearray(2048)
+        view = memoryview(scratch)
+        ptr = _ffi.from_buffer(scratch)
+        len_p = _ffi.new("int *")
+        ctx = InPlace.ctx(tx)
+        srtp_protect = _lib.srtp_protect
+        room = len(scratch) - TRAILER_ROOM
+
+        def in_place_out(data: Any, *dest: Any) -> Any:
+            n = len(data)
+            if n > room:
+                raise SrtpSendError(f"a {n}-byte packet leaves no room for the SRTP trailer")
+            scratch[:n] = data
+            len_p[0] = n
+            if srtp_protect(ctx, ptr, len_p):
+                raise SrtpSendError("srtp_protect failed")
+            _keep = tx  # the context belongs to this session
+            return send(view[: len_p[0]], *dest)
+
+        return in_place_out
+
     protect = tx.protect
 
     def out(data: Any, *dest: Any) -> Any:
