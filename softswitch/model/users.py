@@ -15,6 +15,8 @@ from typing import Any
 #: Column widths of the names: the registrar refuses what could not be stored.
 MAX_USERNAME = 64
 MAX_DOMAIN = 128
+#: Seconds a forwarded-on-no-answer call rings before it goes to forward_noanswer.
+DEFAULT_NOANSWER_AFTER = 20
 MAX_CONTACT = 512  # (64 + 128 + 512) * 4 bytes fits InnoDB's 3072-byte key limit
 
 
@@ -32,6 +34,13 @@ class User:
     record_calls: bool
     max_calls: int  # 0 = unlimited
     srtp: str = ""  # "optional" | "mandatory" | "off", "" = [calls] srtp (softswitch.calls.media)
+    # Call forwarding and do-not-disturb (softswitch.calls.forward): usernames in the
+    # user's own domain, "" = off.
+    forward_always: str = ""
+    forward_busy: str = ""
+    forward_noanswer: str = ""
+    noanswer_after: int = DEFAULT_NOANSWER_AFTER  # seconds of ringing before forward_noanswer
+    dnd: bool = False  # do-not-disturb: 486, or forward_busy if set
 
     def ha1(self, algorithm: str = "MD5") -> str | None:
         """The stored HA1 for a digest algorithm ('MD5' or 'SHA-256'), else None."""

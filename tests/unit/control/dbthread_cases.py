@@ -669,6 +669,40 @@ class DbThreadCases:
             assert conn.execute(sa.select(schema_version.c.version)).scalar() == SCHEMA_VERSION
             assert conn.execute(sa.select(users.c.srtp)).scalar() is None
 
+    def test_a_database_of_schema_version_3_gets_forwarding_columns_and_keeps_its_users(
+        self, engine, start
+    ):
+        with engine.begin() as conn:  # what softswitch with schema version 3 left
+            add_user(conn, "alice", DOMAIN, ("1" * 32, "2" * 64), srtp="off")
+            for name in ("forward_always", "forward_busy", "forward_noanswer"):
+                conn.execute(sa.text(f"ALTER TABLE users DROP COLUMN {name}"))
+            conn.execute(sa.text("ALTER TABLE users DROP COLUMN noanswer_after"))
+            conn.execute(sa.text("ALTER TABLE users DROP COLUMN dnd"))
+            conn.execute(sa.update(schema_version).values(version=3))
+        loaded = next_message(start(), Loaded)
+        alice = loaded.users[("alice", DOMAIN)]
+        assert (alice.srtp, alice.forward_always, alice.forward_busy) == ("off", "", "")
+        assert (alice.forward_noanswer, alice.noanswer_after, alice.dnd) == ("", 20, False)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(schema_version.c.version)).scalar() == SCHEMA_VERSION
+            assert conn.execute(sa.select(users.c.forward_always, users.c.dnd)).one() == (
+                None,
+                None,
+            )
+
+    def test_forwarding_set_by_softswitchctl_arrives_within_sync_interval(
+        self, db, engine, start, tmp_path
+    ):
+        with engine.begin() as conn:
+            add_user(conn, "bob", DOMAIN, ("1" * 32, "2" * 64))
+        config = write_config(tmp_path / "etc", db.url)
+        thread = start(sync_interval=0.5)
+        next_message(thread, Loaded)
+        argv = ["--forward-always", "carol", "--dnd", "on", "--noanswer-after", "9"]
+        run_ctl(config, "user", "set", "bob", *argv)
+        bob = next_message(thread, UsersChanged, timeout=5).users[0]
+        assert (bob.forward_always, bob.dnd, bob.noanswer_after) == ("carol", True, 9)
+
 
 def _mysql(conn: Any) -> bool:
     return conn.dialect.name in ("mysql", "mariadb")

@@ -123,9 +123,11 @@ def test_user_list_is_an_aligned_table_or_json(config, capsys):
         "MAX",
         "CALLS",
         "SRTP",
+        *("FWD", "ALWAYS", "FWD", "BUSY", "FWD", "NOANSWER", "AFTER", "DND"),
     ]
-    assert lines[1].split() == ["alice", DOMAIN, "Alice", "A.", "yes", "no", "4", "default"]
-    assert lines[2].split() == ["bob", DOMAIN, "yes", "yes", "4", "off"]
+    tail = ["-", "-", "-", "20", "no"]
+    assert lines[1].split() == ["alice", DOMAIN, "Alice", "A.", "yes", "no", "4", "default", *tail]
+    assert lines[2].split() == ["bob", DOMAIN, "yes", "yes", "4", "off", *tail]
     assert lines[1].index(DOMAIN) == lines[2].index(DOMAIN) == lines[0].index("DOMAIN")
     assert softswitchctl(config, "user", "list", "--json") == 0
     listed = json.loads(capsys.readouterr().out)
@@ -144,6 +146,29 @@ def test_user_set_srtp_policy_and_back_to_the_default(config, engine, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         softswitchctl(config, "user", "set", "alice", "--srtp", "sometimes")
+
+
+def test_user_set_forwarding_and_dnd_then_clear_them(config, engine, capsys):
+    softswitchctl(config, "user", "add", "bob", "--password", "b")
+    row = user_row(engine, "bob")
+    assert (row.forward_always, row.forward_busy, row.forward_noanswer) == ("", "", "")
+    assert (row.noanswer_after, bool(row.dnd)) == (20, False)
+    argv = ["--forward-always", "carol", "--forward-busy", "dave", "--forward-noanswer", "erin"]
+    assert softswitchctl(config, "user", "set", "bob", *argv, "--noanswer-after", "7") == 0
+    assert softswitchctl(config, "user", "set", "bob", "--dnd", "on") == 0
+    row = user_row(engine, "bob")
+    assert (row.forward_always, row.forward_busy, row.forward_noanswer) == ("carol", "dave", "erin")
+    assert (row.noanswer_after, bool(row.dnd)) == (7, True)
+    capsys.readouterr()
+    assert softswitchctl(config, "user", "list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)[0]
+    assert (listed["forward_always"], listed["noanswer_after"], listed["dnd"]) == ("carol", 7, True)
+    assert softswitchctl(config, "user", "set", "bob", "--forward-always", "", "--dnd", "off") == 0
+    row = user_row(engine, "bob")
+    assert (row.forward_always, row.forward_busy, bool(row.dnd)) == ("", "dave", False)
+    for bad in (["--forward-busy", "x@other.example"], ["--noanswer-after", "0"], ["--dnd", "y"]):
+        with pytest.raises(SystemExit):
+            softswitchctl(config, "user", "set", "bob", *bad)
 
 
 def test_user_passwd_replaces_both_ha1s(config, engine):
