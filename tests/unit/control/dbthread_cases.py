@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -678,8 +679,10 @@ class DbThreadCases:
                 conn.execute(sa.text(f"ALTER TABLE users DROP COLUMN {name}"))
             conn.execute(sa.text("ALTER TABLE users DROP COLUMN noanswer_after"))
             conn.execute(sa.text("ALTER TABLE users DROP COLUMN dnd"))
+            conn.execute(sa.text("ALTER TABLE cdrs DROP COLUMN forwarded_from"))
             conn.execute(sa.update(schema_version).values(version=3))
-        loaded = next_message(start(), Loaded)
+        thread = start()
+        loaded = next_message(thread, Loaded)
         alice = loaded.users[("alice", DOMAIN)]
         assert (alice.srtp, alice.forward_always, alice.forward_busy) == ("off", "", "")
         assert (alice.forward_noanswer, alice.noanswer_after, alice.dnd) == ("", 20, False)
@@ -689,6 +692,16 @@ class DbThreadCases:
                 None,
                 None,
             )
+        forwarded = replace(a_cdr(1), callee=f"carol@{DOMAIN}", forwarded_from=f"bob@{DOMAIN}")
+        thread.write_cdr(forwarded)
+        thread.flush()
+        eventually(lambda: count(engine, cdrs) == 1)
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(cdrs)).one()
+        assert (from_row(row).callee, from_row(row).forwarded_from) == (
+            f"carol@{DOMAIN}",
+            f"bob@{DOMAIN}",
+        )
 
     def test_forwarding_set_by_softswitchctl_arrives_within_sync_interval(
         self, db, engine, start, tmp_path
