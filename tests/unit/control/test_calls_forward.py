@@ -279,3 +279,39 @@ def test_user_defaults_mean_no_forwarding() -> None:
     )
     assert user.noanswer_after == 20 and user.forwarding is None
     assert Forwarding.of() is None and Forwarding.of(dnd=True) == Forwarding(dnd=True)
+
+
+def test_the_forwarded_from_phone_answering_late_is_acked_and_hung_up(sw: Switch) -> None:
+    p = world(sw)
+    settings(sw, "bob", forward_noanswer="carol", noanswer_after=5)
+    sw.authenticated_invite(p["alice"], "bob")
+    to_bob = p["bob"].take("INVITE")
+    p["bob"].send(p["bob"].answer(to_bob, 180))
+    sw.advance(5.1)
+    p["bob"].take("CANCEL")
+    to_carol = p["carol"].take("INVITE")
+    # bob picked up as the CANCEL crossed on the wire: it must not win the call
+    p["bob"].send(p["bob"].answer(to_bob, 200, p["bob"].offer()))
+    p["bob"].take("ACK")
+    p["bob"].take("BYE")
+    assert not p["alice"].has(200)
+    p["carol"].send(p["carol"].answer(to_carol, 200, p["carol"].offer()))
+    p["alice"].take(200)
+
+
+def test_the_caller_hanging_up_during_the_forward_cancels_the_target(sw: Switch) -> None:
+    p = world(sw)
+    settings(sw, "bob", forward_busy="carol")
+    invite_a = sw.authenticated_invite(p["alice"], "bob")
+    to_bob = p["bob"].take("INVITE")
+    p["bob"].send(p["bob"].answer(to_bob, 486))
+    to_carol = p["carol"].take("INVITE")
+    p["carol"].send(p["carol"].answer(to_carol, 180))
+    p["alice"].send(p["alice"].cancel(invite_a))
+    p["alice"].take(487)
+    cancel = p["carol"].take("CANCEL")
+    p["carol"].send(p["carol"].answer(cancel, 200))
+    p["carol"].send(p["carol"].answer(to_carol, 487))
+    assert sw.cdrs[0].disposition is Disposition.CANCELLED
+    assert sw.cdrs[0].forwarded_from == f"bob@{DOMAIN}"
+    assert sw.calls.active_calls("carol", DOMAIN) == 0
