@@ -27,7 +27,7 @@ from softswitch.daemonkit.config import dumps
 from softswitch.db import journal
 from softswitch.db.cdrs import from_row
 from softswitch.db.cdrs import to_row as cdr_row
-from softswitch.db.messages import DbFatal, DbStatus, Loaded, UsersChanged
+from softswitch.db.messages import DbFatal, DbStatus, Loaded, UpdateUser, UsersChanged
 from softswitch.db.schema import (
     SCHEMA_VERSION,
     binding_row,
@@ -715,6 +715,18 @@ class DbThreadCases:
         run_ctl(config, "user", "set", "bob", *argv)
         bob = next_message(thread, UsersChanged, timeout=5).users[0]
         assert (bob.forward_always, bob.dnd, bob.noanswer_after) == ("carol", True, 9)
+
+    def test_update_user_from_the_main_thread_is_written_and_synced_back(self, engine, start):
+        with engine.begin() as conn:
+            add_user(conn, "bob", DOMAIN, ("1" * 32, "2" * 64))
+        thread = start()
+        next_message(thread, Loaded)
+        values = (("forward_always", "carol"), ("dnd", True))
+        assert thread.update_user(UpdateUser("bob", DOMAIN, values))
+        bob = next_message(thread, UsersChanged, timeout=5).users[0]
+        assert (bob.forward_always, bob.dnd, bob.forward_busy) == ("carol", True, "")
+        with pytest.raises(ValueError, match="not a user setting: ha1_md5"):
+            thread.update_user(UpdateUser("bob", DOMAIN, (("ha1_md5", "0" * 32),)))
 
 
 def _mysql(conn: Any) -> bool:
