@@ -73,6 +73,7 @@ from softswitch.sip.transaction import ClientTransaction, Peer, ServerTransactio
 from softswitch.sip.uri import SipUri, parse_uri
 
 if TYPE_CHECKING:
+    from softswitch.calls.features import FeatureCodes
     from softswitch.guard import Guard
     from softswitch.location import Location
 
@@ -94,6 +95,7 @@ class SetupHandler:
         "config",
         "directory",
         "domain",
+        "features",
         "guard",
         "location",
         "out",
@@ -125,6 +127,7 @@ class SetupHandler:
         self.guard = guard  # told every digest check's outcome (softswitch/guard.py)
         self.domain = table.domain
         self.closing = False  # SIGTERM: new calls are refused
+        self.features: FeatureCodes | None = None  # set by CallManager (calls.features)
 
     def register(self, routes: Routes) -> None:
         routes.request("INVITE", self.invite, initial=True, in_dialog=False)
@@ -152,6 +155,8 @@ class SetupHandler:
             return self.steps.refuse(tx, request, Refusal.SHUTTING_DOWN, now, caller, aor)
         if not request.contacts:
             return self.steps.refuse(tx, request, Refusal.MALFORMED, now, reason="Missing Contact")
+        if self.features is not None and self.features.handle(tx, request, peer, caller, now):
+            return None  # *72carol and friends: a setting, not a call
         if (
             caller.max_calls
             and self.table.active_calls(caller.username, self.domain) >= caller.max_calls
