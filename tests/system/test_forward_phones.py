@@ -26,6 +26,8 @@ def forwarding(e2e_switch: E2eSwitch) -> Iterator[object]:
 
     def set_(user: str, *options: str) -> None:
         touched.add(user)
+        if not options:
+            return
         done = e2e_switch.control.ctl("user", "set", user, *options)  # type: ignore[union-attr]
         assert done.returncode == 0, done.stderr
         time.sleep(SYNC)
@@ -126,3 +128,41 @@ def test_forward_on_busy_and_on_no_answer_reach_carol_with_two_way_audio(
     (row,) = sw.wait_cdrs(mark, caller="alice@", callee="carol@")
     assert_cdr(row, "answered", 200, answered=True)
     assert row["forwarded_from"].startswith("bob@"), row
+
+
+def test_feature_codes_from_the_phone_star72_star73_and_the_db_row(
+    e2e_switch: E2eSwitch, e2e_phones, forwarding
+) -> None:
+    sw = e2e_switch
+    a, b, c = e2e_phones(
+        {"name": "alice", "user": "alice"},
+        {"name": "bob", "user": "bob", "auto_answer": 0.3},
+        {"name": "carol", "user": "carol", "auto_answer": 0.3},
+    )
+    forwarding("bob")  # nothing set now; cleared afterwards whatever happens
+
+    def dial(code: str) -> None:
+        call = b.call(sw.uri(code))
+        info = b.wait_state("DISCONNECTED", 8, call=call)
+        assert info["state"] == "DISCONNECTED", info
+        assert "CONFIRMED" in info["states"], f"{code}: {info}\n{sw.logs()}"  # 200, then BYE
+
+    def bob_in_db() -> dict:
+        (row,) = [u for u in sw.ctl_json("user", "list") if u["username"] == "bob"]
+        return row
+
+    dial("*72carol")
+    deadline = time.monotonic() + 5
+    while bob_in_db()["forward_always"] != "carol" and time.monotonic() < deadline:
+        time.sleep(0.1)  # the DB thread writes in batches (bounded wait)
+    assert bob_in_db()["forward_always"] == "carol"
+    ca = a.call(sw.uri("bob"))
+    assert a.wait_state("CONFIRMED", 8, call=ca)["state"] == "CONFIRMED"
+    cc = c.incoming(2)
+    a.hangup(ca)
+    assert c.wait_state("DISCONNECTED", 5, call=cc)["state"] == "DISCONNECTED"
+    dial("*73")
+    deadline = time.monotonic() + 5
+    while bob_in_db()["forward_always"] != "" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert bob_in_db()["forward_always"] == ""
