@@ -533,7 +533,10 @@ def cmd_cdr(ctx: Context, args: argparse.Namespace) -> None:
             [
                 m["start_time"],
                 m["caller"],
-                m["callee"],
+                # a forwarded call: who got it, and whom it was dialled for
+                f"{m['callee']} (for {m['forwarded_from']})"
+                if m.get("forwarded_from")
+                else m["callee"],
                 m["disposition"],
                 m["sip_code"],
                 round(m["duration"], 1),

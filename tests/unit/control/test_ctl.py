@@ -239,6 +239,19 @@ def test_cdr_lists_the_most_recent_first(config, engine, capsys):
     assert data[0]["start_time"] == "2023-11-14 22:13:23" and data[0]["a_lost"] == 3
 
 
+def test_cdr_of_a_forwarded_call_shows_for_whom_it_was(config, engine, capsys):
+    softswitchctl(config, "user", "list")  # creates the schema
+    forwarded = a_cdr(1, callee=f"carol@{DOMAIN}", forwarded_from=f"bob@{DOMAIN}")
+    with engine.begin() as conn:
+        conn.execute(sa.insert(cdrs), [cdr_row(forwarded)])
+    capsys.readouterr()
+    assert softswitchctl(config, "cdr") == 0
+    assert f"carol@{DOMAIN} (for bob@{DOMAIN})" in capsys.readouterr().out
+    assert softswitchctl(config, "cdr", "--json") == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["callee"], row["forwarded_from"]) == (f"carol@{DOMAIN}", f"bob@{DOMAIN}")
+
+
 # -- live commands --------------------------------------------------------------------
 
 
