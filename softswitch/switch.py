@@ -254,6 +254,7 @@ class Switch:
                 on_cdr=self._on_cdr,
                 now=now,
                 guard=self.guard,
+                on_db=self._db_command,
             )
 
     # ------------------------------------------------------------------ SIP input
@@ -589,6 +590,10 @@ class Switch:
         """DB-thread work queued since the last call."""
         out, self._db = self._db, []
         return out
+
+    def _db_command(self, command: DbCommand) -> None:
+        """A DB command from the B2BUA (a feature code's UpdateUser)."""
+        self._db.append(command)
 
     def _on_cdr(self, cdr: Cdr) -> None:
         self.dispositions[cdr.disposition.value] += 1

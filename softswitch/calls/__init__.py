@@ -20,13 +20,17 @@ Read in this order:
 * ``routes``    ``Routes``: the dispatch tables the handlers fill in;
 * ``manager``   ``CallManager``: what softswitch.switch drives; dispatches
                 every input through ``Routes`` and decides nothing itself;
-* ``media``, ``routing``: SDP decisions and where a call goes.
+* ``media``, ``routing``: SDP decisions and where a call goes (with call
+                forwarding and DND decided before ringing; on busy and on no
+                answer ``setup`` forwards with the same functions);
+* ``features``  ``FeatureCodes``: *72<user>/*73/*78/*79 from a phone, handed
+                over by ``setup`` after the digest check.
 
 Each handler is built from the one ``CallTable`` and the one ``Outputs`` (plus
 what it needs of config, users, locations and bearers), and claims its inputs
 in ``register(routes)``: SIP methods, the roles of the requests it sends,
-its timers, the states whose bearer wait it ends.  Transfer (REFER),
-forwarding and presence are meant to be further handlers, each one more
+its timers, the states whose bearer wait it ends.  Transfer (REFER)
+and presence are meant to be further handlers, each one more
 entry in the list ``CallManager.__init__`` registers.  No module here
 imports ``manager``, and ``state``/``table``/``outputs`` import no handler.
 """

@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from softswitch.calls.failover import FailoverHandler
+from softswitch.calls.features import FeatureCodes
 from softswitch.calls.midcall import MidCallHandler
 from softswitch.calls.outputs import DelayHistogram, Outputs
 from softswitch.calls.routes import Routes
@@ -44,6 +45,7 @@ from softswitch.calls.state import (
 )
 from softswitch.calls.steps import Steps
 from softswitch.calls.table import CallTable
+from softswitch.db.messages import UpdateUser
 from softswitch.model.cdr import Cdr
 from softswitch.model.users import UserDirectory
 from softswitch.protocol import (
@@ -104,6 +106,7 @@ class CallManager:
         on_cdr: Callable[[Cdr], None],
         now: float,
         guard: Guard | None = None,
+        on_db: Callable[[UpdateUser], None] | None = None,
     ) -> None:
         self.domain = (config.sip.domain or config.sip.listen[0]).lower()
         self.table = table = CallTable(self.domain)
@@ -119,6 +122,14 @@ class CallManager:
             auth=auth,
             guard=guard,
         )
+        self.features = FeatureCodes(
+            out,
+            config=config,
+            directory=directory,
+            domain=self.domain,
+            on_update=on_db if on_db is not None else (lambda update: None),
+        )
+        self.setup.features = self.features
         self.midcall = MidCallHandler(
             table, out, config=config, find_invite=layer.find_server_invite
         )
@@ -158,6 +169,8 @@ class CallManager:
 
     def handle_ack(self, request: Request, peer: Peer, now: float) -> None:
         """The ACK for one of our 2xx (end to end, its own transaction, §13.2.2.4)."""
+        if self.features.pending and self.features.ack(request, now):
+            return
         self.midcall.ack(request, peer, now)
 
     def handle_response(self, tx: ClientTransaction, response: Response, now: float) -> None:

@@ -155,9 +155,12 @@ class Outputs:
             call.a_tx, self.a_response(call, status, reason=reason, body=body), now
         )
 
-    def leg_response(self, peer: Peer, request: Request, status: int, body: bytes) -> Response:
-        """A response to an in-dialog request (its To tag is already ours)."""
-        response = make_response(request, status)
+    def leg_response(
+        self, peer: Peer, request: Request, status: int, body: bytes, to_tag: str | None = None
+    ) -> Response:
+        """A response to an in-dialog request (its To tag is already ours), or with
+        ``to_tag`` one that makes a dialog (a feature code's 200)."""
+        response = make_response(request, status, to_tag=to_tag)
         response.add("Contact", self._contact_for(peer, request.uri))
         if body:
             response.add("Content-Type", SDP)

@@ -18,6 +18,18 @@ A conference room lives on one bearer, the one its first member was put
 on (``CallTable.rooms``: room -> [bearer, members]); later members go to
 that bearer or, when it is down or full, get 503 + Retry-After.  The room is
 forgotten when its last member hangs up.
+
+Call forwarding (the callee's ``forward_*`` and ``dnd``): what is known
+before ringing is decided by ``routing.route``; here, when every fork of
+the current target answered busy (486/600), or nobody answered within the
+target's ``noanswer_after``, the call goes on to ``forward_busy`` or
+``forward_noanswer``: the forks still ringing get CANCEL, and the new
+target's devices an INVITE with the same offer, while the caller's dialog
+and bearer session stay as they are.  If that forward cannot be followed
+(loop, unknown or unreachable target) the caller gets what it would have
+got without it.  Two limits: a call whose early media (183 with SDP) is
+already playing is not forwarded on no answer, and the callee leg keeps the
+SRTP policy of the user that was dialled.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from softswitch.calls import media
 from softswitch.calls.outputs import Outputs
 from softswitch.calls.routes import Routes
-from softswitch.calls.routing import Conference, route
+from softswitch.calls.routing import Conference, Destination, forward_to, route, settle
 from softswitch.calls.state import (
     CALLEE,
     CALLER,
@@ -61,6 +73,7 @@ from softswitch.sip.transaction import ClientTransaction, Peer, ServerTransactio
 from softswitch.sip.uri import SipUri, parse_uri
 
 if TYPE_CHECKING:
+    from softswitch.calls.features import FeatureCodes
     from softswitch.guard import Guard
     from softswitch.location import Location
 
@@ -82,6 +95,7 @@ class SetupHandler:
         "config",
         "directory",
         "domain",
+        "features",
         "guard",
         "location",
         "out",
@@ -113,6 +127,7 @@ class SetupHandler:
         self.guard = guard  # told every digest check's outcome (softswitch/guard.py)
         self.domain = table.domain
         self.closing = False  # SIGTERM: new calls are refused
+        self.features: FeatureCodes | None = None  # set by CallManager (calls.features)
 
     def register(self, routes: Routes) -> None:
         routes.request("INVITE", self.invite, initial=True, in_dialog=False)
@@ -140,6 +155,8 @@ class SetupHandler:
             return self.steps.refuse(tx, request, Refusal.SHUTTING_DOWN, now, caller, aor)
         if not request.contacts:
             return self.steps.refuse(tx, request, Refusal.MALFORMED, now, reason="Missing Contact")
+        if self.features is not None and self.features.handle(tx, request, peer, caller, now):
+            return None  # *72carol and friends: a setting, not a call
         if (
             caller.max_calls
             and self.table.active_calls(caller.username, self.domain) >= caller.max_calls
@@ -209,6 +226,9 @@ class SetupHandler:
             specs: tuple[LegSpec, ...] = (a.spec,)
         else:
             call.bindings = dest.bindings
+            call.forwarded_from = dest.forwarded_from
+            if dest.forwarded_from:
+                self.out.bump("call_forwarded")
             offered = media.callee_codecs(codecs, self.config.calls.codecs)
             call.legs[CALLEE].codecs = tuple(offered)
             te = media.telephone_event(offered)
@@ -321,9 +341,47 @@ class SetupHandler:
         self._fork(call, now)
 
     def no_answer(self, call: Call, kind: Timer, now: float) -> None:
-        """calls.no_answer_timeout since the INVITEs went out (Timer.NO_ANSWER)."""
+        """calls.no_answer_timeout (or the callee's noanswer_after) since the INVITEs went out."""
         if call.state is CallState.CALLING:
+            if call.callee is not None and self._forward(call, call.callee.forward_noanswer, now):
+                return
             self.steps.hangup(call, now, refusal=Refusal.NO_ANSWER)
+
+    def _forward(self, call: Call, target: str, now: float) -> bool:
+        """Forward a ringing call to ``target`` (see the module docstring); False if not."""
+        callee = call.callee
+        if not target or callee is None or call.room is not None or call.early is not None:
+            return False
+        where: tuple[User, tuple[str, ...]] | Destination | Refusal
+        where = forward_to(callee, target, call.forwarded_from, self.domain, self.directory)
+        if not isinstance(where, Refusal):
+            where = settle(
+                *where,
+                self.domain,
+                directory=self.directory,
+                location=self.location,
+                active_calls=self.table.active_calls,
+                now=now,
+            )
+        if isinstance(where, Refusal):
+            log.info(
+                "call %s: forward %s -> %s not followed: %s",
+                call.a_request.call_id,
+                callee.username,
+                target,
+                where.name,
+            )
+            return False
+        self.table.disarm(call, Timer.NO_ANSWER)
+        for fork in call.forks[call.first_fork :]:
+            if fork.state in (ForkState.TRYING, ForkState.RINGING):
+                self.steps.stop_fork(call, fork, now)
+        self.table.retarget(call, where.user)
+        call.forwarded_from = where.forwarded_from
+        call.bindings = where.bindings
+        self.out.bump("call_forwarded")
+        self._fork(call, now)
+        return True
 
     def _fork(self, call: Call, now: float) -> None:
         """An INVITE to every binding of the callee (parallel forking, §16.6 in spirit)."""
@@ -339,16 +397,21 @@ class SetupHandler:
         mf = request.max_forwards
         caller_from = request.from_
         to = str(Address(request.to.uri, request.to.display))
+        first = call.first_fork = len(call.forks)
         for binding in call.bindings:
             try:
                 self._fork_one(call, binding, body, caller_from, to, mf, now)
             except (SipError, ValueError) as err:
                 log.warning("binding %s unusable: %s", binding.contact, err)
         call.bindings = ()
-        if not call.forks:
+        if len(call.forks) == first:
             return self.steps.hangup(call, now, refusal=Refusal.NOT_REGISTERED)
-        self.out.setup_delay.observe(now - call.start)  # the INVITEs are out
-        self.table.arm(call, Timer.NO_ANSWER, now + self.config.calls.no_answer_timeout)
+        if first == 0:
+            self.out.setup_delay.observe(now - call.start)  # the INVITEs are out
+        ring = self.config.calls.no_answer_timeout
+        if call.callee is not None and call.callee.forward_noanswer:
+            ring = call.callee.noanswer_after  # then forward_noanswer, not 480
+        self.table.arm(call, Timer.NO_ANSWER, now + ring)
         return None
 
     def _fork_one(
@@ -420,9 +483,14 @@ class SetupHandler:
         """A fork failed; when the last one has, the caller gets the best answer (§16.7)."""
         if call.state is not CallState.CALLING:
             return
-        if any(f.state is not ForkState.FAILED for f in call.forks):
+        forks = call.forks[call.first_fork :]  # the current target's (forwarding)
+        if any(f.state is not ForkState.FAILED for f in forks):
             return
-        status = best_response([f.status or 408 for f in call.forks])
+        status = best_response([f.status or 408 for f in forks])
+        callee = call.callee
+        busy = status in (486, 600) and callee is not None
+        if busy and callee is not None and self._forward(call, callee.forward_busy, now):
+            return
         self.steps.hangup(call, now, status=status)
 
     def _drop(self, call: Call, fork: Fork, response: Response, first: bool, now: float) -> None:

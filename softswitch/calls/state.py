@@ -244,6 +244,8 @@ class Refusal(Enum):
     NOT_REGISTERED = auto()
     CALLER_OVER_LIMIT = auto()
     CALLEE_OVER_LIMIT = auto()
+    DO_NOT_DISTURB = auto()  # the callee's DND, no forward_busy
+    FORWARD_LOOP = auto()  # forwarding back to a user in the chain, or too many hops
     NOT_ACCEPTABLE = auto()  # no usable SDP offer or codec (§21.4.26)
     NO_BEARER = auto()  # every bearer down or full
     ROOM_BEARER_UNAVAILABLE = auto()  # the bearer hosting a live room is down or full
@@ -269,6 +271,8 @@ REFUSALS: dict[Refusal, tuple[int, Disposition | None]] = {
     Refusal.NOT_REGISTERED: (480, Disposition.REJECTED),
     Refusal.CALLER_OVER_LIMIT: (486, Disposition.REJECTED),
     Refusal.CALLEE_OVER_LIMIT: (486, Disposition.REJECTED),
+    Refusal.DO_NOT_DISTURB: (486, Disposition.BUSY),
+    Refusal.FORWARD_LOOP: (482, Disposition.REJECTED),
     Refusal.NOT_ACCEPTABLE: (488, Disposition.REJECTED),
     Refusal.NO_BEARER: (503, Disposition.FAILED),
     Refusal.ROOM_BEARER_UNAVAILABLE: (503, Disposition.FAILED),
@@ -405,6 +409,10 @@ class Call:
     legs: list[Leg]
     bearer: Any = None  # softswitch.bearerpool.Bearer
     bindings: tuple[Binding, ...] = ()  # to fork to, once allocated
+    # Call forwarding (calls.routing): the users forwarded from, the dialled one first
+    # (``callee`` is then the target), and where the current target's forks start.
+    forwarded_from: tuple[str, ...] = ()
+    first_fork: int = 0
     flags: int = 0
     record: bool = False  # recorded from the start: RECORD with our path once allocated
     address: str | None = None  # the bearer's media address

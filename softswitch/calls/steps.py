@@ -296,7 +296,7 @@ class Steps:
             Cdr(
                 call_id=call.a_request.call_id,
                 caller=f"{call.caller.username}@{call.caller.domain}",
-                callee=call.callee_aor,
+                callee=_callee(call, self.table.domain),
                 start=call.start,
                 answer=call.answer,
                 end=call.end,
@@ -310,6 +310,7 @@ class Steps:
                 b_packets=b_stats.packets_in if b_stats else 0,
                 b_lost=b_stats.packets_lost if b_stats else 0,
                 b_jitter_ms=b_stats.jitter_us / 1000 if b_stats else 0.0,
+                forwarded_from=call.callee_aor if call.forwarded_from else None,
             )
         )
         out.bump(f"cdr_{call.disposition.value}")
@@ -322,3 +323,10 @@ class Steps:
             table.arm(call, Timer.FORGET, now + 64 * out.t1)
         else:
             table.forget(call)
+
+
+def _callee(call: Call, domain: str) -> str:
+    """The CDR's callee: the dialled user, or the one a forwarded call went to."""
+    if call.forwarded_from and call.callee is not None:
+        return f"{call.callee.username}@{domain}"
+    return call.callee_aor

@@ -26,6 +26,7 @@ from softswitch.calls.state import CALLER, Call, Timer
 from softswitch.sip.timerheap import TimerHeap
 
 if TYPE_CHECKING:
+    from softswitch.model.users import User
     from softswitch.protocol import Message
     from softswitch.sip.transaction import ClientTransaction
 
@@ -135,6 +136,12 @@ class CallTable:
     def active_calls(self, username: str, domain: str) -> int:
         """Calls the user is in now (as caller or callee), for max_calls."""
         return self.active.get((username, domain.lower()), 0)
+
+    def retarget(self, call: Call, callee: User) -> None:
+        """The call now rings ``callee`` (forwarded): move its per-user count over."""
+        self._count(call, -1)
+        call.callee = callee
+        self._count(call, +1)
 
     def _count(self, call: Call, delta: int) -> None:
         active = self.active

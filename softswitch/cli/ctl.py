@@ -44,6 +44,7 @@ from softswitch.db.users import (
     recent_cdrs,
     update_user,
 )
+from softswitch.model.users import DEFAULT_NOANSWER_AFTER, MAX_USERNAME
 
 LIVE_COMMANDS = {
     "registrations": "registered contacts (live, from the daemon)",
@@ -121,6 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--display", metavar="NAME", help="display name")
     st.add_argument("--srtp", choices=_SRTP_CHOICES, help=_SRTP_HELP)
+    for flag, when in (
+        ("always", "every call"),
+        ("busy", "busy or DND"),
+        ("noanswer", "no answer"),
+    ):
+        st.add_argument(
+            f"--forward-{flag}",
+            type=_forward_target,
+            metavar="USER",
+            help=f"forward on {when} to USER of the same domain ('' = off)",
+        )
+    st.add_argument(
+        "--noanswer-after",
+        type=_noanswer_after,
+        metavar="S",
+        help="seconds of ringing before --forward-noanswer applies",
+    )
+    st.add_argument("--dnd", choices=("on", "off"), help="do-not-disturb: 486, or forward-busy")
 
     cdr = commands.add_parser("cdr", help="recent call detail records", parents=[common])
     cdr.add_argument(
@@ -366,6 +385,24 @@ def _srtp_value(choice: str | None) -> str:
     return "" if choice in (None, "default") else str(choice)
 
 
+def _forward_target(text: str) -> str:
+    """A --forward-* value: a username of the same domain, or "" to switch it off."""
+    if text and ("@" in text or len(text) > MAX_USERNAME or not text.isprintable() or " " in text):
+        raise argparse.ArgumentTypeError(f"not a username of the same domain: {text!r}")
+    return text
+
+
+def _noanswer_after(text: str) -> int:
+    """--noanswer-after: whole seconds, 1 to 600."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"must be 1 to 600 seconds: {value}")
+    return value
+
+
 def cmd_user(ctx: Context, args: argparse.Namespace) -> None:
     """user add/del/list/passwd/set."""
     if args.action == "list":
@@ -380,12 +417,32 @@ def cmd_user(ctx: Context, args: argparse.Namespace) -> None:
                 "record_calls": bool(r.record_calls),
                 "max_calls": r.max_calls,
                 "srtp": r.srtp or "default",
+                "forward_always": r.forward_always or "",
+                "forward_busy": r.forward_busy or "",
+                "forward_noanswer": r.forward_noanswer or "",
+                "noanswer_after": (
+                    DEFAULT_NOANSWER_AFTER if r.noanswer_after is None else r.noanswer_after
+                ),
+                "dnd": bool(r.dnd),
             }
             for r in rows
         ]
         table = format_table(
-            ["USER", "DOMAIN", "DISPLAY NAME", "ENABLED", "RECORD", "MAX CALLS", "SRTP"],
-            [list(d.values()) for d in data],
+            [
+                "USER",
+                "DOMAIN",
+                "DISPLAY NAME",
+                "ENABLED",
+                "RECORD",
+                "MAX CALLS",
+                "SRTP",
+                "FWD ALWAYS",
+                "FWD BUSY",
+                "FWD NOANSWER",
+                "AFTER",
+                "DND",
+            ],
+            [[v or "-" if k.startswith("forward_") else v for k, v in d.items()] for d in data],
         )
         _emit(args, data, table if data else "(no users)")
         return
@@ -440,10 +497,15 @@ def cmd_user(ctx: Context, args: argparse.Namespace) -> None:
             values["display_name"] = args.display
         if args.srtp is not None:
             values["srtp"] = _srtp_value(args.srtp)
+        for name in ("forward_always", "forward_busy", "forward_noanswer", "noanswer_after"):
+            if getattr(args, name) is not None:
+                values[name] = getattr(args, name)
+        if args.dnd is not None:
+            values["dnd"] = args.dnd == "on"
         if not values:
             raise CtlError(
                 "nothing to change: give --enable/--disable, --record/--no-record, "
-                "--max-calls, --display or --srtp",
+                "--max-calls, --display, --srtp, --forward-*, --noanswer-after or --dnd",
                 code=2,
             )
         with ctx.engine.begin() as conn:
@@ -471,7 +533,10 @@ def cmd_cdr(ctx: Context, args: argparse.Namespace) -> None:
             [
                 m["start_time"],
                 m["caller"],
-                m["callee"],
+                # a forwarded call: who got it, and whom it was dialled for
+                f"{m['callee']} (for {m['forwarded_from']})"
+                if m.get("forwarded_from")
+                else m["callee"],
                 m["disposition"],
                 m["sip_code"],
                 round(m["duration"], 1),

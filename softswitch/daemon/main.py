@@ -70,7 +70,14 @@ from softswitch.daemonkit.config import CONFIG_DIR_ENV, ConfigError, resolve_con
 from softswitch.daemonkit.logsetup import LogSetup
 from softswitch.daemonkit.sdnotify import Notifier
 from softswitch.daemonkit.startup import StartupError
-from softswitch.db.messages import DbFatal, DeleteBinding, Loaded, SaveBinding, WriteCdr
+from softswitch.db.messages import (
+    DbFatal,
+    DeleteBinding,
+    Loaded,
+    SaveBinding,
+    UpdateUser,
+    WriteCdr,
+)
 from softswitch.db.thread import DbThread
 from softswitch.protocol import KeyFileError, load_key
 from softswitch.switch import Switch
@@ -498,6 +505,8 @@ class ControlDaemon:
                     db.delete_binding(cmd.username, cmd.domain, cmd.contact)
                 elif isinstance(cmd, WriteCdr):
                     db.write_cdr(cmd.cdr)
+                elif isinstance(cmd, UpdateUser):
+                    db.update_user(cmd)
             except ValueError as exc:
                 log.warning("not persisted: %s", exc)
 

@@ -223,6 +223,34 @@ CONTROL_OPTIONS: list[Option] = [
         'the user; "mandatory" = the user\'s leg must be SRTP (plain offers get 488, calls '
         'to it offer RTP/SAVP); "off" = never (RTP/SAVP offers get 488).',
     ),
+    Option(
+        "calls",
+        "feature_forward_on",
+        string,
+        "*72",
+        'Feature code + a username (e.g. *72carol): forward all my calls there. "" = off.',
+    ),
+    Option(
+        "calls",
+        "feature_forward_off",
+        string,
+        "*73",
+        'Feature code: stop forwarding all my calls. "" = off.',
+    ),
+    Option(
+        "calls",
+        "feature_dnd_on",
+        string,
+        "*78",
+        'Feature code: do-not-disturb on (callers get 486, or my busy forward). "" = off.',
+    ),
+    Option(
+        "calls",
+        "feature_dnd_off",
+        string,
+        "*79",
+        'Feature code: do-not-disturb off. "" = off.',
+    ),
     # [database]
     Option(
         "database",

@@ -19,6 +19,7 @@ TEXT_LIMITS = {
     "callee": 255,
     "bearer": 64,
     "recording": 512,
+    "forwarded_from": 255,
 }
 
 
@@ -62,6 +63,7 @@ def to_row(cdr: Cdr) -> dict[str, Any]:
         "b_packets": int(cdr.b_packets),
         "b_lost": int(cdr.b_lost),
         "b_jitter_ms": float(cdr.b_jitter_ms),
+        "forwarded_from": _cut("forwarded_from", cdr.forwarded_from),
     }
 
 
@@ -85,4 +87,5 @@ def from_row(row: Any) -> Cdr:
         b_packets=m["b_packets"],
         b_lost=m["b_lost"],
         b_jitter_ms=m["b_jitter_ms"],
+        forwarded_from=m.get("forwarded_from"),
     )

@@ -41,7 +41,26 @@ class WriteCdr:
     cdr: Cdr
 
 
-DbCommand = SaveBinding | DeleteBinding | WriteCdr
+#: The users columns a phone may change (feature codes, softswitch.calls.features).
+USER_SETTINGS = frozenset(
+    ("forward_always", "forward_busy", "forward_noanswer", "noanswer_after", "dnd")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateUser:
+    """Change settings of a user (USER_SETTINGS only): ``DbThread.update_user``.
+
+    Written like any ``softswitchctl user set`` (``updated_at`` stamped), so
+    the change comes back to every daemon by the ordinary user sync.
+    """
+
+    username: str
+    domain: str
+    values: tuple[tuple[str, str | int | bool], ...]
+
+
+DbCommand = SaveBinding | DeleteBinding | WriteCdr | UpdateUser
 
 
 # -- results (DB thread -> main thread) -------------------------------------

@@ -39,12 +39,22 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
-from softswitch.model.users import MAX_CONTACT, MAX_DOMAIN, MAX_USERNAME, Binding, User
+from softswitch.model.users import (
+    DEFAULT_NOANSWER_AFTER,
+    MAX_CONTACT,
+    MAX_DOMAIN,
+    MAX_USERNAME,
+    Binding,
+    Forwarding,
+    User,
+)
 
 #: Bumped whenever a table changes; `create_schema` refuses a newer database.
 #: 2: ``cdrs.uid``, so a CDR replayed from the DB thread's journal is not written twice.
 #: 3: ``users.srtp``, the per-user SRTP policy ("" = the configured default).
-SCHEMA_VERSION = 3
+#: 4: ``users.forward_always/_busy/_noanswer``, ``noanswer_after`` and ``dnd`` (call
+#:    forwarding), ``cdrs.forwarded_from``.
+SCHEMA_VERSION = 4
 
 #: Seconds of re-read overlap for ``updated_at`` polling (see module doc).
 OVERLAP = 5.0
@@ -81,6 +91,13 @@ users = sa.Table(
     sa.Column("max_calls", sa.Integer, nullable=False, default=0),  # 0 = unlimited
     # SRTP policy: optional | mandatory | off; "" (or NULL, rows from before) = [calls] srtp
     sa.Column("srtp", sa.String(16), nullable=True, default=""),
+    # Call forwarding (softswitch.calls.forward): a username in the user's domain, "" = off;
+    # NULL in rows from before version 4 means off / the default / DND off.
+    sa.Column("forward_always", sa.String(MAX_USERNAME), nullable=True, default=""),
+    sa.Column("forward_busy", sa.String(MAX_USERNAME), nullable=True, default=""),
+    sa.Column("forward_noanswer", sa.String(MAX_USERNAME), nullable=True, default=""),
+    sa.Column("noanswer_after", sa.Integer, nullable=True, default=DEFAULT_NOANSWER_AFTER),
+    sa.Column("dnd", sa.Boolean, nullable=True, default=False),
     sa.Column("updated_at", _double(), nullable=False, index=True),
     sa.UniqueConstraint("username", "domain", name="uq_users_username_domain"),
     **_MYSQL,
@@ -142,6 +159,8 @@ cdrs = sa.Table(
     sa.Column("b_jitter_ms", sa.Float, nullable=False, default=0.0),
     # Set by the DB thread (softswitch/db/spool.py); NULL in rows written before version 2.
     sa.Column("uid", sa.String(32), nullable=True),
+    # The dialled user@domain of a forwarded call (callee is then who it went to); version 4.
+    sa.Column("forwarded_from", sa.String(255), nullable=True),
     sa.Index("uq_cdrs_uid", "uid", unique=True),
     **_MYSQL,
 )
@@ -234,6 +253,8 @@ def create_schema(engine: Engine) -> int:
                 _add_cdr_uid(conn)
             if found < 3:
                 _add_user_srtp(conn)
+            if found < 4:
+                _add_user_forwarding(conn)
             conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION, updated_at=now))
     return SCHEMA_VERSION
 
@@ -258,8 +279,33 @@ def _add_user_srtp(conn: Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE users ADD COLUMN srtp {kind} NULL"))
 
 
+_FORWARDING_COLUMNS = (
+    "forward_always",
+    "forward_busy",
+    "forward_noanswer",
+    "noanswer_after",
+    "dnd",
+)
+
+
+def _add_user_forwarding(conn: Connection) -> None:
+    """Migration 3 -> 4: the forwarding columns of users and cdrs (NULL in old rows: none)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("users")}
+    for name in _FORWARDING_COLUMNS:
+        if name not in have:
+            kind = users.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE users ADD COLUMN {name} {kind} NULL"))
+    if "forwarded_from" not in {c["name"] for c in sa.inspect(conn).get_columns("cdrs")}:
+        kind = cdrs.c.forwarded_from.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE cdrs ADD COLUMN forwarded_from {kind} NULL"))
+
+
 #: users columns in `User` field order, then updated_at: what the DB thread selects.
-USER_COLUMNS = (*(users.c[f.name] for f in fields(User)), users.c.updated_at)
+USER_COLUMNS = (
+    *(users.c[f.name] for f in fields(User) if f.name != "forwarding"),
+    *(users.c[name] for name in _FORWARDING_COLUMNS),  # -> User.forwarding
+    users.c.updated_at,
+)
 #: registrations columns in `Binding` field order.
 BINDING_COLUMNS = tuple(registrations.c[f.name] for f in fields(Binding))
 
@@ -277,6 +323,13 @@ def user_from_row(row: Any) -> User:
         bool(row[7]),
         row[8],
         row[9] or "",
+        Forwarding.of(
+            row[10] or "",
+            row[11] or "",
+            row[12] or "",
+            DEFAULT_NOANSWER_AFTER if row[13] is None else row[13],
+            bool(row[14]),
+        ),
     )
 
 

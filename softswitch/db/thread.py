@@ -63,7 +63,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from softswitch.db.journal import Journal
-from softswitch.db.messages import DbFatal, DbStatus
+from softswitch.db.messages import USER_SETTINGS, DbFatal, DbStatus, UpdateUser
 from softswitch.db.schema import SchemaError, create_schema, make_engine
 from softswitch.db.spool import CdrWrite, Delete, Record, Save
 from softswitch.db.usersync import UserSync
@@ -164,6 +164,17 @@ class DbThread:
     def write_cdr(self, cdr: Cdr) -> bool:
         """Queue a CDR for the next batch. False if it had to be dropped."""
         return self._put(cdr)
+
+    def update_user(self, update: UpdateUser) -> bool:
+        """Change a user's settings (feature codes). ValueError for a column not allowed.
+
+        Not journaled: a crash before the write loses the change, which the
+        phone's user then sees (the feature has no effect) and repeats.
+        """
+        unknown = {name for name, _ in update.values} - USER_SETTINGS
+        if unknown:
+            raise ValueError(f"not a user setting: {', '.join(sorted(unknown))}")
+        return self._put(update)
 
     def flush(self) -> None:
         """Write everything pending now instead of at the next batch deadline."""
@@ -322,6 +333,12 @@ class DbThread:
             write = CdrWrite(uuid.uuid4().hex, item)
             self._writes.cdrs.append(write)
             self._taken.append(write)
+        elif isinstance(item, UpdateUser):
+            user = (item.username, item.domain)
+            if user not in self._writes.users and pending >= self._write_queue_max:
+                self._overflow()
+                return
+            self._writes.users.setdefault(user, {}).update(item.values)
         elif isinstance(item, (Save, Delete)):
             key = item.binding.key if isinstance(item, Save) else item.key
             if key not in self._writes.bindings and pending >= self._write_queue_max:

@@ -113,6 +113,11 @@ def update_user(conn: Connection, username: str, domain: str, **values: Any) -> 
         "record_calls",
         "max_calls",
         "srtp",
+        "forward_always",
+        "forward_busy",
+        "forward_noanswer",
+        "noanswer_after",
+        "dnd",
     }
     unknown = set(values) - allowed
     if unknown:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
 from softswitch.db.cdrs import to_row as cdr_row
-from softswitch.db.schema import binding_row, cdrs, registrations
+from softswitch.db.schema import binding_row, cdrs, registrations, users
 from softswitch.db.spool import CdrWrite, Delete, Record, Save
 from softswitch.model.users import Binding
 
@@ -65,6 +66,8 @@ class PendingWrites:
 
     def __init__(self) -> None:
         self.bindings: dict[BindingKey, Binding | None] = {}
+        #: (username, domain) -> columns to set (feature codes; not journaled)
+        self.users: dict[tuple[str, str], dict[str, Any]] = {}
         self.cdrs: collections.deque[CdrWrite] = collections.deque()
         #: Rows the database refused (counted in DbThread.dropped).
         self.refused = 0
@@ -72,7 +75,7 @@ class PendingWrites:
         self.recheck = False
 
     def __len__(self) -> int:
-        return len(self.bindings) + len(self.cdrs)
+        return len(self.bindings) + len(self.cdrs) + len(self.users)
 
     def snapshot(self) -> list[Record]:
         """Everything pending, as journal records (one per binding key)."""
@@ -96,6 +99,10 @@ class PendingWrites:
         while self.cdrs:
             batch = list(itertools.islice(self.cdrs, CHUNK))
             self._write_rows(engine, batch, self._write_cdrs, lambda _: self.cdrs.popleft())
+        while self.users:
+            key = next(iter(self.users))
+            item = (key, self.users[key])
+            self._write_rows(engine, [item], self._write_users, lambda i: self.users.pop(i[0]))
         self.recheck = False
 
     def replay(self, engine: sa.engine.Engine, records: list[Record]) -> tuple[int, int]:
@@ -158,6 +165,16 @@ class PendingWrites:
         rows = [binding_row(b) for _, b in chunk if b is not None]
         if rows:
             conn.execute(_INSERT_BINDING, rows)
+
+    @staticmethod
+    def _write_users(conn: Any, chunk: list[tuple[tuple[str, str], dict[str, Any]]]) -> None:
+        # Stamped like softswitchctl's writes (schema.py): the sync brings it back.
+        for (username, domain), values in chunk:
+            conn.execute(
+                sa.update(users)
+                .where(users.c.username == username, users.c.domain == domain)
+                .values(updated_at=time.time(), **values)
+            )
 
     def _write_cdrs(self, conn: Any, batch: list[CdrWrite]) -> None:
         if self.recheck:  # replaying, or retrying after a commit that may have happened

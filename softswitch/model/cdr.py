@@ -48,6 +48,8 @@ class Cdr:
     b_packets: int = 0
     b_lost: int = 0
     b_jitter_ms: float = 0.0
+    #: the dialled user@domain when the call was forwarded (then `callee` is the target)
+    forwarded_from: str | None = None
 
     @property
     def duration(self) -> float:

@@ -15,7 +15,39 @@ from typing import Any
 #: Column widths of the names: the registrar refuses what could not be stored.
 MAX_USERNAME = 64
 MAX_DOMAIN = 128
+#: Seconds a forwarded-on-no-answer call rings before it goes to forward_noanswer.
+DEFAULT_NOANSWER_AFTER = 20
 MAX_CONTACT = 512  # (64 + 128 + 512) * 4 bytes fits InnoDB's 3072-byte key limit
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """A user's call forwarding and do-not-disturb (softswitch.calls.routing).
+
+    Targets are usernames in the user's own domain, "" = off.
+    """
+
+    always: str = ""
+    busy: str = ""  # also for DND and for the user at its max_calls
+    noanswer: str = ""  # also when the user has no registration
+    noanswer_after: int = DEFAULT_NOANSWER_AFTER  # seconds of ringing before `noanswer`
+    dnd: bool = False  # do-not-disturb: 486, or `busy` if set
+
+    @classmethod
+    def of(
+        cls,
+        always: str = "",
+        busy: str = "",
+        noanswer: str = "",
+        noanswer_after: int = DEFAULT_NOANSWER_AFTER,
+        dnd: bool = False,
+    ) -> Forwarding | None:
+        """The record, or None when it says nothing (the usual user: no object at all)."""
+        value = cls(always, busy, noanswer, noanswer_after, dnd)
+        return None if value == _NO_FORWARDING else value
+
+
+_NO_FORWARDING = Forwarding()
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +64,28 @@ class User:
     record_calls: bool
     max_calls: int  # 0 = unlimited
     srtp: str = ""  # "optional" | "mandatory" | "off", "" = [calls] srtp (softswitch.calls.media)
+    # Call forwarding and DND; None (most users) = none. One slot, not five: 100,000 users.
+    forwarding: Forwarding | None = None
+
+    @property
+    def forward_always(self) -> str:
+        return self.forwarding.always if self.forwarding else ""
+
+    @property
+    def forward_busy(self) -> str:
+        return self.forwarding.busy if self.forwarding else ""
+
+    @property
+    def forward_noanswer(self) -> str:
+        return self.forwarding.noanswer if self.forwarding else ""
+
+    @property
+    def noanswer_after(self) -> int:
+        return self.forwarding.noanswer_after if self.forwarding else DEFAULT_NOANSWER_AFTER
+
+    @property
+    def dnd(self) -> bool:
+        return self.forwarding.dnd if self.forwarding else False
 
     def ha1(self, algorithm: str = "MD5") -> str | None:
         """The stored HA1 for a digest algorithm ('MD5' or 'SHA-256'), else None."""

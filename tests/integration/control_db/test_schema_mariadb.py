@@ -91,6 +91,7 @@ def test_softswitchctl_manages_users_on_mariadb(mariadb_url, tmp_path, capsys):
     assert run("user", "add", "alice", "--password", "pw", "--display", "Zoë") == 0
     assert run("user", "add", "alice", "--password", "pw") == 1
     assert run("user", "set", "alice", "--record", "--srtp", "mandatory") == 0
+    assert run("user", "set", "alice", "--forward-busy", "bob", "--dnd", "on") == 0
     capsys.readouterr()
     assert run("user", "list") == 0
     assert capsys.readouterr().out.splitlines()[1].split() == [
@@ -101,6 +102,7 @@ def test_softswitchctl_manages_users_on_mariadb(mariadb_url, tmp_path, capsys):
         "yes",
         "4",
         "mandatory",
+        *("-", "bob", "-", "20", "yes"),  # forward always/busy/noanswer, after, DND
     ]
     engine = make_engine(mariadb_url)
     with engine.connect() as conn:

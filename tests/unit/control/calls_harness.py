@@ -400,6 +400,7 @@ class Switch:
         self.now = T0
         self.trace: list[tuple[str, Any]] = []
         self.cdrs: list[Cdr] = []
+        self.db: list[object] = []  # DB commands from the B2BUA (feature codes)
         self.phones: dict[Peer, Phone] = {}
         self.layer = TracingLayer(Timers())
         self.layer.trace = self.trace
@@ -446,6 +447,7 @@ class Switch:
             local=SWITCH,
             on_cdr=self.cdrs.append,
             now=self.now,
+            on_db=self.db.append,
         )
 
     # -- the world

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ from softswitch.daemonkit.config import dumps
 from softswitch.db import journal
 from softswitch.db.cdrs import from_row
 from softswitch.db.cdrs import to_row as cdr_row
-from softswitch.db.messages import DbFatal, DbStatus, Loaded, UsersChanged
+from softswitch.db.messages import DbFatal, DbStatus, Loaded, UpdateUser, UsersChanged
 from softswitch.db.schema import (
     SCHEMA_VERSION,
     binding_row,
@@ -668,6 +669,64 @@ class DbThreadCases:
         with engine.connect() as conn:
             assert conn.execute(sa.select(schema_version.c.version)).scalar() == SCHEMA_VERSION
             assert conn.execute(sa.select(users.c.srtp)).scalar() is None
+
+    def test_a_database_of_schema_version_3_gets_forwarding_columns_and_keeps_its_users(
+        self, engine, start
+    ):
+        with engine.begin() as conn:  # what softswitch with schema version 3 left
+            add_user(conn, "alice", DOMAIN, ("1" * 32, "2" * 64), srtp="off")
+            for name in ("forward_always", "forward_busy", "forward_noanswer"):
+                conn.execute(sa.text(f"ALTER TABLE users DROP COLUMN {name}"))
+            conn.execute(sa.text("ALTER TABLE users DROP COLUMN noanswer_after"))
+            conn.execute(sa.text("ALTER TABLE users DROP COLUMN dnd"))
+            conn.execute(sa.text("ALTER TABLE cdrs DROP COLUMN forwarded_from"))
+            conn.execute(sa.update(schema_version).values(version=3))
+        thread = start()
+        loaded = next_message(thread, Loaded)
+        alice = loaded.users[("alice", DOMAIN)]
+        assert (alice.srtp, alice.forward_always, alice.forward_busy) == ("off", "", "")
+        assert (alice.forward_noanswer, alice.noanswer_after, alice.dnd) == ("", 20, False)
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(schema_version.c.version)).scalar() == SCHEMA_VERSION
+            assert conn.execute(sa.select(users.c.forward_always, users.c.dnd)).one() == (
+                None,
+                None,
+            )
+        forwarded = replace(a_cdr(1), callee=f"carol@{DOMAIN}", forwarded_from=f"bob@{DOMAIN}")
+        thread.write_cdr(forwarded)
+        thread.flush()
+        eventually(lambda: count(engine, cdrs) == 1)
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(cdrs)).one()
+        assert (from_row(row).callee, from_row(row).forwarded_from) == (
+            f"carol@{DOMAIN}",
+            f"bob@{DOMAIN}",
+        )
+
+    def test_forwarding_set_by_softswitchctl_arrives_within_sync_interval(
+        self, db, engine, start, tmp_path
+    ):
+        with engine.begin() as conn:
+            add_user(conn, "bob", DOMAIN, ("1" * 32, "2" * 64))
+        config = write_config(tmp_path / "etc", db.url)
+        thread = start(sync_interval=0.5)
+        next_message(thread, Loaded)
+        argv = ["--forward-always", "carol", "--dnd", "on", "--noanswer-after", "9"]
+        run_ctl(config, "user", "set", "bob", *argv)
+        bob = next_message(thread, UsersChanged, timeout=5).users[0]
+        assert (bob.forward_always, bob.dnd, bob.noanswer_after) == ("carol", True, 9)
+
+    def test_update_user_from_the_main_thread_is_written_and_synced_back(self, engine, start):
+        with engine.begin() as conn:
+            add_user(conn, "bob", DOMAIN, ("1" * 32, "2" * 64))
+        thread = start()
+        next_message(thread, Loaded)
+        values = (("forward_always", "carol"), ("dnd", True))
+        assert thread.update_user(UpdateUser("bob", DOMAIN, values))
+        bob = next_message(thread, UsersChanged, timeout=5).users[0]
+        assert (bob.forward_always, bob.dnd, bob.forward_busy) == ("carol", True, "")
+        with pytest.raises(ValueError, match="not a user setting: ha1_md5"):
+            thread.update_user(UpdateUser("bob", DOMAIN, (("ha1_md5", "0" * 32),)))
 
 
 def _mysql(conn: Any) -> bool:

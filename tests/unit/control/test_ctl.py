@@ -123,9 +123,11 @@ def test_user_list_is_an_aligned_table_or_json(config, capsys):
         "MAX",
         "CALLS",
         "SRTP",
+        *("FWD", "ALWAYS", "FWD", "BUSY", "FWD", "NOANSWER", "AFTER", "DND"),
     ]
-    assert lines[1].split() == ["alice", DOMAIN, "Alice", "A.", "yes", "no", "4", "default"]
-    assert lines[2].split() == ["bob", DOMAIN, "yes", "yes", "4", "off"]
+    tail = ["-", "-", "-", "20", "no"]
+    assert lines[1].split() == ["alice", DOMAIN, "Alice", "A.", "yes", "no", "4", "default", *tail]
+    assert lines[2].split() == ["bob", DOMAIN, "yes", "yes", "4", "off", *tail]
     assert lines[1].index(DOMAIN) == lines[2].index(DOMAIN) == lines[0].index("DOMAIN")
     assert softswitchctl(config, "user", "list", "--json") == 0
     listed = json.loads(capsys.readouterr().out)
@@ -144,6 +146,29 @@ def test_user_set_srtp_policy_and_back_to_the_default(config, engine, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         softswitchctl(config, "user", "set", "alice", "--srtp", "sometimes")
+
+
+def test_user_set_forwarding_and_dnd_then_clear_them(config, engine, capsys):
+    softswitchctl(config, "user", "add", "bob", "--password", "b")
+    row = user_row(engine, "bob")
+    assert (row.forward_always, row.forward_busy, row.forward_noanswer) == ("", "", "")
+    assert (row.noanswer_after, bool(row.dnd)) == (20, False)
+    argv = ["--forward-always", "carol", "--forward-busy", "dave", "--forward-noanswer", "erin"]
+    assert softswitchctl(config, "user", "set", "bob", *argv, "--noanswer-after", "7") == 0
+    assert softswitchctl(config, "user", "set", "bob", "--dnd", "on") == 0
+    row = user_row(engine, "bob")
+    assert (row.forward_always, row.forward_busy, row.forward_noanswer) == ("carol", "dave", "erin")
+    assert (row.noanswer_after, bool(row.dnd)) == (7, True)
+    capsys.readouterr()
+    assert softswitchctl(config, "user", "list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)[0]
+    assert (listed["forward_always"], listed["noanswer_after"], listed["dnd"]) == ("carol", 7, True)
+    assert softswitchctl(config, "user", "set", "bob", "--forward-always", "", "--dnd", "off") == 0
+    row = user_row(engine, "bob")
+    assert (row.forward_always, row.forward_busy, bool(row.dnd)) == ("", "dave", False)
+    for bad in (["--forward-busy", "x@other.example"], ["--noanswer-after", "0"], ["--dnd", "y"]):
+        with pytest.raises(SystemExit):
+            softswitchctl(config, "user", "set", "bob", *bad)
 
 
 def test_user_passwd_replaces_both_ha1s(config, engine):
@@ -212,6 +237,19 @@ def test_cdr_lists_the_most_recent_first(config, engine, capsys):
     data = json.loads(capsys.readouterr().out)
     assert [d["call_id"] for d in data] == [f"call-{n}@example.com" for n in (3, 2, 1)]
     assert data[0]["start_time"] == "2023-11-14 22:13:23" and data[0]["a_lost"] == 3
+
+
+def test_cdr_of_a_forwarded_call_shows_for_whom_it_was(config, engine, capsys):
+    softswitchctl(config, "user", "list")  # creates the schema
+    forwarded = a_cdr(1, callee=f"carol@{DOMAIN}", forwarded_from=f"bob@{DOMAIN}")
+    with engine.begin() as conn:
+        conn.execute(sa.insert(cdrs), [cdr_row(forwarded)])
+    capsys.readouterr()
+    assert softswitchctl(config, "cdr") == 0
+    assert f"carol@{DOMAIN} (for bob@{DOMAIN})" in capsys.readouterr().out
+    assert softswitchctl(config, "cdr", "--json") == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["callee"], row["forwarded_from"]) == (f"carol@{DOMAIN}", f"bob@{DOMAIN}")
 
 
 # -- live commands --------------------------------------------------------------------
