@@ -288,6 +288,13 @@ def register(phone: Phone, switch: E2eSwitch, user: str, password: str | None = 
 # ------------------------------------------------------------------------------ checks
 
 
+def hang_up(a: Phone, ca: int, b: Phone, cb: int) -> None:
+    """A hangs up call ``ca``; both ends reach DISCONNECTED."""
+    a.hangup(ca)
+    assert a.wait_state("DISCONNECTED", 5, call=ca)["state"] == "DISCONNECTED"
+    assert b.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"
+
+
 def assert_two_way(a: Phone, ca: int, b: Phone, cb: int) -> tuple[Recording, Recording]:
     """Each side heard the other's tone, not its own, with sound ≥ 90 % of the time."""
     heard_by_a, heard_by_b = a.recording(ca), b.recording(cb)

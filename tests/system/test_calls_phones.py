@@ -28,6 +28,7 @@ from tests.system.loopback_switch import (
     assert_cdr,
     assert_mix,
     assert_two_way,
+    hang_up,
     one_way_delay,
     read_stereo_wav,
     register,
@@ -44,12 +45,6 @@ def talk(sw: E2eSwitch, a, b, callee: str, seconds: float = TALK) -> tuple[int, 
     cb = b.incoming(2)
     a.pump(seconds)
     return ca, cb
-
-
-def hang_up(a, ca: int, b, cb: int) -> None:
-    a.hangup(ca)
-    assert a.wait_state("DISCONNECTED", 5, call=ca)["state"] == "DISCONNECTED"
-    assert b.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"
 
 
 # ------------------------------------------------------------------------------ basic calls

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system.loopback_switch import E2eSwitch, assert_cdr, assert_two_way
+from tests.system.loopback_switch import E2eSwitch, assert_cdr, assert_two_way, hang_up
 
 SYNC = 1.5  # > sync_interval (0.5 s) + one poll: the daemon has the change
 CLEAR = ("--forward-always", "", "--forward-busy", "", "--forward-noanswer", "", "--dnd", "off")
@@ -57,9 +57,7 @@ def test_forward_always_bob_to_carol_carol_answers_and_they_hear_each_other(
     cc = c.incoming(2)
     a.pump(2.0)
     assert b.calls() == [], "bob's phone rang although bob forwards always"
-    a.hangup(ca)
-    assert a.wait_state("DISCONNECTED", 5, call=ca)["state"] == "DISCONNECTED"
-    assert c.wait_state("DISCONNECTED", 5, call=cc)["state"] == "DISCONNECTED"
+    hang_up(a, ca, c, cc)
     assert_two_way(a, ca, c, cc)
     (row,) = sw.wait_cdrs(mark, caller="alice@", callee="carol@")
     assert_cdr(row, "answered", 200, answered=True)
@@ -121,9 +119,7 @@ def test_forward_on_busy_and_on_no_answer_reach_carol_with_two_way_audio(
     assert b.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"  # CANCELled
     cc = c.incoming(2)
     a.pump(2.0)
-    a.hangup(ca)
-    assert a.wait_state("DISCONNECTED", 5, call=ca)["state"] == "DISCONNECTED"
-    assert c.wait_state("DISCONNECTED", 5, call=cc)["state"] == "DISCONNECTED"
+    hang_up(a, ca, c, cc)
     assert_two_way(a, ca, c, cc)
     (row,) = sw.wait_cdrs(mark, caller="alice@", callee="carol@")
     assert_cdr(row, "answered", 200, answered=True)

@@ -26,6 +26,7 @@ from tests.system.loopback_switch import (
     E2eSwitch,
     assert_cdr,
     assert_two_way,
+    hang_up,
     start_phones,
 )
 
@@ -101,9 +102,7 @@ def test_two_phones_register_and_call_over_tls_and_hear_each_other(
         sw.control.wait_log("TLS certificate reloaded")
         a.pump(TALK / 2)
         sa, sb = a.stats(ca), b.stats(cb)
-        a.hangup(ca)
-        assert a.wait_state("DISCONNECTED", 5, call=ca)["state"] == "DISCONNECTED"
-        assert b.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"
+        hang_up(a, ca, b, cb)
         assert sa["codec"] == sb["codec"] == "PCMU", (sa, sb)
         assert_two_way(a, ca, b, cb)
         (row,) = sw.wait_cdrs(mark, caller="alice@", callee="bob@")
@@ -154,9 +153,7 @@ def test_srtp_mandatory_phones_over_tls_hear_each_other(
         cb = b.incoming(2)
         live = [c for c in sw.ctl_json("calls") if c["caller"].startswith("alice@")]
         a.pump(TALK)
-        a.hangup(ca)
-        assert a.wait_state("DISCONNECTED", 5, call=ca)["state"] == "DISCONNECTED"
-        assert b.wait_state("DISCONNECTED", 5, call=cb)["state"] == "DISCONNECTED"
+        hang_up(a, ca, b, cb)
         assert len(live) == 1 and live[0]["srtp"] == ["AES_CM_128_HMAC_SHA1_80"] * 2, live
         assert_two_way(a, ca, b, cb)
         (row,) = sw.wait_cdrs(mark, caller="alice@", callee="sam@")
