@@ -68,7 +68,6 @@ __all__ = [
     "IN_PROGRESS_METHODS",
     "NEW",
     "Admission",
-    "is_new_work",
     "work_kind",
 ]
 
@@ -105,12 +104,6 @@ def work_kind(data: bytes) -> int:
     if method != b"REGISTER" and _TO_TAG.search(data) is not None:  # REGISTER has no dialog
         return IN_PROGRESS
     return ANSWERED_CHALLENGE if _CREDENTIALS.search(data) is not None else NEW
-
-
-def is_new_work(data: bytes) -> bool:
-    """Whether a raw datagram is a request that starts (or continues, with
-    credentials) new work: anything but work in progress."""
-    return work_kind(data) != IN_PROGRESS
 
 
 @dataclass

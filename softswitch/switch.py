@@ -272,7 +272,7 @@ class Switch:
         """One UDP datagram, or one message cut by StreamFramer (``stream=True``).
 
         ``age`` is the queueing delay of a UDP datagram the transport judged
-        new work (``softswitch.overload.is_new_work``); None for work in
+        new work (``softswitch.overload.work_kind``); None for work in
         progress and for streams; ``answered_challenge`` says it carries
         credentials.  See softswitch/overload.py.
         """

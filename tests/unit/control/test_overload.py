@@ -10,13 +10,12 @@ from softswitch.overload import (
     IN_PROGRESS,
     NEW,
     Admission,
-    is_new_work,
     work_kind,
 )
 from softswitch.sip.transaction import Peer
 from tests.unit.control.test_core import PEER, answers, make_switch, request
 
-# ------------------------------------------------------------------ is_new_work
+# ------------------------------------------------------------------ work_kind
 
 
 @pytest.mark.parametrize(
@@ -40,8 +39,8 @@ from tests.unit.control.test_core import PEER, answers, make_switch, request
         (b"", False),
     ],
 )
-def test_is_new_work_reads_method_and_to_tag(data: bytes, new: bool) -> None:
-    assert is_new_work(data) is new
+def test_work_kind_reads_method_and_to_tag(data: bytes, new: bool) -> None:
+    assert (work_kind(data) != IN_PROGRESS) is new
 
 
 @pytest.mark.parametrize(
